@@ -1,0 +1,58 @@
+# ddlock — the two commands users need: `make demo` and `make test`.
+PYTHON ?= python3
+PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
+PYTEST_ARGS ?=
+export PYTHONDONTWRITEBYTECODE = 1
+
+.PHONY: all deps build proto test test-c test-py test-all sanitize demo bench \
+        format lint clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+proto: ext/proto/profile.pb-c.c
+ext/proto/profile.pb-c.c: ext/proto/profile.proto
+	cd ext/proto && protoc-c --c_out=. profile.proto
+
+build: proto
+	@$(PYTHON) setup.py -q build_ext --inplace --build-temp build/tmp-$$($(PYTHON) -c 'import sys;print("%d.%d"%sys.version_info[:2])') 2>&1 | grep -v -E '^(running|copying|creating)' || true
+	@$(PYTHON) -c 'import ddlock._ddlock' 
+
+test-c: proto
+	$(MAKE) -C tests/c
+
+test-py: build
+	$(PYTHON) -m pytest $(PYTEST_ARGS)
+
+test: deps build test-c test-py
+
+# The pytest suite on every CPython found under pyenv (3.9–3.13): each
+# interpreter gets its own in-place extension (version-tagged .so) and build dir.
+test-all: deps proto
+	@scripts/test_all.sh $(PYVERSIONS)
+
+# ASan/UBSan build of the extension running the whole pytest suite, and the
+# Check suite under valgrind memcheck.
+sanitize: deps proto
+	@scripts/sanitize.sh
+
+demo: deps build
+	@if [ -x scripts/run_rlock_production_stress_test.sh ]; then \
+	  scripts/run_rlock_production_stress_test.sh 30 4 --yes; \
+	else echo "make demo: not yet (the production stress test lands with its issue)"; fi
+
+bench: deps build
+	$(PYTHON) benchmarks/run.py
+
+format:
+	clang-format -i ext/*.c ext/*.h tests/c/*.c
+
+lint:
+	clang-format --dry-run --Werror ext/*.c ext/*.h tests/c/*.c
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
+	  --suppress=missingIncludeSystem -I ext ext/profile.c ext/pprof.c ext/exporter.c
+
+clean:
+	rm -rf build ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san

@@ -1,0 +1,257 @@
+"""ddlock — a lock profiler for CPython.
+
+Names every lock by the variable it is bound to, measures wait and hold time
+with stacks, and exports pprof to files and to a Datadog agent.
+
+    import ddlock
+    ddlock.start(output_pprof="/tmp/app", capture_pct=10)
+    ...
+    ddlock.stop()
+
+or ``import ddlock.auto`` (configured from the environment), or
+``ddlock-run python app.py``.
+"""
+
+import atexit
+import logging
+import os
+import threading
+
+__version__ = "0.1.0"
+__all__ = ["start", "stop", "flush", "stats", "is_running", "__version__"]
+
+log = logging.getLogger("ddlock")
+
+# Taken at import, before anything is patched: what "native" means.
+_ORIGINAL_LOCK = threading.Lock
+_ORIGINAL_RLOCK = threading.RLock
+_control = threading._allocate_lock() if hasattr(threading, "_allocate_lock") else None
+if _control is None:  # pragma: no cover - every supported CPython has it
+    import _thread
+
+    _control = _thread.allocate_lock()
+
+_state = {
+    "config": None,        # Config of the running session
+    "factories": None,     # (LockFactory for Lock, for RLock), made once
+    "atexit": False,
+    "logged_kinds": set(),
+    "pid": None,
+}
+
+
+def _native():
+    from . import _ddlock
+
+    return _ddlock
+
+
+def _ddlock_dir():
+    return os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def _threading_file():
+    return _ORIGINAL_RLOCK.__code__.co_filename if hasattr(_ORIGINAL_RLOCK, "__code__") \
+        else threading.__file__
+
+
+def _factories(native):
+    if _state["factories"] is None:
+        import _thread
+
+        native_rlock = getattr(threading, "_CRLock", None) or _ORIGINAL_RLOCK
+        lock_f = native.LockFactory(native.Lock, _ORIGINAL_LOCK, _thread.allocate_lock)
+        rlock_f = native.LockFactory(native.RLock, _ORIGINAL_RLOCK, native_rlock)
+        _state["factories"] = (lock_f, rlock_f)
+    return _state["factories"]
+
+
+def _patch(native):
+    lock_f, rlock_f = _factories(native)
+    threading.Lock = lock_f
+    threading.RLock = rlock_f
+
+
+def _unpatch():
+    factories = _state["factories"]
+    if factories is None:
+        return
+    if threading.Lock is factories[0]:
+        threading.Lock = _ORIGINAL_LOCK
+    if threading.RLock is factories[1]:
+        threading.RLock = _ORIGINAL_RLOCK
+
+
+def _start_native(native, cfg):
+    url, unix_socket, api_key = cfg.upload_target()
+    native._setup(threading._active, _threading_file(), _ddlock_dir())
+    native.start(
+        output_prefix=cfg.output_pprof,
+        capture_pct=cfg.capture_pct,
+        max_frames=cfg.max_frames,
+        interval=cfg.upload_interval,
+        inspect_dir=cfg.lock_name_inspect_dir,
+        exclude=cfg.lock_exclude_modules,
+        max_samples=cfg.max_samples,
+        wait_rate_ns=cfg.lock_wait_rate_ns,
+        seed=cfg.sampling_seed,
+        upload_enabled=bool(url),
+        url=url,
+        unix_socket=unix_socket,
+        api_key=api_key,
+        timeout_ms=cfg.api_timeout_ms,
+        tags=cfg.tags_string(__version__),
+        version=__version__,
+        ca_file=cfg.ca_file,
+        file_mode=cfg.output_mode,
+        resolve_names=cfg.resolve_names,
+    )
+
+
+def start(**config):
+    """Start profiling locks.
+
+    Keywords mirror the environment variables (``capture_pct`` for
+    ``DD_PROFILING_CAPTURE_PCT``, ``output_pprof``, ``upload_interval``, ...)
+    and override them. Raises ValueError naming the variable and the value
+    when the configuration is malformed, RuntimeError if already running.
+    """
+    from . import _config
+
+    cfg = _config.from_env(config, strict=True)
+    _start_with(cfg)
+
+
+def _start_with(cfg):
+    native = _native()
+    with _control:
+        if native.is_running():
+            raise RuntimeError("ddlock is already running; call ddlock.stop() first")
+        _start_native(native, cfg)
+        _state["config"] = cfg
+        _state["pid"] = os.getpid()
+        _state["logged_kinds"] = set()
+        _patch(native)
+        if not _state["atexit"]:
+            atexit.register(_at_exit)
+            _state["atexit"] = True
+    if cfg.debug:
+        _enable_debug_logging()
+        log.debug("ddlock started: capture %.3g%%, output %s, upload %s",
+                  cfg.capture_pct, cfg.output_pprof, cfg.upload_target()[0])
+
+
+def stop(flush=True):
+    """Stop profiling: restore threading.Lock/RLock and export once more
+    (unless ``flush=False``). Locks made while running keep working."""
+    native = _native()
+    with _control:
+        _unpatch()
+        native.stop(final_export=bool(flush))
+        _state["config"] = None
+    _drain_native_logs()
+
+
+def flush():
+    """Export what was collected so far now; returns the file paths written."""
+    native = _native()
+    paths = native.flush()
+    _drain_native_logs()
+    return paths
+
+
+def stats():
+    """Counters of the running profiler (samples, drops, files, uploads)."""
+    return _native().stats()
+
+
+def is_running():
+    try:
+        return _native().is_running()
+    except ImportError:
+        return False
+
+
+def _at_exit():
+    try:
+        if is_running():
+            stop(flush=True)
+    except Exception:  # never break interpreter exit
+        pass
+
+
+def _enable_debug_logging():
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("ddlock %(levelname)s: %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+
+
+def _drain_native_logs():
+    """Hand the exporter's messages to the ``ddlock`` logger: failures once
+    per kind at WARNING, everything at DEBUG when debugging."""
+    try:
+        entries = _native().drain_logs()
+    except Exception:
+        return
+    cfg = _state["config"]
+    debug = bool(cfg is not None and cfg.debug) or log.isEnabledFor(logging.DEBUG)
+    for level, kind, msg in entries:
+        if level >= logging.WARNING:
+            if kind in _state["logged_kinds"] and not debug:
+                continue
+            _state["logged_kinds"].add(kind)
+            log.warning("%s: %s", kind, msg)
+        elif debug:
+            log.debug("%s: %s", kind, msg)
+
+
+# ---- fork -------------------------------------------------------------------
+
+def _loaded_native():
+    import sys
+
+    return sys.modules.get(__name__ + "._ddlock")
+
+
+def _fork_before():
+    native = _loaded_native()
+    if native is None:
+        return
+    try:
+        native.fork_prepare()
+    except Exception:
+        pass
+
+
+def _fork_parent():
+    native = _loaded_native()
+    if native is None:
+        return
+    try:
+        native.fork_parent()
+    except Exception:
+        pass
+
+
+def _fork_child():
+    native = _loaded_native()
+    if native is None:
+        return
+    try:
+        native.fork_child()
+        cfg = _state["config"]
+        if cfg is not None and native.is_running():
+            # The child is its own process: fresh samples, its own pid in
+            # file names and tags, its own export thread and curl state.
+            native.stop(final_export=False)
+            _start_native(native, cfg)
+            _state["pid"] = os.getpid()
+    except Exception:
+        pass
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_fork_before, after_in_parent=_fork_parent,
+                        after_in_child=_fork_child)

@@ -1,0 +1,141 @@
+/* Internal declarations shared by module.c, lock.c and frames.c (the parts
+ * of ddlock that include Python.h). */
+#ifndef DDLOCK_DDLOCK_H
+#define DDLOCK_DDLOCK_H
+
+#include "pycompat.h"
+
+#include <stdint.h>
+
+#include "exporter.h"
+#include "pprof.h"
+#include "profile.h"
+
+#define DDL_VERSION "0.1.0"
+#define DDL_MAX_EXCLUDES 32
+#define DDL_NAME_CACHE_MAX 8192
+
+/* Per-module state (one per interpreter that imports ddlock._ddlock). */
+typedef struct {
+    PyTypeObject *lock_type;
+    PyTypeObject *rlock_type;
+    PyTypeObject *factory_type;
+
+    PyObject *native_lock_factory;  /* _thread.allocate_lock */
+    PyObject *native_rlock_factory; /* _thread.RLock */
+    PyObject *threading_active;     /* threading._active (thread registry) */
+    PyObject *threading_file;       /* co_filename of threading.py */
+    PyObject *ddlock_dir;           /* directory prefix of the ddlock package */
+    PyObject *name_cache;  /* (site code, site lasti, user code) -> name */
+    PyObject *str_name;    /* interned "_name" */
+    PyObject *str_dunder_name; /* interned "__name__" */
+
+    /* configuration, written only with the GIL held by start()/stop() */
+    int running;                /* a profile is being collected */
+    uint64_t generation;        /* bumped by every start/stop/fork */
+    double capture_p;           /* 0..1 */
+    int64_t wait_rate_ns;       /* contended waits >= rate always sampled */
+    int max_frames;
+    int inspect_dir;
+    int resolve_names;          /* 0 only for testing the checker */
+    int n_excludes;
+    char *excludes[DDL_MAX_EXCLUDES];
+    uint64_t seed;              /* 0 = random */
+
+    ddl_profile *profile;
+    ddl_exporter *exporter;
+
+    /* exporter log messages waiting for the GIL (filled without the GIL) */
+    PyThread_type_lock log_mutex;
+    PyObject *log_callback;     /* ddlock._log_native(level, kind, msg) */
+    int log_pending_scheduled;
+    int n_logs;
+    struct {
+        int level;
+        char kind[32];
+        char msg[256];
+    } logs[32];
+
+    /* counters (GIL held) */
+    uint64_t locks_created;
+    uint64_t events_sampled;
+    uint64_t events_reentrant_skipped;
+    uint64_t names_resolved;
+    uint64_t names_cache_hits;
+    uint64_t names_missed;
+} ddl_state;
+
+/* Common header of the Lock and RLock wrappers. */
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock;
+    char locked;          /* Lock: held; RLock: unused (count says) */
+    char sampled;         /* the current hold comes from a sampled acquire */
+    char name_done;       /* name resolved (name may still be NULL) */
+    char is_rlock;
+    int site_lasti;       /* byte offset in site_code, -1 unknown */
+    PyObject *site_code;  /* creating code object, NULL when unknown */
+    PyObject *name;       /* "file:line:name" label once resolved */
+    int64_t acquired_ns;  /* monotonic time of the sampled acquire */
+    double weight;        /* 1/p of the sampled acquire */
+    PyObject *weakreflist;
+} ddl_lockbase;
+
+typedef struct {
+    ddl_lockbase base;
+    unsigned long owner;  /* thread ident, 0 when free */
+    unsigned long count;
+} ddl_rlock;
+
+/* lock.c */
+int ddl_lock_types_init(PyObject *module, ddl_state *st);
+int ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
+                    int64_t hold_ns, int is_release, double weight);
+
+/* frames.c: the only code that reads frames */
+typedef struct {
+    ddl_frame *frames;      /* leaf first */
+    PyObject **refs;        /* references keeping strings alive */
+    size_t nframes;
+    size_t nrefs;
+    char omitted_buf[48];
+} ddl_stack;
+
+/* First Python frame at or above start outside threading.py and ddlock
+ * (new reference, NULL when none). */
+PyFrameObject *ddl_user_frame(ddl_state *st, PyFrameObject *start);
+/* Creation site of a lock being created now: new ref to code + lasti; and
+ * the top-level module name check against the exclusions. Returns 1 when
+ * the lock should be profiled, 0 when it must stay native, -1 on error. */
+int ddl_creation_site(ddl_state *st, PyObject **code, int *lasti);
+/* Capture the current stack (leaf first, skipping leading threading.py
+ * frames). Returns 0, or -1 with no exception set (sample skipped). */
+int ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
+                      PyObject **refs, size_t cap);
+void ddl_stack_release(ddl_stack *stack);
+/* Label for the lock ("file:line:name" or "file:line"), new ref; resolves
+ * the variable name on first use. NULL (no exception) when unknown. */
+PyObject *ddl_lock_name(ddl_state *st, ddl_lockbase *lk);
+/* Site label "file:line" for a code/lasti pair, new ref or NULL. */
+PyObject *ddl_site_label(PyObject *code, int lasti);
+/* Current thread's name from threading._active, new ref or NULL. */
+PyObject *ddl_thread_name(ddl_state *st, unsigned long ident);
+
+/* module.c */
+ddl_state *ddl_get_state_from_type(PyTypeObject *tp);
+
+/* Thread-local sampling state. */
+typedef struct {
+    uint64_t generation; /* matches st->generation when valid */
+    int64_t countdown;   /* unsampled events left before the next sample */
+    uint64_t rng;        /* xorshift state */
+    int busy;            /* the profiler is working on this thread */
+} ddl_tls_t;
+
+extern _Thread_local ddl_tls_t ddl_tls __attribute__((tls_model("initial-exec")));
+
+void ddl_tls_reset(ddl_state *st);
+void ddl_reset_seed_sequence(void);
+double ddl_rand_unit(void);
+
+#endif /* DDLOCK_DDLOCK_H */

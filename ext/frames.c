@@ -1,0 +1,561 @@
+/* Stack capture and lock-name resolution: the only code in ddlock that reads
+ * Python frames.
+ *
+ * Name resolution never runs user code: it reads frame locals and globals,
+ * instance __dict__s through the generic slot, __slots__ members directly and
+ * class __dict__s of heap types. No properties, __getattr__, __eq__ or
+ * __repr__ are ever invoked, and a fixed work budget bounds the search.
+ */
+#include "ddlock.h"
+
+#include <string.h>
+
+#define NAME_SEARCH_BUDGET 20000
+
+/* ---- internal frames ------------------------------------------------------ */
+
+static int
+is_internal_code(ddl_state *st, PyCodeObject *co)
+{
+    PyObject *fn = co->co_filename;
+    if (fn == NULL || !PyUnicode_Check(fn)) {
+        return 0;
+    }
+    if (st->threading_file != NULL &&
+        (fn == st->threading_file ||
+         PyUnicode_Compare(fn, st->threading_file) == 0)) {
+        return 1;
+    }
+    if (st->ddlock_dir != NULL &&
+        PyUnicode_Tailmatch(fn, st->ddlock_dir, 0, PY_SSIZE_T_MAX, -1) == 1) {
+        return 1;
+    }
+    return 0;
+}
+
+/* New reference to the first frame at or above start (borrowed) whose code is
+ * outside threading.py and ddlock; NULL if none. */
+static PyFrameObject *
+user_frame(ddl_state *st, PyFrameObject *start)
+{
+    PyFrameObject *f = start;
+    Py_XINCREF(f);
+    while (f != NULL) {
+        PyCodeObject *co = PyFrame_GetCode(f);
+        int internal = is_internal_code(st, co);
+        Py_DECREF(co);
+        if (!internal) {
+            return f;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    return NULL;
+}
+
+PyFrameObject *
+ddl_user_frame(ddl_state *st, PyFrameObject *start)
+{
+    return user_frame(st, start);
+}
+
+/* ---- creation site -------------------------------------------------------- */
+
+static int
+module_excluded(ddl_state *st, PyObject *globals)
+{
+    if (st->n_excludes == 0 || globals == NULL || !PyDict_Check(globals)) {
+        return 0;
+    }
+    PyObject *name = PyDict_GetItemWithError(globals, st->str_dunder_name);
+    if (name == NULL || !PyUnicode_Check(name)) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &len);
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    for (int i = 0; i < st->n_excludes; i++) {
+        size_t n = strlen(st->excludes[i]);
+        if ((size_t)len >= n && memcmp(s, st->excludes[i], n) == 0 &&
+            ((size_t)len == n || s[n] == '.')) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+int
+ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
+{
+    *code = NULL;
+    *lasti = -1;
+    PyFrameObject *caller = PyEval_GetFrame(); /* borrowed */
+    if (caller == NULL) {
+        return 1; /* made from C with no Python frame: profile it */
+    }
+    if (module_excluded(st, ddl_frame_globals_borrowed(caller))) {
+        return 0;
+    }
+    PyFrameObject *f = user_frame(st, caller);
+    if (f == NULL) {
+        return 1;
+    }
+    *code = (PyObject *)PyFrame_GetCode(f);
+    *lasti = ddl_frame_lasti(f);
+    Py_DECREF(f);
+    return 1;
+}
+
+static PyObject *
+basename_of(PyObject *filename)
+{
+    Py_ssize_t len = PyUnicode_GetLength(filename);
+    Py_ssize_t slash = PyUnicode_FindChar(filename, '/', 0, len, -1);
+    if (slash == -2) {
+        return NULL;
+    }
+    if (slash < 0) {
+        return Py_NewRef(filename);
+    }
+    return PyUnicode_Substring(filename, slash + 1, len);
+}
+
+PyObject *
+ddl_site_label(PyObject *code, int lasti)
+{
+    if (code == NULL || !PyCode_Check(code)) {
+        return PyUnicode_FromString("<unknown>");
+    }
+    PyCodeObject *co = (PyCodeObject *)code;
+    int line = lasti >= 0 ? PyCode_Addr2Line(co, lasti) : co->co_firstlineno;
+    PyObject *base = basename_of(co->co_filename);
+    if (base == NULL) {
+        return NULL;
+    }
+    PyObject *label = PyUnicode_FromFormat("%U:%d", base, line);
+    Py_DECREF(base);
+    return label;
+}
+
+/* ---- stack capture -------------------------------------------------------- */
+
+static void
+set_str(ddl_str *out, PyObject *s)
+{
+    Py_ssize_t len = 0;
+    const char *p = NULL;
+    if (s != NULL && PyUnicode_Check(s)) {
+        p = PyUnicode_AsUTF8AndSize(s, &len);
+        if (p == NULL) {
+            PyErr_Clear();
+        }
+    }
+    if (p == NULL) {
+        p = "<?>";
+        len = 3;
+    }
+    out->ptr = p;
+    out->len = (size_t)len;
+}
+
+int
+ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
+                  PyObject **refs, size_t cap)
+{
+    stack->frames = frames;
+    stack->refs = refs;
+    stack->nframes = 0;
+    stack->nrefs = 0;
+    size_t max = (size_t)st->max_frames;
+    if (max + 1 > cap) {
+        max = cap - 1;
+    }
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    /* leading threading.py / ddlock frames (Condition.__enter__, ...) are
+     * not the user's: the leaf is the user's code */
+    while (f != NULL) {
+        PyCodeObject *co = PyFrame_GetCode(f);
+        int internal = is_internal_code(st, co);
+        Py_DECREF(co);
+        if (!internal) {
+            break;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    size_t omitted = 0;
+    while (f != NULL) {
+        if (stack->nframes < max) {
+            PyCodeObject *co = PyFrame_GetCode(f);
+            refs[stack->nrefs++] = (PyObject *)co;
+            ddl_frame *fr = &frames[stack->nframes++];
+            set_str(&fr->name, ddl_code_name(co));
+            set_str(&fr->filename, co->co_filename);
+            fr->line = PyFrame_GetLineNumber(f);
+        }
+        else if (++omitted > 100000) {
+            break;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    Py_XDECREF(f);
+    if (omitted > 0) {
+        ddl_frame *fr = &frames[stack->nframes++];
+        int n = snprintf(stack->omitted_buf, sizeof(stack->omitted_buf),
+                         "<%zu frames omitted>", omitted);
+        fr->name.ptr = stack->omitted_buf;
+        fr->name.len = (size_t)n;
+        fr->filename.ptr = "";
+        fr->filename.len = 0;
+        fr->line = 0;
+    }
+    return 0;
+}
+
+void
+ddl_stack_release(ddl_stack *stack)
+{
+    for (size_t i = 0; i < stack->nrefs; i++) {
+        Py_DECREF(stack->refs[i]);
+    }
+    stack->nrefs = 0;
+    stack->nframes = 0;
+}
+
+/* ---- name search ---------------------------------------------------------- */
+
+typedef struct {
+    PyObject *target;
+    long budget;
+} search_ctx;
+
+/* Called for each (name, value) found; returns 1 to stop (found). */
+typedef int (*attr_visit)(search_ctx *c, PyObject *name, PyObject *value,
+                          void *arg, PyObject **found);
+
+static int
+visit_match(search_ctx *c, PyObject *name, PyObject *value, void *arg,
+            PyObject **found)
+{
+    if (value == c->target && PyUnicode_Check(name)) {
+        *found = name;
+        return 1;
+    }
+    return 0;
+}
+
+static int
+visit_dict(search_ctx *c, PyObject *dict, attr_visit visit, void *arg,
+           PyObject **found)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(dict, &pos, &k, &v)) {
+        if (--c->budget < 0) {
+            return -1;
+        }
+        if (visit(c, k, v, arg, found)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Visit obj's attributes without running any of its code: a heap type's own
+ * __dict__; an instance's __dict__ (read through the generic slot, never a
+ * class-level __dict__ override), its __slots__ members read directly, and
+ * its classes' __dict__s (class attributes). Modules only when allowed. */
+static int
+visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
+            void *arg, PyObject **found)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    int r = 0;
+    if (PyModule_Check(obj)) {
+        if (!allow_modules || !PyModule_CheckExact(obj)) {
+            return 0;
+        }
+        PyObject *d = PyModule_GetDict(obj); /* borrowed */
+        return d != NULL ? visit_dict(c, d, visit, arg, found) : 0;
+    }
+    if (PyType_Check(obj)) {
+        PyTypeObject *cls = (PyTypeObject *)obj;
+        if (!(cls->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+            return 0;
+        }
+        PyObject *d = ddl_type_dict(cls);
+        if (d != NULL) {
+            r = visit_dict(c, d, visit, arg, found);
+            Py_DECREF(d);
+        }
+        return r;
+    }
+    if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+        return 0; /* builtins and C objects: containers are not searched */
+    }
+    if (ddl_type_has_instance_dict(tp)) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        if (d == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            r = PyDict_Check(d) ? visit_dict(c, d, visit, arg, found) : 0;
+            Py_DECREF(d);
+            if (r != 0) {
+                return r;
+            }
+        }
+    }
+    PyObject *mro = tp->tp_mro; /* borrowed tuple */
+    if (mro == NULL || !PyTuple_Check(mro)) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+            continue;
+        }
+        PyObject *d = ddl_type_dict(base);
+        if (d == NULL) {
+            continue;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (r == 0 && PyDict_Next(d, &pos, &k, &v)) {
+            if (--c->budget < 0) {
+                r = -1;
+                break;
+            }
+            if (Py_IS_TYPE(v, &PyMemberDescr_Type)) {
+                PyMemberDef *m = ((PyMemberDescrObject *)v)->d_member;
+                if (m != NULL && ddl_member_is_object(m->type)) {
+                    PyObject *slot = *(PyObject **)((char *)obj + m->offset);
+                    if (slot != NULL && visit(c, k, slot, arg, found)) {
+                        r = 1;
+                    }
+                }
+            }
+            else if (visit(c, k, v, arg, found)) {
+                r = 1; /* class attribute, e.g. table_lock = Lock() */
+            }
+        }
+        Py_DECREF(d);
+        if (r != 0) {
+            return r;
+        }
+    }
+    return 0;
+}
+
+static int
+visit_level1(search_ctx *c, PyObject *name, PyObject *value, void *arg,
+             PyObject **found)
+{
+    /* second level: value's attributes, no modules */
+    return visit_attrs(c, value, 0, visit_match, NULL, found) == 1;
+}
+
+/* Dict of a frame's locals (new ref), whatever the version returns. */
+static PyObject *
+locals_dict(PyFrameObject *f)
+{
+    PyObject *m = ddl_frame_locals(f);
+    if (m == NULL || PyDict_Check(m)) {
+        return m;
+    }
+    PyObject *d = PyDict_New();
+    if (d != NULL && PyDict_Update(d, m) < 0) {
+        Py_CLEAR(d);
+    }
+    Py_DECREF(m);
+    return d;
+}
+
+/* Search order: locals, globals, then one level into their values'
+ * attributes (objects first, modules last), then a second level. Returns a
+ * borrowed-then-increfed name or NULL. */
+static PyObject *
+search_name(ddl_state *st, PyObject *target, PyFrameObject *f)
+{
+    search_ctx c = {target, NAME_SEARCH_BUDGET};
+    PyObject *found = NULL;
+    PyObject *sources[2] = {NULL, NULL};
+    sources[0] = locals_dict(f);
+    if (sources[0] == NULL) {
+        PyErr_Clear();
+    }
+    PyObject *g = ddl_frame_globals_borrowed(f);
+    if (g != NULL && PyDict_Check(g) && g != sources[0]) {
+        sources[1] = Py_NewRef(g);
+    }
+    int n = 2;
+    /* level 0 */
+    for (int i = 0; i < n && found == NULL; i++) {
+        if (sources[i] != NULL &&
+            visit_dict(&c, sources[i], visit_match, NULL, &found) < 0) {
+            goto done;
+        }
+    }
+    if (found != NULL || !st->inspect_dir) {
+        goto done;
+    }
+    /* level 1: objects, then modules */
+    for (int pass = 0; pass < 2 && found == NULL; pass++) {
+        for (int i = 0; i < n && found == NULL; i++) {
+            if (sources[i] == NULL) {
+                continue;
+            }
+            Py_ssize_t pos = 0;
+            PyObject *k, *v;
+            while (found == NULL && PyDict_Next(sources[i], &pos, &k, &v)) {
+                if (--c.budget < 0) {
+                    goto done;
+                }
+                if ((pass == 0) == (PyModule_Check(v) != 0)) {
+                    continue;
+                }
+                if (visit_attrs(&c, v, pass == 1, visit_match, NULL, &found) <
+                    0) {
+                    goto done;
+                }
+            }
+        }
+    }
+    /* level 2: attributes of attributes (self.pool.conn_lock) */
+    for (int i = 0; i < n && found == NULL; i++) {
+        if (sources[i] == NULL) {
+            continue;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (found == NULL && PyDict_Next(sources[i], &pos, &k, &v)) {
+            if (--c.budget < 0 ||
+                visit_attrs(&c, v, 0, visit_level1, NULL, &found) < 0) {
+                goto done;
+            }
+        }
+    }
+done:
+    Py_XINCREF(found);
+    Py_XDECREF(sources[0]);
+    Py_XDECREF(sources[1]);
+    return found;
+}
+
+PyObject *
+ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
+{
+    if (lk->name_done) {
+        return Py_XNewRef(lk->name);
+    }
+    PyObject *label = NULL, *key = NULL, *var = NULL;
+    PyFrameObject *f = NULL;
+    PyObject *site = ddl_site_label(lk->site_code, lk->site_lasti);
+    if (site == NULL) {
+        goto error;
+    }
+    if (!st->resolve_names) {
+        label = Py_NewRef(site);
+        goto done;
+    }
+    f = user_frame(st, PyEval_GetFrame());
+    if (f != NULL && lk->site_code != NULL && st->name_cache != NULL) {
+        PyCodeObject *uco = PyFrame_GetCode(f);
+        key = Py_BuildValue("(OiN)", lk->site_code, lk->site_lasti, uco);
+        if (key == NULL) {
+            goto error;
+        }
+        PyObject *cached = PyDict_GetItemWithError(st->name_cache, key);
+        if (cached != NULL) {
+            st->names_cache_hits++;
+            label = Py_NewRef(cached);
+            goto done;
+        }
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+    }
+    if (f != NULL) {
+        var = search_name(st, (PyObject *)lk, f);
+    }
+    if (var != NULL) {
+        st->names_resolved++;
+        label = PyUnicode_FromFormat("%U:%U", site, var);
+    }
+    else {
+        st->names_missed++;
+        label = Py_NewRef(site);
+    }
+    if (label == NULL) {
+        goto error;
+    }
+    if (key != NULL) {
+        if (PyDict_GET_SIZE(st->name_cache) >= DDL_NAME_CACHE_MAX) {
+            PyDict_Clear(st->name_cache);
+        }
+        if (PyDict_SetItem(st->name_cache, key, label) < 0) {
+            goto error;
+        }
+    }
+done:
+    Py_XSETREF(lk->name, Py_NewRef(label));
+    lk->name_done = 1;
+    Py_XDECREF(site);
+    Py_XDECREF(key);
+    Py_XDECREF(var);
+    Py_XDECREF(f);
+    return label;
+error:
+    PyErr_Clear();
+    Py_XDECREF(label);
+    Py_XDECREF(site);
+    Py_XDECREF(key);
+    Py_XDECREF(var);
+    Py_XDECREF(f);
+    return NULL;
+}
+
+/* New reference to the current thread's name from threading's registry,
+ * read from the Thread's instance dict (no property, no user code). */
+PyObject *
+ddl_thread_name(ddl_state *st, unsigned long ident)
+{
+    if (st->threading_active == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromUnsignedLong(ident);
+    if (key == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *t = PyDict_GetItemWithError(st->threading_active, key);
+    Py_DECREF(key);
+    if (t == NULL || !ddl_type_has_instance_dict(Py_TYPE(t))) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *d = PyObject_GenericGetDict(t, NULL);
+    if (d == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *name = PyDict_Check(d) ? PyDict_GetItemWithError(d, st->str_name)
+                                     : NULL;
+    Py_XINCREF(name);
+    Py_DECREF(d);
+    if (name == NULL || !PyUnicode_Check(name)) {
+        PyErr_Clear();
+        Py_XDECREF(name);
+        return NULL;
+    }
+    return name;
+}

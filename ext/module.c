@@ -1,0 +1,606 @@
+/* ddlock._ddlock: module init (multi-phase, per-module state) and the
+ * Python-facing functions of the native core. The Python layer (ddlock/)
+ * parses configuration and patches threading; this module owns the profile,
+ * the exporter and the lock types. */
+#include "ddlock.h"
+
+#include <string.h>
+
+ddl_state *
+ddl_get_state_from_type(PyTypeObject *tp)
+{
+    return (ddl_state *)PyType_GetModuleState(tp);
+}
+
+static inline ddl_state *
+get_state(PyObject *module)
+{
+    return (ddl_state *)PyModule_GetState(module);
+}
+
+/* ---- exporter callbacks (export thread, no GIL, no Python) ---------------- */
+
+static int
+produce(void *ctx, ddl_buf *out, int64_t *start_ns, int64_t *end_ns)
+{
+    ddl_profile *profile = (ddl_profile *)ctx;
+    ddl_snapshot *snap = ddl_profile_swap(profile, ddl_wall_ns());
+    if (snap == NULL) {
+        return -1;
+    }
+    int rc = 1;
+    if (ddl_snapshot_nsamples(snap) > 0 || ddl_snapshot_dropped(snap) > 0) {
+        *start_ns = ddl_snapshot_start_ns(snap);
+        *end_ns = ddl_snapshot_end_ns(snap);
+        rc = ddl_pprof_encode(snap, out) == 0 ? 0 : -1;
+    }
+    ddl_snapshot_free(snap);
+    return rc;
+}
+
+/* Runs in the main thread with the GIL, scheduled by on_log: hands queued
+ * exporter messages to ddlock's Python logger. Never raises. */
+static int
+drain_pending(void *unused)
+{
+    PyObject *name = PyUnicode_FromString("ddlock");
+    if (name == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *mod = PyImport_GetModule(name);
+    Py_DECREF(name);
+    if (mod == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    PyObject *r = PyObject_CallMethod(mod, "_drain_native_logs", NULL);
+    Py_XDECREF(r);
+    Py_DECREF(mod);
+    PyErr_Clear();
+    return 0;
+}
+
+static void
+on_log(void *ctx, int level, const char *kind, const char *msg)
+{
+    ddl_state *st = (ddl_state *)ctx;
+    int schedule = 0;
+    PyThread_acquire_lock(st->log_mutex, WAIT_LOCK);
+    if (st->n_logs < (int)(sizeof(st->logs) / sizeof(st->logs[0]))) {
+        st->logs[st->n_logs].level = level;
+        snprintf(st->logs[st->n_logs].kind, sizeof(st->logs[0].kind), "%s",
+                 kind ? kind : "");
+        snprintf(st->logs[st->n_logs].msg, sizeof(st->logs[0].msg), "%s",
+                 msg ? msg : "");
+        st->n_logs++;
+    }
+    if (!st->log_pending_scheduled) {
+        st->log_pending_scheduled = 1;
+        schedule = 1;
+    }
+    PyThread_release_lock(st->log_mutex);
+    if (schedule && Py_AddPendingCall(drain_pending, NULL) < 0) {
+        PyThread_acquire_lock(st->log_mutex, WAIT_LOCK);
+        st->log_pending_scheduled = 0;
+        PyThread_release_lock(st->log_mutex);
+    }
+}
+
+/* ---- start / stop ----------------------------------------------------------- */
+
+static void
+free_excludes(ddl_state *st)
+{
+    for (int i = 0; i < st->n_excludes; i++) {
+        PyMem_RawFree(st->excludes[i]);
+        st->excludes[i] = NULL;
+    }
+    st->n_excludes = 0;
+}
+
+static int
+set_excludes(ddl_state *st, PyObject *seq)
+{
+    free_excludes(st);
+    PyObject *fast = PySequence_Fast(seq, "exclude must be a sequence of str");
+    if (fast == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
+    for (Py_ssize_t i = 0; i < n && st->n_excludes < DDL_MAX_EXCLUDES; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(fast, i);
+        const char *s = PyUnicode_Check(item) ? PyUnicode_AsUTF8(item) : NULL;
+        if (s == NULL) {
+            Py_DECREF(fast);
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "exclude items must be str");
+            }
+            return -1;
+        }
+        size_t len = strlen(s) + 1;
+        char *copy = PyMem_RawMalloc(len);
+        if (copy == NULL) {
+            Py_DECREF(fast);
+            PyErr_NoMemory();
+            return -1;
+        }
+        memcpy(copy, s, len);
+        st->excludes[st->n_excludes++] = copy;
+    }
+    Py_DECREF(fast);
+    return 0;
+}
+
+static void
+stop_collecting(ddl_state *st, int final_export)
+{
+    st->running = 0;
+    st->generation++;
+    ddl_exporter *e = st->exporter;
+    ddl_profile *p = st->profile;
+    st->exporter = NULL;
+    st->profile = NULL;
+    if (e != NULL) {
+        Py_BEGIN_ALLOW_THREADS
+        ddl_exporter_stop(e, final_export);
+        Py_END_ALLOW_THREADS
+    }
+    if (p != NULL) {
+        ddl_profile_free(p);
+    }
+}
+
+static PyObject *
+mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"output_prefix", "capture_pct",  "max_frames",
+                             "interval",      "inspect_dir",  "exclude",
+                             "max_samples",   "wait_rate_ns", "seed",
+                             "upload_enabled", "url",         "unix_socket",
+                             "api_key",       "timeout_ms",   "tags",
+                             "version",       "ca_file",      "file_mode",
+                             "resolve_names", NULL};
+    const char *output_prefix = NULL, *url = NULL, *unix_socket = NULL;
+    const char *api_key = NULL, *tags = "", *version = DDL_VERSION;
+    const char *ca_file = NULL;
+    double capture_pct = 1.0, interval = 60.0;
+    int max_frames = 64, inspect_dir = 1, upload_enabled = 0,
+        resolve_names = 1;
+    PyObject *exclude = NULL;
+    Py_ssize_t max_samples = 10000;
+    long long wait_rate_ns = 1000000, seed = 0;
+    long timeout_ms = 10000;
+    unsigned int file_mode = 0600;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "|$zdidpOnLLpzzzlzzzIp:start", kwlist,
+            &output_prefix, &capture_pct, &max_frames, &interval,
+            &inspect_dir, &exclude, &max_samples, &wait_rate_ns, &seed,
+            &upload_enabled, &url, &unix_socket, &api_key, &timeout_ms, &tags,
+            &version, &ca_file, &file_mode, &resolve_names)) {
+        return NULL;
+    }
+    if (!(capture_pct >= 0.0 && capture_pct <= 100.0)) {
+        PyErr_SetString(PyExc_ValueError, "capture_pct must be in [0, 100]");
+        return NULL;
+    }
+    if (max_frames < 1 || max_frames > 4096) {
+        PyErr_SetString(PyExc_ValueError, "max_frames must be in [1, 4096]");
+        return NULL;
+    }
+    if (!(interval > 0.0) || max_samples < 1 || wait_rate_ns < 0 ||
+        timeout_ms < 1) {
+        PyErr_SetString(PyExc_ValueError, "invalid profiler configuration");
+        return NULL;
+    }
+    ddl_state *st = get_state(module);
+    if (st->running) {
+        PyErr_SetString(PyExc_RuntimeError, "ddlock is already running");
+        return NULL;
+    }
+    if (exclude != NULL && exclude != Py_None &&
+        set_excludes(st, exclude) < 0) {
+        return NULL;
+    }
+    ddl_profile *profile = ddl_profile_new((size_t)max_samples, ddl_wall_ns());
+    if (profile == NULL) {
+        return PyErr_NoMemory();
+    }
+    ddl_exporter_config cfg = {
+        .output_prefix = output_prefix,
+        .file_mode = file_mode,
+        .interval_s = interval,
+        .upload_enabled = upload_enabled && url != NULL,
+        .url = url,
+        .unix_socket = unix_socket,
+        .api_key = api_key,
+        .timeout_ms = timeout_ms,
+        .max_retries = 2,
+        .tags = tags,
+        .version = version,
+        .ca_file = ca_file,
+        .produce = produce,
+        .produce_ctx = profile,
+        .log = on_log,
+        .log_ctx = st,
+    };
+    const char *err = NULL;
+    ddl_exporter *exporter = ddl_exporter_start(&cfg, &err);
+    if (exporter == NULL) {
+        ddl_profile_free(profile);
+        PyErr_Format(PyExc_RuntimeError, "ddlock: cannot start exporter: %s",
+                     err ? err : "unknown error");
+        return NULL;
+    }
+    st->profile = profile;
+    st->exporter = exporter;
+    st->capture_p = capture_pct / 100.0;
+    st->max_frames = max_frames;
+    st->inspect_dir = inspect_dir;
+    st->resolve_names = resolve_names;
+    st->wait_rate_ns = wait_rate_ns;
+    st->seed = (uint64_t)seed;
+    ddl_reset_seed_sequence();
+    st->generation++;
+    st->running = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_stop(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"final_export", NULL};
+    int final_export = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:stop", kwlist,
+                                     &final_export)) {
+        return NULL;
+    }
+    ddl_state *st = get_state(module);
+    stop_collecting(st, final_export);
+    if (st->name_cache != NULL) {
+        PyDict_Clear(st->name_cache);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_flush(PyObject *module, PyObject *unused)
+{
+    ddl_state *st = get_state(module);
+    PyObject *list = PyList_New(0);
+    if (list == NULL || st->exporter == NULL) {
+        return list;
+    }
+    char **paths = NULL;
+    int rc;
+    ddl_exporter *e = st->exporter;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ddl_exporter_flush(e, &paths);
+    Py_END_ALLOW_THREADS
+    (void)rc;
+    for (char **p = paths; p != NULL && *p != NULL; p++) {
+        PyObject *s = PyUnicode_DecodeFSDefault(*p);
+        if (s == NULL || PyList_Append(list, s) < 0) {
+            Py_XDECREF(s);
+            Py_DECREF(list);
+            ddl_exporter_free_paths(paths);
+            return NULL;
+        }
+        Py_DECREF(s);
+    }
+    ddl_exporter_free_paths(paths);
+    return list;
+}
+
+#define SET_U64(d, k, v)                                                      \
+    do {                                                                      \
+        PyObject *o_ = PyLong_FromUnsignedLongLong((unsigned long long)(v));  \
+        if (o_ == NULL || PyDict_SetItemString((d), (k), o_) < 0) {           \
+            Py_XDECREF(o_);                                                   \
+            goto error;                                                       \
+        }                                                                     \
+        Py_DECREF(o_);                                                        \
+    } while (0)
+
+static PyObject *
+mod_stats(PyObject *module, PyObject *unused)
+{
+    ddl_state *st = get_state(module);
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    SET_U64(d, "running", st->running);
+    SET_U64(d, "locks_created", st->locks_created);
+    SET_U64(d, "events_sampled", st->events_sampled);
+    SET_U64(d, "events_reentrant_skipped", st->events_reentrant_skipped);
+    SET_U64(d, "names_resolved", st->names_resolved);
+    SET_U64(d, "names_cache_hits", st->names_cache_hits);
+    SET_U64(d, "names_missed", st->names_missed);
+    if (st->profile != NULL) {
+        ddl_profile_stats ps;
+        ddl_profile_get_stats(st->profile, &ps);
+        SET_U64(d, "samples_added", ps.samples_added);
+        SET_U64(d, "samples_dropped", ps.samples_dropped);
+        SET_U64(d, "snapshots", ps.snapshots);
+        SET_U64(d, "current_keys", ps.current_keys);
+    }
+    if (st->exporter != NULL) {
+        ddl_exporter_stats es;
+        ddl_exporter_get_stats(st->exporter, &es);
+        SET_U64(d, "exports", es.exports);
+        SET_U64(d, "files_written", es.files_written);
+        SET_U64(d, "file_errors", es.file_errors);
+        SET_U64(d, "uploads_ok", es.uploads_ok);
+        SET_U64(d, "uploads_failed", es.uploads_failed);
+        SET_U64(d, "upload_retries", es.upload_retries);
+        SET_U64(d, "bytes_written", es.bytes_written);
+        SET_U64(d, "bytes_uploaded", es.bytes_uploaded);
+        SET_U64(d, "last_http_status", (unsigned)es.last_http_status);
+        PyObject *s = PyUnicode_DecodeUTF8(es.last_error,
+                                           strlen(es.last_error), "replace");
+        if (s == NULL || PyDict_SetItemString(d, "last_error", s) < 0) {
+            Py_XDECREF(s);
+            goto error;
+        }
+        Py_DECREF(s);
+    }
+    return d;
+error:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *
+mod_drain_logs(PyObject *module, PyObject *unused)
+{
+    ddl_state *st = get_state(module);
+    PyObject *list = PyList_New(0);
+    if (list == NULL) {
+        return NULL;
+    }
+    PyThread_acquire_lock(st->log_mutex, WAIT_LOCK);
+    int n = st->n_logs;
+    int levels[32];
+    char kinds[32][32], msgs[32][256];
+    for (int i = 0; i < n; i++) {
+        levels[i] = st->logs[i].level;
+        memcpy(kinds[i], st->logs[i].kind, sizeof(kinds[i]));
+        memcpy(msgs[i], st->logs[i].msg, sizeof(msgs[i]));
+    }
+    st->n_logs = 0;
+    st->log_pending_scheduled = 0;
+    PyThread_release_lock(st->log_mutex);
+    for (int i = 0; i < n; i++) {
+        PyObject *t = Py_BuildValue("(iss)", levels[i], kinds[i], msgs[i]);
+        if (t == NULL || PyList_Append(list, t) < 0) {
+            Py_XDECREF(t);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(t);
+    }
+    return list;
+}
+
+static PyObject *
+mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"threading_active", "threading_file", "ddlock_dir",
+                             NULL};
+    PyObject *active, *tfile, *ddir;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!UU:_setup", kwlist,
+                                     &PyDict_Type, &active, &tfile, &ddir)) {
+        return NULL;
+    }
+    ddl_state *st = get_state(module);
+    Py_XSETREF(st->threading_active, Py_NewRef(active));
+    Py_XSETREF(st->threading_file, Py_NewRef(tfile));
+    Py_XSETREF(st->ddlock_dir, Py_NewRef(ddir));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_fork_prepare(PyObject *module, PyObject *unused)
+{
+    ddl_state *st = get_state(module);
+    if (st->exporter != NULL) {
+        ddl_exporter_fork_prepare(st->exporter);
+    }
+    if (st->profile != NULL) {
+        ddl_profile_fork_prepare(st->profile);
+    }
+    PyThread_acquire_lock(st->log_mutex, WAIT_LOCK);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_fork_parent(PyObject *module, PyObject *unused)
+{
+    ddl_state *st = get_state(module);
+    PyThread_release_lock(st->log_mutex);
+    if (st->profile != NULL) {
+        ddl_profile_fork_parent(st->profile);
+    }
+    if (st->exporter != NULL) {
+        ddl_exporter_fork_parent(st->exporter);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_fork_child(PyObject *module, PyObject *unused)
+{
+    ddl_state *st = get_state(module);
+    /* the parent's log mutex is abandoned (held by us at fork time) */
+    PyThread_type_lock fresh = PyThread_allocate_lock();
+    if (fresh != NULL) {
+        st->log_mutex = fresh;
+    }
+    st->n_logs = 0;
+    st->log_pending_scheduled = 0;
+    if (st->profile != NULL) {
+        ddl_profile_fork_child(st->profile, ddl_wall_ns());
+    }
+    if (st->exporter != NULL && ddl_exporter_fork_child(st->exporter) != 0) {
+        /* no export thread in the child: stop collecting rather than grow */
+        st->running = 0;
+    }
+    st->generation++;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_is_running(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(get_state(module)->running);
+}
+
+static PyObject *
+mod_lock_name(PyObject *module, PyObject *lock)
+{
+    ddl_state *st = get_state(module);
+    if (Py_TYPE(lock) != st->lock_type && Py_TYPE(lock) != st->rlock_type) {
+        Py_RETURN_NONE;
+    }
+    PyObject *name = ddl_lock_name(st, (ddl_lockbase *)lock);
+    if (name == NULL) {
+        Py_RETURN_NONE;
+    }
+    return name;
+}
+
+static PyObject *
+mod_event_json(PyObject *module, PyObject *args)
+{
+    const char *tags;
+    long long start, end;
+    if (!PyArg_ParseTuple(args, "sLL:event_json", &tags, &start, &end)) {
+        return NULL;
+    }
+    char *json = ddl_exporter_event_json(tags, start, end, DDL_VERSION);
+    if (json == NULL) {
+        return PyErr_NoMemory();
+    }
+    PyObject *r = PyUnicode_FromString(json);
+    free(json);
+    return r;
+}
+
+static PyMethodDef module_methods[] = {
+    {"start", (PyCFunction)(void (*)(void))mod_start,
+     METH_VARARGS | METH_KEYWORDS, "Start collecting (configured by ddlock)."},
+    {"stop", (PyCFunction)(void (*)(void))mod_stop,
+     METH_VARARGS | METH_KEYWORDS, "Stop collecting, exporting once more."},
+    {"flush", mod_flush, METH_NOARGS, "Export now; returns paths written."},
+    {"stats", mod_stats, METH_NOARGS, "Counters of the native core."},
+    {"drain_logs", mod_drain_logs, METH_NOARGS, NULL},
+    {"_setup", (PyCFunction)(void (*)(void))mod_setup,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"fork_prepare", mod_fork_prepare, METH_NOARGS, NULL},
+    {"fork_parent", mod_fork_parent, METH_NOARGS, NULL},
+    {"fork_child", mod_fork_child, METH_NOARGS, NULL},
+    {"is_running", mod_is_running, METH_NOARGS, NULL},
+    {"lock_name", mod_lock_name, METH_O,
+     "The profile label of a profiled lock (resolving it now)."},
+    {"event_json", mod_event_json, METH_VARARGS, NULL},
+    {NULL},
+};
+
+/* ---- module lifecycle ------------------------------------------------------- */
+
+static int
+module_exec(PyObject *module)
+{
+    ddl_state *st = get_state(module);
+    st->max_frames = 64;
+    st->inspect_dir = 1;
+    st->resolve_names = 1;
+    st->wait_rate_ns = 1000000;
+    st->generation = 1;
+    st->log_mutex = PyThread_allocate_lock();
+    if (st->log_mutex == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    st->name_cache = PyDict_New();
+    st->str_name = PyUnicode_InternFromString("_name");
+    st->str_dunder_name = PyUnicode_InternFromString("__name__");
+    if (st->name_cache == NULL || st->str_name == NULL ||
+        st->str_dunder_name == NULL) {
+        return -1;
+    }
+    if (ddl_lock_types_init(module, st) < 0) {
+        return -1;
+    }
+    if (PyModule_AddStringConstant(module, "__version__", DDL_VERSION) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    ddl_state *st = get_state(module);
+    Py_VISIT(st->lock_type);
+    Py_VISIT(st->rlock_type);
+    Py_VISIT(st->factory_type);
+    Py_VISIT(st->native_lock_factory);
+    Py_VISIT(st->native_rlock_factory);
+    Py_VISIT(st->threading_active);
+    Py_VISIT(st->name_cache);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    ddl_state *st = get_state(module);
+    Py_CLEAR(st->lock_type);
+    Py_CLEAR(st->rlock_type);
+    Py_CLEAR(st->factory_type);
+    Py_CLEAR(st->native_lock_factory);
+    Py_CLEAR(st->native_rlock_factory);
+    Py_CLEAR(st->threading_active);
+    Py_CLEAR(st->threading_file);
+    Py_CLEAR(st->ddlock_dir);
+    Py_CLEAR(st->name_cache);
+    Py_CLEAR(st->str_name);
+    Py_CLEAR(st->str_dunder_name);
+    Py_CLEAR(st->log_callback);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    ddl_state *st = get_state((PyObject *)module);
+    stop_collecting(st, 0);
+    free_excludes(st);
+    module_clear((PyObject *)module);
+    /* log_mutex is left allocated: a pending drain may still look at it */
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "ddlock._ddlock",
+    .m_doc = "ddlock native core: profiled locks, profile, pprof, exporter.",
+    .m_size = sizeof(ddl_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__ddlock(void)
+{
+    return PyModuleDef_Init(&module_def);
+}

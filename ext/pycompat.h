@@ -1,0 +1,226 @@
+/* Every CPython-version-specific branch of ddlock lives here (3.9–3.13).
+ * Everything else calls these helpers and never tests PY_VERSION_HEX. */
+#ifndef DDLOCK_PYCOMPAT_H
+#define DDLOCK_PYCOMPAT_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <pythread.h>
+#include <structmember.h>
+
+#if PY_VERSION_HEX < 0x03090000
+#error "ddlock needs CPython 3.9 or newer"
+#endif
+
+/* ---- frames ------------------------------------------------------------ */
+
+/* Byte offset of the frame's last instruction (what PyCode_Addr2Line takes),
+ * -1 when unknown. */
+static inline int
+ddl_frame_lasti(PyFrameObject *f)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(f);
+#elif PY_VERSION_HEX >= 0x030A0000
+    /* 3.10 counts code units */
+    return f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#else
+    return f->f_lasti;
+#endif
+}
+
+/* Borrowed globals of a frame. */
+static inline PyObject *
+ddl_frame_globals_borrowed(PyFrameObject *f)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *g = PyFrame_GetGlobals(f); /* new ref; frame keeps it alive */
+    Py_XDECREF(g);
+    return g;
+#else
+    return f->f_globals;
+#endif
+}
+
+/* New reference to a mapping of the frame's locals (cells and free variables
+ * included): a dict on 3.9–3.12, a read-only proxy or dict on 3.13+.
+ * Returns NULL with an exception set on failure. */
+static inline PyObject *
+ddl_frame_locals(PyFrameObject *f)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLocals(f);
+#else
+    if (PyFrame_FastToLocalsWithError(f) < 0) {
+        return NULL;
+    }
+    if (f->f_locals == NULL) {
+        return PyDict_New();
+    }
+    Py_INCREF(f->f_locals);
+    return f->f_locals;
+#endif
+}
+
+/* Borrowed function name of a code object: co_qualname on 3.11+. */
+static inline PyObject *
+ddl_code_name(PyCodeObject *co)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return co->co_qualname;
+#else
+    return co->co_name;
+#endif
+}
+
+/* ---- type introspection without running user code ---------------------- */
+
+/* New reference to a type's own __dict__ (NULL when it has none). */
+static inline PyObject *
+ddl_type_dict(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyType_GetDict(tp);
+#else
+    Py_XINCREF(tp->tp_dict);
+    return tp->tp_dict;
+#endif
+}
+
+/* Does the instance have a real per-instance dict slot? */
+static inline int
+ddl_type_has_instance_dict(PyTypeObject *tp)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    if (tp->tp_flags & Py_TPFLAGS_MANAGED_DICT) {
+        return 1;
+    }
+#endif
+    return tp->tp_dictoffset != 0;
+}
+
+/* Member slot types that hold a PyObject*. */
+static inline int
+ddl_member_is_object(int type)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return type == Py_T_OBJECT_EX || type == _Py_T_OBJECT;
+#else
+    return type == T_OBJECT_EX || type == T_OBJECT;
+#endif
+}
+
+/* ---- GC pause while the profiler allocates ------------------------------ */
+
+/* Returns whether the collector was enabled (to pass to ddl_gc_resume). On
+ * 3.9 there is no C API to pause it; the re-entrancy guard covers that case. */
+static inline int
+ddl_gc_pause(void)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    return PyGC_Disable();
+#else
+    return 0;
+#endif
+}
+
+static inline void
+ddl_gc_resume(int was_enabled)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    if (was_enabled) {
+        PyGC_Enable();
+    }
+#else
+    (void)was_enabled;
+#endif
+}
+
+/* ---- lock argument errors: the exact messages of each version ------------ */
+
+static inline void
+ddl_err_unexpected_keyword(const char *fname, PyObject *kw)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                 fname, kw);
+#else
+    PyErr_Format(PyExc_TypeError,
+                 "'%U' is an invalid keyword argument for %s()", kw, fname);
+#endif
+}
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define DDL_MSG_TIMEOUT_NEGATIVE "timeout value must be a non-negative number"
+#define DDL_MSG_TIME_T_TOO_LARGE "timestamp too large to convert to C PyTime_t"
+#else
+#define DDL_MSG_TIMEOUT_NEGATIVE "timeout value must be positive"
+#define DDL_MSG_TIME_T_TOO_LARGE "timestamp too large to convert to C _PyTime_t"
+#endif
+
+#if PY_VERSION_HEX >= 0x030B0000
+#define DDL_MSG_FLOAT_TOO_LARGE "timestamp out of range for platform time_t"
+#define DDL_FLOAT_TIME_T_CHECK 1
+#else
+#define DDL_MSG_FLOAT_TOO_LARGE DDL_MSG_TIME_T_TOO_LARGE
+#define DDL_FLOAT_TIME_T_CHECK 0
+#endif
+
+/* The longest timeout (µs) PyThread_acquire_lock_timed accepts. */
+static inline long long
+ddl_timeout_max_us(void)
+{
+    return (long long)PY_TIMEOUT_MAX;
+}
+
+/* ---- methods that exist on some versions only ---------------------------- */
+
+#define DDL_MAYBE_UNUSED __attribute__((unused))
+/* RLock._recursion_count() exists from 3.11 on. */
+#if PY_VERSION_HEX >= 0x030B0000
+#define DDL_RLOCK_RECURSION_COUNT_METHOD(fn)                                  \
+    {"_recursion_count", fn, METH_NOARGS, NULL},
+#else
+#define DDL_RLOCK_RECURSION_COUNT_METHOD(fn)
+#endif
+
+/* ---- misc -------------------------------------------------------------- */
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+ddl_newref(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#define Py_NewRef(o) ddl_newref((PyObject *)(o))
+static inline PyObject *
+ddl_xnewref(PyObject *o)
+{
+    Py_XINCREF(o);
+    return o;
+}
+#define Py_XNewRef(o) ddl_xnewref((PyObject *)(o))
+#define Py_IsNone(o) ((o) == Py_None)
+static inline int
+PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
+{
+    Py_INCREF(value);
+    if (PyModule_AddObject(mod, name, value) < 0) {
+        Py_DECREF(value);
+        return -1;
+    }
+    return 0;
+}
+#define Py_TPFLAGS_IMMUTABLETYPE 0
+#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#endif
+
+#if PY_VERSION_HEX >= 0x030C0000
+#define DDL_MEMBER_OFFSET_FLAG Py_READONLY
+#else
+#define DDL_MEMBER_OFFSET_FLAG READONLY
+#endif
+
+#endif /* DDLOCK_PYCOMPAT_H */

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Install everything ddlock's build, tests, demo and benchmarks need.
+# Idempotent and quiet when everything is already present.
+#   scripts/deps.sh            Debian packages + PyPI tools for $PYTHON
+#   scripts/deps.sh --python P PyPI test tools for interpreter P only
+set -euo pipefail
+
+PYTHON=${PYTHON:-python3}
+APT_PKGS=(libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev zlib1g-dev
+          check pkg-config golang-go protobuf-compiler valgrind clang-format
+          cppcheck clang libclang-rt-14-dev openssl)
+PIP_PKGS=(pytest hypothesis setuptools wheel)
+PIP_TOOLS=(ddapm-test-agent)
+
+need_pip() {  # interpreter, modules...
+    local py=$1; shift
+    "$py" - "$@" <<'PY' 2>/dev/null
+import importlib.util, sys
+missing = [m for m in sys.argv[1:] if importlib.util.find_spec(m) is None]
+sys.exit(1 if missing else 0)
+PY
+}
+
+pip_install() {  # interpreter, packages...
+    local py=$1; shift
+    echo "deps: $py -m pip install $*"
+    "$py" -m pip install -q --disable-pip-version-check "$@"
+}
+
+python_tools() {
+    local py=$1
+    need_pip "$py" pytest hypothesis setuptools wheel || pip_install "$py" "${PIP_PKGS[@]}"
+}
+
+if [ "${1:-}" = "--python" ]; then
+    python_tools "$2"
+    exit 0
+fi
+
+missing=()
+for p in "${APT_PKGS[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "deps: apt-get install ${missing[*]}"
+    SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python_tools "$PYTHON"
+need_pip "$PYTHON" ddapm_test_agent || pip_install "$PYTHON" "${PIP_TOOLS[@]}"
