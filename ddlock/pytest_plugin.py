@@ -1,0 +1,175 @@
+"""pytest plugin for ddlock: the ``ddlock_profile`` fixture.
+
+Registered through the ``pytest11`` entry point when ddlock is installed, or
+explicitly with ``pytest_plugins = ["ddlock.pytest_plugin"]`` in a root
+conftest.py.  Usage::
+
+    def test_lock_name(ddlock_profile):
+        with ddlock_profile.run():               # ddlock.start(...) / ddlock.stop()
+            lock = threading.Lock()  # !CREATE! test_lock_name
+            with lock:  # !ACQUIRE! test_lock_name
+                pass
+        ddlock_profile.assert_lock_events(
+            expected_acquire_events=[
+                LockAcquireEvent(caller_name="test_lock_name", filename=__file__,
+                                 linenos=ddlock_profile.linenos("test_lock_name"), lock_name="lock"),
+            ],
+        )
+
+ddlock itself is imported only when ``run()`` is entered, so loading this
+plugin never loads the C extension.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Iterator, List, Optional
+
+import pytest
+
+from . import testing
+
+
+class DdlockProfile:
+    """What the ``ddlock_profile`` fixture yields.
+
+    ``run(**config)`` profiles the ``with`` body; afterwards ``profile`` is the
+    merge of every file that run wrote, ``profiles`` the per-file profiles and
+    ``paths`` their paths (oldest first).
+    """
+
+    def __init__(self, directory: str, test_file: Optional[str] = None) -> None:
+        self.directory = directory
+        self.test_file = test_file
+        self.prefix: Optional[str] = None
+        self.paths: List[str] = []
+        self.profiles: List[testing.Profile] = []
+        self._profile: Optional[testing.Profile] = None
+        self._runs = 0
+        self._running = False
+
+    # -- running the profiler -------------------------------------------------
+
+    def options(self, **config: object) -> dict:
+        """The keyword arguments ``run(**config)`` passes to ``ddlock.start``."""
+        options = {
+            "output_pprof": os.path.join(self.directory, "ddlock-%d" % (self._runs + 1)),
+            "capture_pct": 100,
+            "upload_enabled": False,
+        }
+        options.update(config)
+        return options
+
+    @contextlib.contextmanager
+    def run(self, **config: object) -> Iterator["DdlockProfile"]:
+        """Profile the body: ``ddlock.start(output_pprof=<tmp prefix>,
+        capture_pct=100, upload_enabled=False, **config)`` on entry,
+        ``ddlock.stop()`` on exit, then parse what was written."""
+        if self._running:
+            raise RuntimeError("ddlock_profile.run() is already active")
+        import ddlock  # lazily: the C extension is loaded only here
+
+        options = self.options(**config)
+        self._runs += 1
+        self.prefix = os.fspath(options["output_pprof"])  # type: ignore[arg-type]
+        self.paths = []
+        self.profiles = []
+        self._profile = None
+        ddlock.start(**options)
+        self._running = True
+        try:
+            yield self
+        except BaseException:
+            self._running = False
+            ddlock.stop()
+            with contextlib.suppress(Exception):  # keep the body's exception
+                self.collect()
+            raise
+        self._running = False
+        ddlock.stop()
+        self.collect()
+
+    def flush(self) -> testing.Profile:
+        """``ddlock.flush()`` during a run, then re-read the files so far."""
+        import ddlock
+
+        ddlock.flush()
+        return self.collect()
+
+    def collect(self) -> testing.Profile:
+        """(Re)read the files of the current run; returns the merged profile."""
+        if self.prefix is None:
+            raise RuntimeError("ddlock_profile.run() has not been used yet")
+        self.paths = testing.list_profile_files(self.prefix)
+        self.profiles = [testing.parse_profile(p) for p in self.paths]
+        self._profile = testing.merge_profiles(self.profiles)
+        return self._profile
+
+    # -- results --------------------------------------------------------------
+
+    @property
+    def profile(self) -> testing.Profile:
+        """All files of the last run merged into one profile."""
+        if self._profile is None:
+            if self.prefix is None:
+                raise RuntimeError("ddlock_profile.profile: use `with ddlock_profile.run(): ...` first")
+            if self._running:
+                raise RuntimeError("ddlock_profile.profile: the run is still active (use flush() to read it now)")
+            self.collect()
+        return self._profile  # type: ignore[return-value]
+
+    def assert_lock_events(
+        self,
+        expected_acquire_events: Optional[list] = None,
+        expected_release_events: Optional[list] = None,
+    ) -> list:
+        """:func:`ddlock.testing.assert_lock_events` on :attr:`profile`."""
+        __tracebackhide__ = True
+        return testing.assert_lock_events(
+            self.profile,
+            expected_acquire_events=expected_acquire_events,
+            expected_release_events=expected_release_events,
+        )
+
+    def samples_with_value_type(self, value_type: str) -> List[testing.Sample]:
+        return testing.get_samples_with_value_type(self.profile, value_type)
+
+    def lock_names(self) -> List[str]:
+        return testing.get_lock_names(self.profile)
+
+    def linenos(self, key: str, filename: Optional[str] = None) -> testing.LineNo:
+        """Line markers of ``key`` in ``filename`` (default: the test's file)."""
+        filename = filename or self.test_file
+        if filename is None:
+            raise ValueError("no test file known; pass filename=")
+        return testing.get_lock_linenos(key, filename)
+
+    @property
+    def markers(self) -> testing.LineMarkers:
+        """The :class:`~ddlock.testing.LineMarkers` of the test's file."""
+        if self.test_file is None:
+            raise ValueError("no test file known")
+        return testing.LineMarkers.for_file(self.test_file)
+
+    def __repr__(self) -> str:
+        return "<DdlockProfile prefix=%r files=%d>" % (self.prefix, len(self.paths))
+
+
+def _test_file(request: "pytest.FixtureRequest") -> Optional[str]:
+    path = getattr(request.node, "path", None)  # pytest >= 7
+    if path is None:
+        path = getattr(request.node, "fspath", None)
+    return os.fspath(path) if path is not None else None
+
+
+@pytest.fixture
+def ddlock_profile(request: "pytest.FixtureRequest", tmp_path: "os.PathLike[str]") -> Iterator[DdlockProfile]:
+    """Run ddlock around part of a test and read back the profile it wrote."""
+    prof = DdlockProfile(os.fspath(tmp_path), _test_file(request))
+    yield prof
+    if prof._running:  # the run's generator was abandoned: still stop ddlock
+        prof._running = False
+        import ddlock
+
+        ddlock.stop()
