@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
 root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+mkdir -p build
 failed=()
 for v in "${versions[@]}"; do
     py=$(ls -d "$root"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -n 1)
