@@ -44,6 +44,7 @@ typedef struct {
 
     ddl_profile *profile;
     ddl_exporter *exporter;
+    uint64_t file_seq; /* last file sequence number of this process */
 
     /* exporter log messages waiting for the GIL (filled without the GIL) */
     PyThread_type_lock log_mutex;

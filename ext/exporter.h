@@ -59,6 +59,12 @@ typedef struct {
     const char *ca_file;     /* NULL = system CAs; tests pass a self-signed
                                 certificate here */
 
+    /* Sequence numbers are per process, not per exporter: when not NULL,
+     * *seq_store holds the last sequence number written (0 = none yet); the
+     * exporter continues from it and updates it after each file, so a
+     * start/stop/start in one process never overwrites a file. */
+    uint64_t *seq_store;
+
     ddl_produce_fn produce;
     void *produce_ctx;
     ddl_log_fn log;
@@ -67,8 +73,9 @@ typedef struct {
 
 typedef struct ddl_exporter ddl_exporter;
 
-/* Copies the config (strings included) and starts the export thread.
- * Returns NULL on failure with a static message in *err. */
+/* Copies the config (strings included) and starts the export thread; returns
+ * once the thread is parked waiting for work. Returns NULL on failure with a
+ * static message in *err. */
 ddl_exporter *ddl_exporter_start(const ddl_exporter_config *cfg,
                                  const char **err);
 
@@ -104,8 +111,8 @@ void ddl_exporter_get_stats(ddl_exporter *e, ddl_exporter_stats *out);
  * the forking thread before fork); parent: release them; child: the export
  * thread does not exist in the child: re-initialise mutexes and condition
  * variables, reset sequence numbers to 1 (files now use the child's pid),
- * drop the parent's curl state and start a fresh export thread. Returns 0 on
- * success in the child. */
+ * drop the parent's curl state and start a fresh export thread (*seq_store,
+ * when set, is reset to 0). Returns 0 on success in the child. */
 void ddl_exporter_fork_prepare(ddl_exporter *e);
 void ddl_exporter_fork_parent(ddl_exporter *e);
 int ddl_exporter_fork_child(ddl_exporter *e);

@@ -219,6 +219,7 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
         .tags = tags,
         .version = version,
         .ca_file = ca_file,
+        .seq_store = &st->file_seq,
         .produce = produce,
         .produce_ctx = profile,
         .log = on_log,
@@ -439,6 +440,7 @@ mod_fork_child(PyObject *module, PyObject *unused)
     }
     st->n_logs = 0;
     st->log_pending_scheduled = 0;
+    st->file_seq = 0; /* the child's files: <prefix>.<child pid>.1, .2, ... */
     if (st->profile != NULL) {
         ddl_profile_fork_child(st->profile, ddl_wall_ns());
     }

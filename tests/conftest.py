@@ -54,14 +54,16 @@ def prefix(tmp_path):
 
 # The `ddlock_profile` fixture; registered by the package's pytest11 entry
 # point when ddlock is installed, loaded here when run from the source tree.
-try:
-    import importlib.metadata as _md
+def _plugin_installed():
+    try:
+        from importlib.metadata import entry_points
 
-    _installed = any(ep.value == "ddlock.pytest_plugin"
-                     for ep in _md.entry_points().get("pytest11", [])) \
-        if hasattr(_md.entry_points(), "get") else bool(
-            list(_md.entry_points(group="pytest11", name="ddlock.pytest_plugin")))
-except Exception:  # pragma: no cover
-    _installed = False
-if not _installed:
+        eps = entry_points()
+        group = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", [])
+        return any(ep.value == "ddlock.pytest_plugin" for ep in group)
+    except Exception:  # pragma: no cover
+        return False
+
+
+if not _plugin_installed():
     pytest_plugins = ["ddlock.pytest_plugin"]

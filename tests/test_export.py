@@ -347,3 +347,17 @@ def test_start_keyword_overrides_environment(prefix):
     assert "TYPEERR" in proc.stdout and "no_such_option" in proc.stdout
     profile = testing.parse_newest_profile(prefix)
     assert profile.total("lock-acquire", samples_named(profile, ":kw_lock")) == 1
+
+
+def test_restart_in_one_process_continues_the_sequence(prefix):
+    pid = run_python("""
+        import os, threading, ddlock
+        for _ in range(3):
+            ddlock.start(output_pprof=%r, capture_pct=100, upload_enabled=False)
+            again_lock = threading.Lock()
+            with again_lock: pass
+            ddlock.stop()
+        print(os.getpid())
+    """ % prefix).stdout.strip()
+    files = sorted(testing.list_profile_files(prefix))
+    assert files == ["%s.%s.%d.pprof" % (prefix, pid, i) for i in (1, 2, 3)]
