@@ -96,12 +96,19 @@ int ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
 /* frames.c: the only code that reads frames */
 typedef struct {
     ddl_frame *frames;      /* leaf first */
-    PyObject **refs;        /* references keeping strings alive */
+    PyObject **refs;        /* references keeping strings alive
+                               (DDL_REFS_PER_FRAME per frame) */
     size_t nframes;
     size_t nrefs;
     char omitted_buf[48];
 } ddl_stack;
 
+/* UTF-8 view of a str for the profile; see frames.c. refs needs room for
+ * one more reference. */
+int ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs,
+                         size_t *nrefs);
+/* References a stack capture may hold per frame (code + 2 escaped strings) */
+#define DDL_REFS_PER_FRAME 3
 /* First Python frame at or above start outside threading.py and ddlock
  * (new reference, NULL when none). */
 PyFrameObject *ddl_user_frame(ddl_state *st, PyFrameObject *start);

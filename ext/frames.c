@@ -89,6 +89,36 @@ module_excluded(ddl_state *st, PyObject *globals)
     return 0;
 }
 
+/* Is this the __init__ that dataclasses generated for a class with a
+ * field(default_factory=...)? Its "<string>" source exists in no file, so a
+ * lock its factory makes is attributed to the code that made the instance. */
+static int
+is_dataclass_init(PyCodeObject *co)
+{
+    if (!PyUnicode_Check(co->co_filename) ||
+        PyUnicode_CompareWithASCIIString(co->co_filename, "<string>") != 0 ||
+        !PyUnicode_Check(co->co_name) ||
+        PyUnicode_CompareWithASCIIString(co->co_name, "__init__") != 0) {
+        return 0;
+    }
+    PyObject *freevars = ddl_code_freevars(co);
+    if (freevars == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int r = 0;
+    if (PyTuple_Check(freevars)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(freevars) && !r; i++) {
+            PyObject *v = PyTuple_GET_ITEM(freevars, i);
+            r = PyUnicode_Check(v) &&
+                PyUnicode_CompareWithASCIIString(
+                    v, DDL_DATACLASS_FACTORY_FREEVAR) == 0;
+        }
+    }
+    Py_DECREF(freevars);
+    return r;
+}
+
 int
 ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
 {
@@ -104,6 +134,19 @@ ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
     PyFrameObject *f = user_frame(st, caller);
     if (f == NULL) {
         return 1;
+    }
+    for (;;) {
+        PyCodeObject *co = PyFrame_GetCode(f);
+        int generated = is_dataclass_init(co);
+        Py_DECREF(co);
+        PyFrameObject *back = generated ? PyFrame_GetBack(f) : NULL;
+        PyFrameObject *outer = back != NULL ? user_frame(st, back) : NULL;
+        Py_XDECREF(back);
+        if (outer == NULL) {
+            break;
+        }
+        Py_DECREF(f);
+        f = outer;
     }
     *code = (PyObject *)PyFrame_GetCode(f);
     *lasti = ddl_frame_lasti(f);
@@ -144,8 +187,12 @@ ddl_site_label(PyObject *code, int lasti)
 
 /* ---- stack capture -------------------------------------------------------- */
 
-static void
-set_str(ddl_str *out, PyObject *s)
+/* Point out at s's UTF-8 (cached in the str object). A str that has no
+ * UTF-8 form (lone surrogates) is encoded with backslash escapes into a new
+ * bytes object appended to refs[*nrefs] (kept alive by the caller). */
+int
+ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs,
+                     size_t *nrefs)
 {
     Py_ssize_t len = 0;
     const char *p = NULL;
@@ -153,6 +200,16 @@ set_str(ddl_str *out, PyObject *s)
         p = PyUnicode_AsUTF8AndSize(s, &len);
         if (p == NULL) {
             PyErr_Clear();
+            PyObject *b = PyUnicode_AsEncodedString(s, "utf-8",
+                                                    "backslashreplace");
+            if (b != NULL) {
+                refs[(*nrefs)++] = b;
+                p = PyBytes_AS_STRING(b);
+                len = PyBytes_GET_SIZE(b);
+            }
+            else {
+                PyErr_Clear();
+            }
         }
     }
     if (p == NULL) {
@@ -161,6 +218,7 @@ set_str(ddl_str *out, PyObject *s)
     }
     out->ptr = p;
     out->len = (size_t)len;
+    return 0;
 }
 
 int
@@ -196,8 +254,10 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
             PyCodeObject *co = PyFrame_GetCode(f);
             refs[stack->nrefs++] = (PyObject *)co;
             ddl_frame *fr = &frames[stack->nframes++];
-            set_str(&fr->name, ddl_code_name(co));
-            set_str(&fr->filename, co->co_filename);
+            ddl_str_from_unicode(&fr->name, ddl_code_name(co), refs,
+                                 &stack->nrefs);
+            ddl_str_from_unicode(&fr->filename, co->co_filename, refs,
+                                 &stack->nrefs);
             fr->line = PyFrame_GetLineNumber(f);
         }
         else if (++omitted > 100000) {
@@ -238,7 +298,8 @@ typedef struct {
     long budget;
 } search_ctx;
 
-/* Called for each (name, value) found; returns 1 to stop (found). */
+/* Called for each (name, value) found; returns 1 to stop (found, with
+ * *found set to a new reference to the name). */
 typedef int (*attr_visit)(search_ctx *c, PyObject *name, PyObject *value,
                           void *arg, PyObject **found);
 
@@ -247,7 +308,7 @@ visit_match(search_ctx *c, PyObject *name, PyObject *value, void *arg,
             PyObject **found)
 {
     if (value == c->target && PyUnicode_Check(name)) {
-        *found = name;
+        *found = Py_NewRef(name);
         return 1;
     }
     return 0;
@@ -274,9 +335,25 @@ visit_dict(search_ctx *c, PyObject *dict, attr_visit visit, void *arg,
  * __dict__; an instance's __dict__ (read through the generic slot, never a
  * class-level __dict__ override), its __slots__ members read directly, and
  * its classes' __dict__s (class attributes). Modules only when allowed. */
+static int visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
+                            attr_visit visit, void *arg, PyObject **found);
+
+/* obj is usually borrowed from a dict being walked. On 3.9 nothing pauses
+ * the collector, so an allocation below (a lazily created instance dict) may
+ * run a finalizer that drops the last other reference to obj: hold one. */
 static int
 visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
             void *arg, PyObject **found)
+{
+    Py_INCREF(obj);
+    int r = visit_attrs_held(c, obj, allow_modules, visit, arg, found);
+    Py_DECREF(obj);
+    return r;
+}
+
+static int
+visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
+                 attr_visit visit, void *arg, PyObject **found)
 {
     PyTypeObject *tp = Py_TYPE(obj);
     int r = 0;
@@ -315,11 +392,12 @@ visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
             }
         }
     }
-    PyObject *mro = tp->tp_mro; /* borrowed tuple */
+    PyObject *mro = tp->tp_mro;
     if (mro == NULL || !PyTuple_Check(mro)) {
         return 0;
     }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+    Py_INCREF(mro);
+    for (Py_ssize_t i = 0; r == 0 && i < PyTuple_GET_SIZE(mro); i++) {
         PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
         if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
             continue;
@@ -336,8 +414,13 @@ visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
                 break;
             }
             if (Py_IS_TYPE(v, &PyMemberDescr_Type)) {
+                /* a __slots__ member: read the slot directly, but only when
+                 * the descriptor belongs to obj's layout (one copied into
+                 * another class's dict has an offset into someone else's) */
                 PyMemberDef *m = ((PyMemberDescrObject *)v)->d_member;
-                if (m != NULL && ddl_member_is_object(m->type)) {
+                PyTypeObject *owner = PyDescr_TYPE(v);
+                if (m != NULL && ddl_member_is_object(m->type) &&
+                    owner != NULL && PyType_IsSubtype(tp, owner)) {
                     PyObject *slot = *(PyObject **)((char *)obj + m->offset);
                     if (slot != NULL && visit(c, k, slot, arg, found)) {
                         r = 1;
@@ -349,11 +432,9 @@ visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
             }
         }
         Py_DECREF(d);
-        if (r != 0) {
-            return r;
-        }
     }
-    return 0;
+    Py_DECREF(mro);
+    return r;
 }
 
 static int
@@ -382,7 +463,7 @@ locals_dict(PyFrameObject *f)
 
 /* Search order: locals, globals, then one level into their values'
  * attributes (objects first, modules last), then a second level. Returns a
- * borrowed-then-increfed name or NULL. */
+ * new reference to the name or NULL. */
 static PyObject *
 search_name(ddl_state *st, PyObject *target, PyFrameObject *f)
 {
@@ -445,7 +526,6 @@ search_name(ddl_state *st, PyObject *target, PyFrameObject *f)
         }
     }
 done:
-    Py_XINCREF(found);
     Py_XDECREF(sources[0]);
     Py_XDECREF(sources[1]);
     return found;

@@ -1152,13 +1152,14 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
 
     int rc = -1;
     ddl_frame frames_local[STACK_ON_C_STACK];
-    PyObject *refs_local[STACK_ON_C_STACK];
+    PyObject *refs_local[STACK_ON_C_STACK * DDL_REFS_PER_FRAME + 4];
     ddl_frame *frames = frames_local;
     PyObject **refs = refs_local;
     size_t cap = (size_t)st->max_frames + 1;
     if (cap > STACK_ON_C_STACK) {
         frames = PyMem_Malloc(cap * sizeof(ddl_frame));
-        refs = PyMem_Malloc(cap * sizeof(PyObject *));
+        refs = PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) *
+                            sizeof(PyObject *));
         if (frames == NULL || refs == NULL) {
             goto done;
         }
@@ -1177,15 +1178,7 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     size_t nl = 0;
     ddl_str name_s = {"<unknown>", 9};
     if (name != NULL) {
-        Py_ssize_t len;
-        const char *p = PyUnicode_AsUTF8AndSize(name, &len);
-        if (p != NULL) {
-            name_s.ptr = p;
-            name_s.len = (size_t)len;
-        }
-        else {
-            PyErr_Clear();
-        }
+        ddl_str_from_unicode(&name_s, name, stack.refs, &stack.nrefs);
     }
     labels[nl++] = (ddl_label){{"lock name", 9}, name_s, 0};
     labels[nl++] = (ddl_label){{"thread id", 9}, {NULL, 0}, (int64_t)ident};
@@ -1193,15 +1186,9 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
                                {NULL, 0},
                                (int64_t)PyThread_get_thread_native_id()};
     if (tname != NULL) {
-        Py_ssize_t len;
-        const char *p = PyUnicode_AsUTF8AndSize(tname, &len);
-        if (p != NULL) {
-            labels[nl++] =
-                (ddl_label){{"thread name", 11}, {p, (size_t)len}, 0};
-        }
-        else {
-            PyErr_Clear();
-        }
+        ddl_str tname_s;
+        ddl_str_from_unicode(&tname_s, tname, stack.refs, &stack.nrefs);
+        labels[nl++] = (ddl_label){{"thread name", 11}, tname_s, 0};
     }
 
     int64_t values[DDL_NVALUES] = {0, 0, 0, 0};

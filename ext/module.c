@@ -489,6 +489,151 @@ mod_event_json(PyObject *module, PyObject *args)
     return r;
 }
 
+/* _encode_profile(samples, max_samples=10000, gzip=True) -> bytes
+ * Test hook for the pure-C encoder: samples is a sequence of
+ * (frames, labels, values) with frames [(name, filename, line)], labels
+ * [(key, str or int)] and values (4 ints). Strings go through the same UTF-8
+ * conversion as sampled lock events. */
+static int
+fill_str(ddl_str *out, PyObject *s, PyObject *keep)
+{
+    PyObject *refs[1];
+    size_t n = 0;
+    if (!PyUnicode_Check(s)) {
+        PyErr_SetString(PyExc_TypeError, "strings expected");
+        return -1;
+    }
+    ddl_str_from_unicode(out, s, refs, &n);
+    if (n > 0) {
+        int rc = PyList_Append(keep, refs[0]);
+        Py_DECREF(refs[0]);
+        return rc;
+    }
+    return 0;
+}
+
+static PyObject *
+mod_encode_profile(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"samples", "max_samples", "gzip", NULL};
+    PyObject *samples, *result = NULL, *keep = NULL, *fast = NULL;
+    Py_ssize_t max_samples = 10000;
+    int gzip = 1;
+    ddl_profile *profile = NULL;
+    ddl_snapshot *snap = NULL;
+    ddl_frame *frames = NULL;
+    ddl_label *labels = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|np:_encode_profile",
+                                     kwlist, &samples, &max_samples, &gzip)) {
+        return NULL;
+    }
+    if (max_samples < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_samples must be >= 1");
+        return NULL;
+    }
+    keep = PyList_New(0);
+    fast = PySequence_Fast(samples, "samples must be a sequence");
+    profile = ddl_profile_new((size_t)max_samples, ddl_wall_ns());
+    if (keep == NULL || fast == NULL || profile == NULL) {
+        if (profile == NULL && !PyErr_Occurred()) {
+            PyErr_NoMemory();
+        }
+        goto error;
+    }
+    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(fast); i++) {
+        PyObject *fr_seq, *lb_seq, *vals;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "OOO",
+                              &fr_seq, &lb_seq, &vals)) {
+            goto error;
+        }
+        Py_ssize_t nf = PySequence_Size(fr_seq);
+        Py_ssize_t nl = PySequence_Size(lb_seq);
+        if (nf < 0 || nl < 0 || PySequence_Size(vals) != DDL_NVALUES) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_ValueError, "4 values expected");
+            }
+            goto error;
+        }
+        PyMem_Free(frames);
+        PyMem_Free(labels);
+        frames = PyMem_Calloc((size_t)nf + 1, sizeof(ddl_frame));
+        labels = PyMem_Calloc((size_t)nl + 1, sizeof(ddl_label));
+        if (frames == NULL || labels == NULL) {
+            PyErr_NoMemory();
+            goto error;
+        }
+        for (Py_ssize_t j = 0; j < nf; j++) {
+            PyObject *item = PySequence_GetItem(fr_seq, j);
+            PyObject *name, *file;
+            long long line;
+            int ok = item != NULL &&
+                     PyArg_ParseTuple(item, "UUL", &name, &file, &line) &&
+                     fill_str(&frames[j].name, name, keep) == 0 &&
+                     fill_str(&frames[j].filename, file, keep) == 0;
+            Py_XDECREF(item);
+            if (!ok) {
+                goto error;
+            }
+            frames[j].line = line;
+        }
+        for (Py_ssize_t j = 0; j < nl; j++) {
+            PyObject *item = PySequence_GetItem(lb_seq, j);
+            PyObject *key, *value;
+            int ok = item != NULL && PyArg_ParseTuple(item, "UO", &key, &value) &&
+                     fill_str(&labels[j].key, key, keep) == 0;
+            if (ok && PyUnicode_Check(value)) {
+                ok = fill_str(&labels[j].str, value, keep) == 0;
+            }
+            else if (ok) {
+                labels[j].str.ptr = NULL;
+                labels[j].num = PyLong_AsLongLong(value);
+                ok = !PyErr_Occurred();
+            }
+            Py_XDECREF(item);
+            if (!ok) {
+                goto error;
+            }
+        }
+        int64_t v[DDL_NVALUES];
+        for (int k = 0; k < DDL_NVALUES; k++) {
+            PyObject *o = PySequence_GetItem(vals, k);
+            v[k] = o ? PyLong_AsLongLong(o) : -1;
+            Py_XDECREF(o);
+            if (PyErr_Occurred()) {
+                goto error;
+            }
+        }
+        ddl_profile_add(profile, frames, (size_t)nf, labels, (size_t)nl, v);
+    }
+    snap = ddl_profile_swap(profile, ddl_wall_ns() + 1);
+    if (snap == NULL) {
+        PyErr_NoMemory();
+        goto error;
+    }
+    ddl_buf buf = {NULL, 0};
+    int rc = gzip ? ddl_pprof_encode(snap, &buf)
+                  : ddl_pprof_encode_raw(snap, &buf);
+    if (rc != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pprof encoding failed");
+        goto error;
+    }
+    result = PyBytes_FromStringAndSize((const char *)buf.data,
+                                       (Py_ssize_t)buf.len);
+    ddl_buf_free(&buf);
+error:
+    if (snap != NULL) {
+        ddl_snapshot_free(snap);
+    }
+    if (profile != NULL) {
+        ddl_profile_free(profile);
+    }
+    PyMem_Free(frames);
+    PyMem_Free(labels);
+    Py_XDECREF(fast);
+    Py_XDECREF(keep);
+    return result;
+}
+
 static PyMethodDef module_methods[] = {
     {"start", (PyCFunction)(void (*)(void))mod_start,
      METH_VARARGS | METH_KEYWORDS, "Start collecting (configured by ddlock)."},
@@ -506,6 +651,9 @@ static PyMethodDef module_methods[] = {
     {"lock_name", mod_lock_name, METH_O,
      "The profile label of a profiled lock (resolving it now)."},
     {"event_json", mod_event_json, METH_VARARGS, NULL},
+    {"_encode_profile", (PyCFunction)(void (*)(void))mod_encode_profile,
+     METH_VARARGS | METH_KEYWORDS,
+     "Test hook: encode samples with the native profile and pprof code."},
     {NULL},
 };
 

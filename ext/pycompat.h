@@ -74,6 +74,26 @@ ddl_code_name(PyCodeObject *co)
 #endif
 }
 
+/* New reference to the tuple of a code object's free variable names. */
+static inline PyObject *
+ddl_code_freevars(PyCodeObject *co)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyCode_GetFreevars(co);
+#else
+    Py_XINCREF(co->co_freevars);
+    return co->co_freevars;
+#endif
+}
+
+/* The free variable of the __init__ that dataclasses generates (compiled
+ * from a "<string>") when a field has a default_factory. */
+#if PY_VERSION_HEX >= 0x030C0000
+#define DDL_DATACLASS_FACTORY_FREEVAR "__dataclass_HAS_DEFAULT_FACTORY__"
+#else
+#define DDL_DATACLASS_FACTORY_FREEVAR "_HAS_DEFAULT_FACTORY"
+#endif
+
 /* ---- type introspection without running user code ---------------------- */
 
 /* New reference to a type's own __dict__ (NULL when it has none). */
