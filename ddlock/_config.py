@@ -103,6 +103,16 @@ def _parse_url(raw):
     return s
 
 
+def _parse_https_url(raw):
+    s = _parse_str(raw)
+    if s is None or s == "":
+        return None
+    if not s.startswith("https://"):
+        # the API key travels with every request to this URL
+        raise ValueError("expected an https:// URL")
+    return s
+
+
 def _parse_mode(raw):
     if isinstance(raw, int) and not isinstance(raw, bool):
         v = raw
@@ -142,6 +152,9 @@ VARIABLES = {
     "version": (("DD_VERSION",), _parse_str, None),
     "tags": (("DD_TAGS",), _parse_str, None),
     "ca_file": (("DDLOCK_CA_FILE",), _parse_str, None),
+    # agentless only: replaces https://intake.profile.<site>/api/v2/profile
+    # (a private intake, or a loopback HTTPS server in tests)
+    "intake_url": (("DDLOCK_INTAKE_URL",), _parse_https_url, None),
 }
 
 ALIASES = {"interval": "upload_interval", "inspect_dir": "lock_name_inspect_dir",
@@ -170,8 +183,9 @@ class Config(object):
                 host = "[%s]" % host
             base = "http://%s:%d" % (host, self.agent_port or 8126)
         elif self.api_key:
-            return ("https://intake.profile.%s/api/v2/profile" % (self.site or "datadoghq.com"),
-                    None, self.api_key)
+            url = self.intake_url or ("https://intake.profile.%s/api/v2/profile"
+                                      % (self.site or "datadoghq.com"))
+            return url, None, self.api_key
         elif os.path.exists(DEFAULT_SOCKET):
             base = "unix://" + DEFAULT_SOCKET
         else:
