@@ -45,6 +45,10 @@ typedef struct {
     ddl_profile *profile;
     ddl_exporter *exporter;
     uint64_t file_seq; /* last file sequence number of this process */
+    /* counters of the last session, reported by stats() after stop() */
+    int has_last_stats;
+    ddl_exporter_stats last_exporter_stats;
+    ddl_profile_stats last_profile_stats;
 
     /* exporter log messages waiting for the GIL (filled without the GIL) */
     PyThread_type_lock log_mutex;

@@ -1671,7 +1671,8 @@ ddl_exporter_free_paths(char **paths)
 }
 
 void
-ddl_exporter_stop(ddl_exporter *e, int final_export)
+ddl_exporter_stop_stats(ddl_exporter *e, int final_export,
+                        ddl_exporter_stats *final_stats)
 {
     int running;
     char *path = NULL;
@@ -1696,6 +1697,10 @@ ddl_exporter_stop(ddl_exporter *e, int final_export)
          * itself; it stops after this export and e is leaked */
         return;
     }
+    if (final_stats != NULL) {
+        /* what is known now, in case the thread has to be abandoned */
+        ddl_exporter_get_stats(e, final_stats);
+    }
     if (running) {
         if (join_export_thread(e) < 0) {
             return; /* abandoned: the export thread frees e */
@@ -1706,7 +1711,16 @@ ddl_exporter_stop(ddl_exporter *e, int final_export)
         (void)export_once(e, 1, &path);
         free(path);
     }
+    if (final_stats != NULL) {
+        *final_stats = e->stats; /* the thread is gone: no lock needed */
+    }
     exporter_free(e);
+}
+
+void
+ddl_exporter_stop(ddl_exporter *e, int final_export)
+{
+    ddl_exporter_stop_stats(e, final_export, NULL);
 }
 
 void

@@ -107,6 +107,11 @@ typedef struct {
 } ddl_exporter_stats;
 void ddl_exporter_get_stats(ddl_exporter *e, ddl_exporter_stats *out);
 
+/* The same, also copying the exporter's final counters (after the final
+ * export) to *final_stats, so they outlive the exporter. */
+void ddl_exporter_stop_stats(ddl_exporter *e, int final_export,
+                             ddl_exporter_stats *final_stats);
+
 /* fork() support. prepare: take the exporter's internal mutexes (called in
  * the forking thread before fork); parent: release them; child: the export
  * thread does not exist in the child: re-initialise mutexes and condition

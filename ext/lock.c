@@ -691,6 +691,14 @@ rlock_release(PyObject *self, PyObject *unused)
     if (--rl->count == 0) {
         rlock_release_underlying(self);
     }
+    else {
+        /* an inner release of a re-entered lock: counted like the inner
+         * acquire (sampled the same way), its hold belongs to the outer */
+        ddl_state *st = state_of(self);
+        if (sample_uncontended(st)) {
+            ddl_lock_record(st, &rl->base, 0, 0, 1, 1.0 / st->capture_p);
+        }
+    }
     Py_RETURN_NONE;
 }
 

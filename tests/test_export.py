@@ -361,3 +361,20 @@ def test_restart_in_one_process_continues_the_sequence(prefix):
     """ % prefix).stdout.strip()
     files = sorted(testing.list_profile_files(prefix))
     assert files == ["%s.%s.%d.pprof" % (prefix, pid, i) for i in (1, 2, 3)]
+
+
+def test_stats_outlive_stop(prefix):
+    out = run_python("""
+        import json, threading, ddlock
+        ddlock.start(output_pprof=%r, capture_pct=100, upload_enabled=False)
+        kept_lock = threading.Lock()
+        for _ in range(10):
+            with kept_lock: pass
+        ddlock.stop()
+        print(json.dumps(ddlock.stats()))
+    """ % prefix).stdout
+    import json
+    stats = json.loads(out)
+    assert stats["running"] == 0
+    assert stats["files_written"] == 1 and stats["exports"] == 1
+    assert stats["samples_added"] >= 20
