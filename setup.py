@@ -72,6 +72,7 @@ ext = Extension(
         "ext/module.c",
         "ext/lock.c",
         "ext/frames.c",
+        "ext/primitives.c",
         "ext/profile.c",
         "ext/pprof.c",
         "ext/exporter.c",

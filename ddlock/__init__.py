@@ -37,6 +37,7 @@ _state = {
     "atexit": False,
     "logged_kinds": set(),
     "pid": None,
+    "mp_hooked": False,    # multiprocessing after-fork hook registered
 }
 
 
@@ -55,9 +56,43 @@ def _threading_file():
         else threading.__file__
 
 
+class _ModuleRef(object):
+    """Pickles as "import this module": lets a patched factory pickle as
+    getattr(<module>, <name>) of its original, so unpickling yields the
+    original object and never needs ddlock."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def __reduce__(self):
+        import importlib
+
+        return importlib.import_module, (self.name,)
+
+
+def _reduce_factory(factory):
+    """copyreg reducer of LockFactory: pickle/copy behave as for the
+    original (pickled by reference to where the original lives)."""
+    import sys
+
+    original = factory._ddlock_original
+    module = getattr(original, "__module__", None)
+    name = getattr(original, "__qualname__", None) or getattr(original, "__name__", None)
+    if module is None or name is None:
+        raise TypeError("cannot pickle %r" % (factory,))
+    if getattr(sys.modules.get(module), name, None) is factory:
+        return name  # e.g. threading.RLock while patched: by reference
+    return getattr, (_ModuleRef(module), name)
+
+
 def _factories(native):
     if _state["factories"] is None:
         import _thread
+        import copyreg
+
+        copyreg.pickle(native.LockFactory, _reduce_factory)
 
         native_rlock = getattr(threading, "_CRLock", None) or _ORIGINAL_RLOCK
         lock_f = native.LockFactory(native.Lock, _ORIGINAL_LOCK, _thread.allocate_lock)
@@ -67,12 +102,26 @@ def _factories(native):
 
 
 def _patch(native):
-    lock_f, rlock_f = _factories(native)
-    threading.Lock = lock_f
-    threading.RLock = rlock_f
+    from . import _primitives
+
+    cfg = _state["config"]
+    types = cfg.lock_types if cfg is not None else _primitives.LOCK_TYPES
+    if not _primitives.gevent_active():  # under gevent: _primitives' wrappers
+        lock_f, rlock_f = _factories(native)
+        if "Lock" in types:
+            threading.Lock = lock_f
+        if "RLock" in types:
+            threading.RLock = rlock_f
+    # Semaphore, BoundedSemaphore, Condition, asyncio's, gevent's
+    _primitives.install(native, types)
 
 
 def _unpatch():
+    import sys
+
+    primitives = sys.modules.get(__name__ + "._primitives")
+    if primitives is not None:
+        primitives.uninstall()
     factories = _state["factories"]
     if factories is None:
         return
@@ -135,6 +184,7 @@ def _start_with(cfg):
         if not _state["atexit"]:
             atexit.register(_at_exit)
             _state["atexit"] = True
+    _hook_multiprocessing()
     if cfg.debug:
         _enable_debug_logging()
         log.debug("ddlock started: capture %.3g%%, output %s, upload %s",
@@ -219,6 +269,7 @@ def _fork_before():
     native = _loaded_native()
     if native is None:
         return
+    _hook_multiprocessing()
     try:
         native.fork_prepare()
     except Exception:
@@ -248,6 +299,51 @@ def _fork_child():
             native.stop(final_export=False)
             _start_native(native, cfg)
             _state["pid"] = os.getpid()
+    except Exception:
+        pass
+
+
+# ---- multiprocessing ----------------------------------------------------------
+# Processes started by multiprocessing leave through os._exit() ("fork" and
+# "forkserver" start methods) right after multiprocessing's own exit
+# finalizers: Python's atexit handlers, and so our final export, never run
+# there. multiprocessing calls the hooks of util.register_after_fork in every
+# child it starts (after it has cleared the finalizers inherited from the
+# parent); ours registers an exit finalizer that stops the profiler, writing
+# the child's last profile. multiprocessing is never imported by us: the hook
+# is registered once it is loaded (at start() and before every fork).
+
+class _MultiprocessingHook(object):
+    """Weak-referenceable key for multiprocessing's after-fork registry."""
+
+
+_mp_hook = _MultiprocessingHook()
+
+
+def _hook_multiprocessing():
+    if _state["mp_hooked"]:
+        return
+    import sys
+
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    try:
+        util.register_after_fork(_mp_hook, _mp_child_started)
+        _state["mp_hooked"] = True
+    except Exception:
+        pass
+
+
+def _mp_child_started(_hook):
+    import sys
+
+    util = sys.modules.get("multiprocessing.util")
+    if util is None:
+        return
+    try:
+        # lowest priority: after the child's other finalizers and children
+        util.Finalize(None, _at_exit, exitpriority=-(2 ** 31))
     except Exception:
         pass
 

@@ -17,6 +17,10 @@ import uuid
 __all__ = ["Config", "from_env", "VARIABLES"]
 
 DEFAULT_EXCLUDES = ("threading", "asyncio", "concurrent", "ddlock")
+# every primitive ddlock profiles; DD_PROFILING_LOCK_TYPES picks among them
+LOCK_TYPES = ("Lock", "RLock", "Semaphore", "BoundedSemaphore", "Condition",
+              "asyncio.Lock", "asyncio.Semaphore", "asyncio.BoundedSemaphore",
+              "asyncio.Condition")
 DEFAULT_SOCKET = "/var/run/datadog/apm.socket"
 
 _TRUE = ("1", "true", "yes", "on", "y", "t")
@@ -126,6 +130,27 @@ def _parse_mode(raw):
     return v
 
 
+def _parse_lock_types(raw):
+    if isinstance(raw, (list, tuple, set, frozenset)):
+        items = list(raw)
+    elif isinstance(raw, str):
+        items = raw.split(",")
+    else:
+        raise ValueError("expected a comma-separated list of lock types")
+    out = []
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError("expected a comma-separated list of lock types")
+        item = item.strip()
+        if not item:
+            continue
+        if item not in LOCK_TYPES:
+            raise ValueError("unknown lock type %r (known: %s)" % (item, ",".join(LOCK_TYPES)))
+        if item not in out:
+            out.append(item)
+    return tuple(out)
+
+
 # keyword -> (environment variable(s), parser, default)
 VARIABLES = {
     "output_pprof": (("DD_PROFILING_OUTPUT_PPROF",), _parse_str, None),
@@ -142,6 +167,7 @@ VARIABLES = {
     "output_mode": (("DD_PROFILING_OUTPUT_MODE",), _parse_mode, 0o600),
     "debug": (("DD_PROFILING_DEBUG", "DD_TRACE_DEBUG"), _parse_bool, False),
     "resolve_names": (("DD_PROFILING_LOCK_NAME_RESOLUTION",), _parse_bool, True),
+    "lock_types": (("DD_PROFILING_LOCK_TYPES",), _parse_lock_types, LOCK_TYPES),
     "agent_url": (("DD_TRACE_AGENT_URL",), _parse_url, None),
     "agent_host": (("DD_AGENT_HOST",), _parse_str, None),
     "agent_port": (("DD_TRACE_AGENT_PORT",), _parse_int(1, 65535), None),

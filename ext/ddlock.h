@@ -13,7 +13,15 @@
 
 #define DDL_VERSION "0.1.0"
 #define DDL_MAX_EXCLUDES 32
-#define DDL_NAME_CACHE_MAX 8192
+#define DDL_NAME_CACHE_MAX 16384
+
+#define DDL_LINE_CACHE_SIZE 4096 /* power of two */
+
+typedef struct {
+    PyObject *code; /* strong reference, NULL when empty */
+    int lasti;
+    int line;
+} ddl_line_entry;
 
 /* Per-module state (one per interpreter that imports ddlock._ddlock). */
 typedef struct {
@@ -27,6 +35,7 @@ typedef struct {
     PyObject *threading_file;       /* co_filename of threading.py */
     PyObject *ddlock_dir;           /* directory prefix of the ddlock package */
     PyObject *name_cache;  /* (site code, site lasti, user code) -> name */
+    ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
     PyObject *str_name;    /* interned "_name" */
     PyObject *str_dunder_name; /* interned "__name__" */
 
@@ -68,6 +77,23 @@ typedef struct {
     uint64_t names_resolved;
     uint64_t names_cache_hits;
     uint64_t names_missed;
+
+    /* primitives.c: Semaphore, Condition, asyncio locks, gevent */
+    PyTypeObject *tracker_type;
+    PyTypeObject *hook_type;
+    PyObject *acquire_wrapper;    /* ddlock._primitives._acquire_wrapper */
+    PyObject *native_lock_type;   /* _thread.lock */
+    PyObject *native_rlock_type;  /* _thread.RLock */
+    PyObject *asyncio_locks_file; /* co_filename of asyncio/locks.py */
+    PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
+    PyObject *current_task;       /* asyncio.current_task */
+    PyObject *gevent_getcurrent;  /* gevent.getcurrent once gevent patched */
+    PyObject *str__locked, *str__value, *str__waiters;
+    PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
+    PyObject *str__bound_value;
+    PyObject *str_attach[6]; /* a Condition's lock methods, see _attach */
+    PyTypeObject *asyncio_lock_cls; /* asyncio.locks.Lock */
+    uint64_t primitives_created;
 } ddl_state;
 
 /* Common header of the Lock and RLock wrappers. */
@@ -96,6 +122,29 @@ typedef struct {
 int ddl_lock_types_init(PyObject *module, ddl_state *st);
 int ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
                     int64_t hold_ns, int is_release, double weight);
+/* Should this uncontended event be sampled (the per-thread countdown)? */
+int ddl_sample_uncontended(ddl_state *st);
+/* Probability of sampling a contended acquire that waited wait_ns. */
+double ddl_contended_p(ddl_state *st, int64_t wait_ns);
+
+/* primitives.c: a Tracker is a ddl_lockbase with lock == NULL that profiles
+ * a Python-level primitive (its owner) */
+int ddl_primitives_init(PyObject *module, ddl_state *st);
+int ddl_primitives_traverse(ddl_state *st, visitproc visit, void *arg);
+void ddl_primitives_clear(ddl_state *st);
+/* The object whose name labels lk's samples: lk, or a Tracker's owner. */
+PyObject *ddl_name_target(ddl_lockbase *lk);
+/* Labels after thread name: lock type, then task id and task name when an
+ * asyncio task or gevent greenlet runs. refs keeps their strings alive
+ * until ddl_label_refs_release(). Never raises. */
+#define DDL_EXTRA_LABELS 3
+typedef struct {
+    PyObject *refs[4];
+    size_t n;
+} ddl_label_refs;
+size_t ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
+                               ddl_label_refs *refs);
+void ddl_label_refs_release(ddl_label_refs *refs);
 
 /* frames.c: the only code that reads frames */
 typedef struct {
@@ -120,6 +169,10 @@ PyFrameObject *ddl_user_frame(ddl_state *st, PyFrameObject *start);
  * the top-level module name check against the exclusions. Returns 1 when
  * the lock should be profiled, 0 when it must stay native, -1 on error. */
 int ddl_creation_site(ddl_state *st, PyObject **code, int *lasti);
+/* The same for a primitive ddlock's Python layer creates for its caller:
+ * frames of the ddlock package are skipped before the exclusion check. */
+int ddl_creation_site_outside_ddlock(ddl_state *st, PyObject **code,
+                                     int *lasti);
 /* Capture the current stack (leaf first, skipping leading threading.py
  * frames). Returns 0, or -1 with no exception set (sample skipped). */
 int ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
@@ -130,6 +183,8 @@ void ddl_stack_release(ddl_stack *stack);
 PyObject *ddl_lock_name(ddl_state *st, ddl_lockbase *lk);
 /* Site label "file:line" for a code/lasti pair, new ref or NULL. */
 PyObject *ddl_site_label(PyObject *code, int lasti);
+/* Empty the (code, lasti) -> line cache (drops its references). */
+void ddl_line_cache_clear(ddl_state *st);
 /* Current thread's name from threading._active, new ref or NULL. */
 PyObject *ddl_thread_name(ddl_state *st, unsigned long ident);
 
@@ -142,6 +197,8 @@ typedef struct {
     int64_t countdown;   /* unsampled events left before the next sample */
     uint64_t rng;        /* xorshift state */
     int busy;            /* the profiler is working on this thread */
+    uint64_t native_id_generation; /* generation native_id was read in */
+    unsigned long native_id;       /* cached: reading it is a syscall */
 } ddl_tls_t;
 
 extern _Thread_local ddl_tls_t ddl_tls __attribute__((tls_model("initial-exec")));

@@ -30,6 +30,12 @@ is_internal_code(ddl_state *st, PyCodeObject *co)
         PyUnicode_Tailmatch(fn, st->ddlock_dir, 0, PY_SSIZE_T_MAX, -1) == 1) {
         return 1;
     }
+    /* asyncio's lock code (async with's __aenter__, Condition.wait) */
+    if (st->asyncio_locks_file != NULL &&
+        (fn == st->asyncio_locks_file ||
+         PyUnicode_Compare(fn, st->asyncio_locks_file) == 0)) {
+        return 1;
+    }
     return 0;
 }
 
@@ -119,12 +125,12 @@ is_dataclass_init(PyCodeObject *co)
     return r;
 }
 
-int
-ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
+static int
+creation_site_from(ddl_state *st, PyFrameObject *caller, PyObject **code,
+                   int *lasti)
 {
     *code = NULL;
     *lasti = -1;
-    PyFrameObject *caller = PyEval_GetFrame(); /* borrowed */
     if (caller == NULL) {
         return 1; /* made from C with no Python frame: profile it */
     }
@@ -152,6 +158,36 @@ ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
     *lasti = ddl_frame_lasti(f);
     Py_DECREF(f);
     return 1;
+}
+
+int
+ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
+{
+    return creation_site_from(st, PyEval_GetFrame(), code, lasti);
+}
+
+int
+ddl_creation_site_outside_ddlock(ddl_state *st, PyObject **code, int *lasti)
+{
+    PyFrameObject *f = PyEval_GetFrame();
+    Py_XINCREF(f);
+    while (f != NULL) {
+        PyCodeObject *co = PyFrame_GetCode(f);
+        int ours = st->ddlock_dir != NULL &&
+                   PyUnicode_Check(co->co_filename) &&
+                   PyUnicode_Tailmatch(co->co_filename, st->ddlock_dir, 0,
+                                       PY_SSIZE_T_MAX, -1) == 1;
+        Py_DECREF(co);
+        if (!ours) {
+            break;
+        }
+        PyFrameObject *back = PyFrame_GetBack(f);
+        Py_DECREF(f);
+        f = back;
+    }
+    int r = creation_site_from(st, f, code, lasti);
+    Py_XDECREF(f);
+    return r;
 }
 
 static PyObject *
@@ -221,6 +257,43 @@ ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs,
     return 0;
 }
 
+/* Line of a frame, through a direct-mapped cache keyed by (code, lasti):
+ * computing it scans the code's line table, which dominated sampled events.
+ * Entries hold a reference to their code object, so a key never outlives
+ * the code it names; the cache is bounded (DDL_LINE_CACHE_SIZE entries). */
+static int64_t
+ddl_cached_line(ddl_state *st, PyCodeObject *co, PyFrameObject *f)
+{
+    int lasti = ddl_frame_lasti(f);
+    if (st->line_cache == NULL || lasti < 0) {
+        return PyFrame_GetLineNumber(f);
+    }
+    uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)lasti * 0x9e3779b1u);
+    h ^= h >> 13;
+    ddl_line_entry *e = &st->line_cache[h & (DDL_LINE_CACHE_SIZE - 1)];
+    if (e->code == (PyObject *)co && e->lasti == lasti) {
+        return e->line;
+    }
+    int line = PyFrame_GetLineNumber(f);
+    PyObject *old = e->code;
+    e->code = Py_NewRef(co);
+    e->lasti = lasti;
+    e->line = line;
+    Py_XDECREF(old);
+    return line;
+}
+
+void
+ddl_line_cache_clear(ddl_state *st)
+{
+    if (st->line_cache == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < DDL_LINE_CACHE_SIZE; i++) {
+        Py_CLEAR(st->line_cache[i].code);
+    }
+}
+
 int
 ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
                   PyObject **refs, size_t cap)
@@ -258,7 +331,7 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
                                  &stack->nrefs);
             ddl_str_from_unicode(&fr->filename, co->co_filename, refs,
                                  &stack->nrefs);
-            fr->line = PyFrame_GetLineNumber(f);
+            fr->line = ddl_cached_line(st, co, f);
         }
         else if (++omitted > 100000) {
             break;
@@ -445,7 +518,10 @@ visit_level1(search_ctx *c, PyObject *name, PyObject *value, void *arg,
     return visit_attrs(c, value, 0, visit_match, NULL, found) == 1;
 }
 
-/* Dict of a frame's locals (new ref), whatever the version returns. */
+/* Dict of a frame's locals (new ref), NULL when they cannot be read without
+ * running user code. A dict subclass is fine: it is walked with
+ * PyDict_Next. The other mapping ddl_frame_locals returns is 3.13's
+ * FrameLocalsProxy, whose keys() and __getitem__ are C reading the frame. */
 static PyObject *
 locals_dict(PyFrameObject *f)
 {
@@ -531,41 +607,73 @@ done:
     return found;
 }
 
+/* Key of the name cache: (creation code, creation offset, acquiring code),
+ * by identity. Code objects compare equal across files when their contents
+ * match, so an equality key would hand one file's label to another's lock;
+ * the cached entry holds both code objects, so their addresses stay theirs
+ * for as long as the key exists. */
+static PyObject *
+cache_key(PyObject *site_code, int site_lasti, PyCodeObject *uco)
+{
+    PyObject *key = PyTuple_New(3);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *a = PyLong_FromVoidPtr(site_code);
+    PyObject *b = PyLong_FromLong(site_lasti);
+    PyObject *c = PyLong_FromVoidPtr(uco);
+    if (a == NULL || b == NULL || c == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        Py_DECREF(key);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(key, 0, a);
+    PyTuple_SET_ITEM(key, 1, b);
+    PyTuple_SET_ITEM(key, 2, c);
+    return key;
+}
+
 PyObject *
 ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
 {
     if (lk->name_done) {
         return Py_XNewRef(lk->name);
     }
-    PyObject *label = NULL, *key = NULL, *var = NULL;
+    PyObject *label = NULL, *site = NULL, *key = NULL, *var = NULL;
+    PyCodeObject *uco = NULL;
     PyFrameObject *f = NULL;
-    PyObject *site = ddl_site_label(lk->site_code, lk->site_lasti);
-    if (site == NULL) {
-        goto error;
-    }
     if (!st->resolve_names) {
-        label = Py_NewRef(site);
+        label = ddl_site_label(lk->site_code, lk->site_lasti);
+        if (label == NULL) {
+            goto error;
+        }
         goto done;
     }
     f = user_frame(st, PyEval_GetFrame());
     if (f != NULL && lk->site_code != NULL && st->name_cache != NULL) {
-        PyCodeObject *uco = PyFrame_GetCode(f);
-        key = Py_BuildValue("(OiN)", lk->site_code, lk->site_lasti, uco);
+        uco = PyFrame_GetCode(f);
+        key = cache_key(lk->site_code, lk->site_lasti, uco);
         if (key == NULL) {
             goto error;
         }
         PyObject *cached = PyDict_GetItemWithError(st->name_cache, key);
         if (cached != NULL) {
             st->names_cache_hits++;
-            label = Py_NewRef(cached);
+            label = Py_NewRef(PyTuple_GET_ITEM(cached, 0));
             goto done;
         }
         if (PyErr_Occurred()) {
             goto error;
         }
     }
+    site = ddl_site_label(lk->site_code, lk->site_lasti);
+    if (site == NULL) {
+        goto error;
+    }
     if (f != NULL) {
-        var = search_name(st, (PyObject *)lk, f);
+        var = search_name(st, ddl_name_target(lk), f);
     }
     if (var != NULL) {
         st->names_resolved++;
@@ -579,10 +687,28 @@ ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
         goto error;
     }
     if (key != NULL) {
-        if (PyDict_GET_SIZE(st->name_cache) >= DDL_NAME_CACHE_MAX) {
-            PyDict_Clear(st->name_cache);
+        PyObject *entry = PyTuple_Pack(3, label, lk->site_code, uco);
+        if (entry == NULL) {
+            goto error;
         }
-        if (PyDict_SetItem(st->name_cache, key, label) < 0) {
+        if (PyDict_GET_SIZE(st->name_cache) >= DDL_NAME_CACHE_MAX) {
+            /* evict the oldest entry (dicts keep insertion order): clearing
+             * everything made a working set above the cap never hit */
+            Py_ssize_t pos = 0;
+            PyObject *oldest_key, *oldest_value;
+            if (PyDict_Next(st->name_cache, &pos, &oldest_key,
+                            &oldest_value)) {
+                Py_INCREF(oldest_key);
+                int drc = PyDict_DelItem(st->name_cache, oldest_key);
+                Py_DECREF(oldest_key);
+                if (drc < 0) {
+                    goto error;
+                }
+            }
+        }
+        int rc = PyDict_SetItem(st->name_cache, key, entry);
+        Py_DECREF(entry);
+        if (rc < 0) {
             goto error;
         }
     }
@@ -592,6 +718,7 @@ done:
     Py_XDECREF(site);
     Py_XDECREF(key);
     Py_XDECREF(var);
+    Py_XDECREF(uco);
     Py_XDECREF(f);
     return label;
 error:
@@ -600,6 +727,7 @@ error:
     Py_XDECREF(site);
     Py_XDECREF(key);
     Py_XDECREF(var);
+    Py_XDECREF(uco);
     Py_XDECREF(f);
     return NULL;
 }

@@ -128,6 +128,19 @@ contended_p(ddl_state *st, int64_t wait_ns)
     return p;
 }
 
+/* The same two decisions for the primitives of primitives.c. */
+int
+ddl_sample_uncontended(ddl_state *st)
+{
+    return sample_uncontended(st);
+}
+
+double
+ddl_contended_p(ddl_state *st, int64_t wait_ns)
+{
+    return contended_p(st, wait_ns);
+}
+
 /* ---- argument handling (same errors as the native lock) ---------------- */
 
 static int
@@ -400,14 +413,29 @@ lockbase_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
-/* Both types refuse pickling exactly as the native ones do. */
+/* Both types refuse pickling exactly as the native ones do: by asking a
+ * native twin (the outcome differs by version and protocol: a TypeError, or
+ * a reduce value naming a class pickle then fails to find). arg: the
+ * protocol for __reduce_ex__, NULL for __reduce__. */
 static PyObject *
 lock_reduce_ex(PyObject *self, PyObject *arg)
 {
     ddl_lockbase *lk = (ddl_lockbase *)self;
-    PyErr_Format(PyExc_TypeError, "cannot pickle '%s' object",
-                 lk->is_rlock ? "_thread.RLock" : "_thread.lock");
-    return NULL;
+    PyObject *mod = PyImport_ImportModule("_thread");
+    if (mod == NULL) {
+        return NULL;
+    }
+    PyObject *twin = PyObject_CallMethod(
+        mod, lk->is_rlock ? "RLock" : "allocate_lock", NULL);
+    Py_DECREF(mod);
+    if (twin == NULL) {
+        return NULL;
+    }
+    PyObject *r = arg != NULL
+                      ? PyObject_CallMethod(twin, "__reduce_ex__", "O", arg)
+                      : PyObject_CallMethod(twin, "__reduce__", NULL);
+    Py_DECREF(twin);
+    return r;
 }
 
 static PyObject *
@@ -478,17 +506,6 @@ lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     return PyBool_FromLong(r);
-}
-
-static PyObject *
-lock_enter(PyObject *self, PyObject *unused)
-{
-    ddl_lockbase *lk = (ddl_lockbase *)self;
-    int r = lockbase_acquire(state_of(self), lk, -1, 1, 1);
-    if (r < 0) {
-        return NULL;
-    }
-    Py_RETURN_TRUE;
 }
 
 static PyObject *
@@ -582,7 +599,9 @@ static PyMethodDef lock_methods[] = {
     {"release_lock", lock_release, METH_NOARGS, "Release the lock."},
     {"locked", lock_locked, METH_NOARGS, "Whether the lock is held."},
     {"locked_lock", lock_locked, METH_NOARGS, "Whether the lock is held."},
-    {"__enter__", lock_enter, METH_NOARGS, "Acquire the lock."},
+    /* natively __enter__ is acquire itself, arguments included */
+    {"__enter__", (PyCFunction)(void (*)(void))lock_acquire,
+     METH_FASTCALL | METH_KEYWORDS, "Acquire the lock."},
     {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL,
      "Release the lock."},
     {"_at_fork_reinit", lock_at_fork_reinit, METH_NOARGS, NULL},
@@ -656,12 +675,6 @@ rlock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
     }
     return rlock_acquire_timeout(self, timeout_ns);
-}
-
-static PyObject *
-rlock_enter(PyObject *self, PyObject *unused)
-{
-    return rlock_acquire_timeout(self, -1);
 }
 
 /* Fully release the underlying lock (count already dropped to zero). */
@@ -795,7 +808,8 @@ static PyMethodDef rlock_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))rlock_acquire,
      METH_FASTCALL | METH_KEYWORDS, LOCK_ACQUIRE_DOC},
     {"release", rlock_release, METH_NOARGS, "Release the lock."},
-    {"__enter__", rlock_enter, METH_NOARGS, "Acquire the lock."},
+    {"__enter__", (PyCFunction)(void (*)(void))rlock_acquire,
+     METH_FASTCALL | METH_KEYWORDS, "Acquire the lock."},
     {"__exit__", (PyCFunction)(void (*)(void))rlock_exit, METH_FASTCALL,
      "Release the lock."},
     {"_is_owned", rlock_is_owned, METH_NOARGS, NULL},
@@ -843,6 +857,7 @@ typedef struct {
     PyTypeObject *kind; /* Lock or RLock type (borrowed from state) */
     PyObject *dict;     /* __name__, __qualname__, __module__, __doc__ */
     vectorcallfunc vectorcall;
+    PyObject *weakreflist; /* weakref.ref(threading.Lock) works natively */
 } ddl_factory;
 
 static PyObject *
@@ -951,6 +966,9 @@ factory_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
+    if (((ddl_factory *)op)->weakreflist != NULL) {
+        PyObject_ClearWeakRefs(op);
+    }
     factory_clear(op);
     tp->tp_free(op);
     Py_DECREF(tp);
@@ -963,7 +981,11 @@ factory_instancecheck(PyObject *self, PyObject *obj)
     if (Py_TYPE(obj) == f->kind) {
         /* still let a non-type original raise as it would natively */
         if (!PyType_Check(f->original)) {
-            return PyBool_FromLong(PyObject_IsInstance(obj, f->original));
+            int r = PyObject_IsInstance(obj, f->original);
+            if (r < 0) {
+                return NULL;
+            }
+            return PyBool_FromLong(r);
         }
         Py_RETURN_TRUE;
     }
@@ -1013,15 +1035,50 @@ factory_reduce(PyObject *self, PyObject *unused)
 static PyObject *
 factory_or(PyObject *a, PyObject *b)
 {
-    /* X | Y with the factory on either side means the original there */
-    PyObject *l = a, *r = b;
+    /* X | Y with the factory on either side means the original there; when
+     * the original is a type (3.13's _thread.lock), the profiled type joins
+     * it so that isinstance(profiled_lock, threading.Lock | None) holds as
+     * it does natively. A non-type original raises its own TypeError. */
+    PyObject *l = a, *r = b, *lr = NULL, *rr = NULL, *res;
+    {
+        /* errors, if any, are the native ones */
+        PyObject *nl = Py_TYPE(a)->tp_new == factory_new
+                           ? ((ddl_factory *)a)->original
+                           : a;
+        PyObject *nr = Py_TYPE(b)->tp_new == factory_new
+                           ? ((ddl_factory *)b)->original
+                           : b;
+        PyObject *native = PyNumber_Or(nl, nr);
+        if (native == NULL) {
+            return NULL;
+        }
+        Py_DECREF(native);
+    }
     if (Py_TYPE(a)->tp_new == factory_new) {
-        l = ((ddl_factory *)a)->original;
+        ddl_factory *f = (ddl_factory *)a;
+        l = f->original;
+        if (PyType_Check(l)) {
+            l = lr = PyNumber_Or(f->original, (PyObject *)f->kind);
+            if (l == NULL) {
+                return NULL;
+            }
+        }
     }
     if (Py_TYPE(b)->tp_new == factory_new) {
-        r = ((ddl_factory *)b)->original;
+        ddl_factory *f = (ddl_factory *)b;
+        r = f->original;
+        if (PyType_Check(r)) {
+            r = rr = PyNumber_Or(f->original, (PyObject *)f->kind);
+            if (r == NULL) {
+                Py_XDECREF(lr);
+                return NULL;
+            }
+        }
     }
-    return PyNumber_Or(l, r);
+    res = PyNumber_Or(l, r);
+    Py_XDECREF(lr);
+    Py_XDECREF(rr);
+    return res;
 }
 
 static PyObject *
@@ -1051,7 +1108,23 @@ factory_get_original(PyObject *self, void *unused)
     return Py_NewRef(((ddl_factory *)self)->original);
 }
 
+/* copy.copy()/deepcopy() of the original (a builtin function or type, or
+ * threading.RLock) give the object itself: so do the factory's. */
+static PyObject *
+factory_copy(PyObject *self, PyObject *unused)
+{
+    return Py_NewRef(self);
+}
+
+static PyObject *
+factory_deepcopy(PyObject *self, PyObject *memo)
+{
+    return Py_NewRef(self);
+}
+
 static PyMethodDef factory_methods[] = {
+    {"__copy__", factory_copy, METH_NOARGS, NULL},
+    {"__deepcopy__", factory_deepcopy, METH_O, NULL},
     {"__instancecheck__", factory_instancecheck, METH_O, NULL},
     {"__subclasscheck__", factory_subclasscheck, METH_O, NULL},
     {"__mro_entries__", factory_mro_entries, METH_O, NULL},
@@ -1066,6 +1139,8 @@ static PyGetSetDef factory_getset[] = {
 
 static PyMemberDef factory_members[] = {
     {"__vectorcalloffset__", T_PYSSIZET, offsetof(ddl_factory, vectorcall),
+     DDL_MEMBER_OFFSET_FLAG},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(ddl_factory, weakreflist),
      DDL_MEMBER_OFFSET_FLAG},
     {NULL},
 };
@@ -1135,6 +1210,19 @@ weighted(double value, double weight)
     return (int64_t)fl;
 }
 
+/* The OS thread id, read once per thread and generation (a fork bumps the
+ * generation, so the child's forking thread reads its new id). */
+static unsigned long
+cached_native_id(ddl_state *st)
+{
+    if (ddl_tls.native_id_generation != st->generation ||
+        ddl_tls.native_id == 0) {
+        ddl_tls.native_id = PyThread_get_thread_native_id();
+        ddl_tls.native_id_generation = st->generation;
+    }
+    return ddl_tls.native_id;
+}
+
 #define STACK_ON_C_STACK 65
 
 /* Record one sampled event with the current stack and the lock's labels.
@@ -1182,7 +1270,8 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     unsigned long ident = PyThread_get_thread_ident();
     PyObject *tname = ddl_thread_name(st, ident);
 
-    ddl_label labels[4];
+    ddl_label labels[4 + DDL_EXTRA_LABELS];
+    ddl_label_refs extra_refs;
     size_t nl = 0;
     ddl_str name_s = {"<unknown>", 9};
     if (name != NULL) {
@@ -1192,12 +1281,13 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     labels[nl++] = (ddl_label){{"thread id", 9}, {NULL, 0}, (int64_t)ident};
     labels[nl++] = (ddl_label){{"thread native id", 16},
                                {NULL, 0},
-                               (int64_t)PyThread_get_thread_native_id()};
+                               (int64_t)cached_native_id(st)};
     if (tname != NULL) {
         ddl_str tname_s;
         ddl_str_from_unicode(&tname_s, tname, stack.refs, &stack.nrefs);
         labels[nl++] = (ddl_label){{"thread name", 11}, tname_s, 0};
     }
+    nl += ddl_sample_extra_labels(st, lk, &labels[nl], &extra_refs);
 
     int64_t values[DDL_NVALUES] = {0, 0, 0, 0};
     if (is_release) {
@@ -1214,6 +1304,7 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
         rc = 0;
     }
     ddl_stack_release(&stack);
+    ddl_label_refs_release(&extra_refs);
     Py_XDECREF(name);
     Py_XDECREF(tname);
 done:

@@ -4,6 +4,7 @@
  * the exporter and the lock types. */
 #include "ddlock.h"
 
+#include <pthread.h>
 #include <string.h>
 
 ddl_state *
@@ -141,13 +142,20 @@ stop_collecting(ddl_state *st, int final_export)
     ddl_profile *p = st->profile;
     st->exporter = NULL;
     st->profile = NULL;
+    ddl_exporter_stats es;
+    memset(&es, 0, sizeof(es));
     if (e != NULL) {
         Py_BEGIN_ALLOW_THREADS
-        ddl_exporter_stop(e, final_export);
+        ddl_exporter_stop_stats(e, final_export, &es);
         Py_END_ALLOW_THREADS
     }
     if (p != NULL) {
+        ddl_profile_get_stats(p, &st->last_profile_stats);
         ddl_profile_free(p);
+    }
+    if (e != NULL || p != NULL) {
+        st->last_exporter_stats = es;
+        st->has_last_stats = 1;
     }
 }
 
@@ -313,22 +321,27 @@ mod_stats(PyObject *module, PyObject *unused)
     }
     SET_U64(d, "running", st->running);
     SET_U64(d, "locks_created", st->locks_created);
+    SET_U64(d, "primitives_created", st->primitives_created);
     SET_U64(d, "events_sampled", st->events_sampled);
     SET_U64(d, "events_reentrant_skipped", st->events_reentrant_skipped);
     SET_U64(d, "names_resolved", st->names_resolved);
     SET_U64(d, "names_cache_hits", st->names_cache_hits);
     SET_U64(d, "names_missed", st->names_missed);
-    if (st->profile != NULL) {
-        ddl_profile_stats ps;
-        ddl_profile_get_stats(st->profile, &ps);
+    if (st->profile != NULL || st->has_last_stats) {
+        ddl_profile_stats ps = st->last_profile_stats;
+        if (st->profile != NULL) {
+            ddl_profile_get_stats(st->profile, &ps);
+        }
         SET_U64(d, "samples_added", ps.samples_added);
         SET_U64(d, "samples_dropped", ps.samples_dropped);
         SET_U64(d, "snapshots", ps.snapshots);
         SET_U64(d, "current_keys", ps.current_keys);
     }
-    if (st->exporter != NULL) {
-        ddl_exporter_stats es;
-        ddl_exporter_get_stats(st->exporter, &es);
+    if (st->exporter != NULL || st->has_last_stats) {
+        ddl_exporter_stats es = st->last_exporter_stats;
+        if (st->exporter != NULL) {
+            ddl_exporter_get_stats(st->exporter, &es);
+        }
         SET_U64(d, "exports", es.exports);
         SET_U64(d, "files_written", es.files_written);
         SET_U64(d, "file_errors", es.file_errors);
@@ -401,43 +414,85 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_RETURN_NONE;
 }
 
+/* ---- fork ----------------------------------------------------------------
+ *
+ * The native mutexes (exporter, profile, log queue) are taken in a
+ * pthread_atfork() prepare handler, i.e. inside fork() itself, after every
+ * Python before-fork hook has run and with no Python code left to run before
+ * the fork. Taking them from a Python os.register_at_fork() hook deadlocks:
+ * Python code still runs between that hook and fork() (other hooks, the
+ * import lock), the GIL passes to another thread, and that thread blocks on
+ * the profile mutex (a sampled acquire) while holding the GIL the forking
+ * thread needs. The Python hooks fork_prepare()/fork_parent() are no-ops;
+ * fork_child() (the Python after-fork hook) restarts collection. */
+
+static ddl_state *fork_state;            /* the module's state, or NULL */
+static ddl_exporter *fork_held_exporter; /* what prepare locked */
+static ddl_profile *fork_held_profile;
+static PyThread_type_lock fork_held_log_mutex;
+
+static void
+atfork_prepare(void)
+{
+    ddl_state *st = fork_state;
+    fork_held_exporter = NULL;
+    fork_held_profile = NULL;
+    fork_held_log_mutex = NULL;
+    if (st == NULL) {
+        return;
+    }
+    fork_held_exporter = st->exporter;
+    fork_held_profile = st->profile;
+    fork_held_log_mutex = st->log_mutex;
+    if (fork_held_exporter != NULL) {
+        ddl_exporter_fork_prepare(fork_held_exporter);
+    }
+    if (fork_held_profile != NULL) {
+        ddl_profile_fork_prepare(fork_held_profile);
+    }
+    if (fork_held_log_mutex != NULL) {
+        PyThread_acquire_lock(fork_held_log_mutex, WAIT_LOCK);
+    }
+}
+
+/* In the parent and in the child alike, the forking thread owns what
+ * prepare locked and releases it (in the child, fork_child() then
+ * re-initialises the rest). */
+static void
+atfork_release(void)
+{
+    if (fork_held_log_mutex != NULL) {
+        PyThread_release_lock(fork_held_log_mutex);
+    }
+    if (fork_held_profile != NULL) {
+        ddl_profile_fork_parent(fork_held_profile);
+    }
+    if (fork_held_exporter != NULL) {
+        ddl_exporter_fork_parent(fork_held_exporter);
+    }
+    fork_held_exporter = NULL;
+    fork_held_profile = NULL;
+    fork_held_log_mutex = NULL;
+}
+
 static PyObject *
 mod_fork_prepare(PyObject *module, PyObject *unused)
 {
-    ddl_state *st = get_state(module);
-    if (st->exporter != NULL) {
-        ddl_exporter_fork_prepare(st->exporter);
-    }
-    if (st->profile != NULL) {
-        ddl_profile_fork_prepare(st->profile);
-    }
-    PyThread_acquire_lock(st->log_mutex, WAIT_LOCK);
-    Py_RETURN_NONE;
+    Py_RETURN_NONE; /* see atfork_prepare() */
 }
 
 static PyObject *
 mod_fork_parent(PyObject *module, PyObject *unused)
 {
-    ddl_state *st = get_state(module);
-    PyThread_release_lock(st->log_mutex);
-    if (st->profile != NULL) {
-        ddl_profile_fork_parent(st->profile);
-    }
-    if (st->exporter != NULL) {
-        ddl_exporter_fork_parent(st->exporter);
-    }
-    Py_RETURN_NONE;
+    Py_RETURN_NONE; /* see atfork_release() */
 }
 
 static PyObject *
 mod_fork_child(PyObject *module, PyObject *unused)
 {
     ddl_state *st = get_state(module);
-    /* the parent's log mutex is abandoned (held by us at fork time) */
-    PyThread_type_lock fresh = PyThread_allocate_lock();
-    if (fresh != NULL) {
-        st->log_mutex = fresh;
-    }
+    /* the atfork child handler released the mutexes; what other parent
+     * threads queued is theirs */
     st->n_logs = 0;
     st->log_pending_scheduled = 0;
     st->file_seq = 0; /* the child's files: <prefix>.<child pid>.1, .2, ... */
@@ -673,7 +728,25 @@ module_exec(PyObject *module)
         PyErr_NoMemory();
         return -1;
     }
+    if (fork_state == NULL) {
+        static int atfork_registered = 0;
+        if (!atfork_registered) {
+            if (pthread_atfork(atfork_prepare, atfork_release,
+                               atfork_release) != 0) {
+                PyErr_SetString(PyExc_RuntimeError,
+                                "ddlock: pthread_atfork failed");
+                return -1;
+            }
+            atfork_registered = 1;
+        }
+        fork_state = st;
+    }
     st->name_cache = PyDict_New();
+    st->line_cache = PyMem_Calloc(DDL_LINE_CACHE_SIZE, sizeof(ddl_line_entry));
+    if (st->line_cache == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     st->str_name = PyUnicode_InternFromString("_name");
     st->str_dunder_name = PyUnicode_InternFromString("__name__");
     if (st->name_cache == NULL || st->str_name == NULL ||
@@ -681,6 +754,9 @@ module_exec(PyObject *module)
         return -1;
     }
     if (ddl_lock_types_init(module, st) < 0) {
+        return -1;
+    }
+    if (ddl_primitives_init(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "__version__", DDL_VERSION) < 0) {
@@ -700,13 +776,14 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->native_rlock_factory);
     Py_VISIT(st->threading_active);
     Py_VISIT(st->name_cache);
-    return 0;
+    return ddl_primitives_traverse(st, visit, arg);
 }
 
 static int
 module_clear(PyObject *module)
 {
     ddl_state *st = get_state(module);
+    ddl_line_cache_clear(st);
     Py_CLEAR(st->lock_type);
     Py_CLEAR(st->rlock_type);
     Py_CLEAR(st->factory_type);
@@ -719,6 +796,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->str_name);
     Py_CLEAR(st->str_dunder_name);
     Py_CLEAR(st->log_callback);
+    ddl_primitives_clear(st);
     return 0;
 }
 
@@ -726,9 +804,14 @@ static void
 module_free(void *module)
 {
     ddl_state *st = get_state((PyObject *)module);
+    if (fork_state == st) {
+        fork_state = NULL;
+    }
     stop_collecting(st, 0);
     free_excludes(st);
     module_clear((PyObject *)module);
+    PyMem_Free(st->line_cache);
+    st->line_cache = NULL;
     /* log_mutex is left allocated: a pending drain may still look at it */
 }
 

@@ -44,14 +44,48 @@ ddl_frame_globals_borrowed(PyFrameObject *f)
 }
 
 /* New reference to a mapping of the frame's locals (cells and free variables
- * included): a dict on 3.9–3.12, a read-only proxy or dict on 3.13+.
- * Returns NULL with an exception set on failure. */
+ * included) -- a dict (maybe a subclass: read it with PyDict_Next only) or,
+ * on 3.13+, an optimized frame's read-only FrameLocalsProxy -- when getting
+ * it cannot run user code; NULL otherwise (an exception may be set).
+ *
+ * A module, class body or exec() frame is not "optimized": its locals are
+ * the namespace itself, which __prepare__ or exec() may have made a user
+ * mapping. Before 3.13 reading an optimized frame's locals refreshes its
+ * f_locals snapshot (a dict CPython made) with PyObject_SetItem/DelItem;
+ * the same refresh on a namespace would call the mapping's methods. */
 static inline PyObject *
 ddl_frame_locals(PyFrameObject *f)
 {
-#if PY_VERSION_HEX >= 0x030B0000
-    return PyFrame_GetLocals(f);
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *m = PyFrame_GetLocals(f); /* no refresh on 3.13 */
+    if (m != NULL && !PyDict_Check(m) && !PyFrameLocalsProxy_Check(m)) {
+        Py_CLEAR(m);
+    }
+    return m;
+#elif PY_VERSION_HEX >= 0x030B0000
+    /* the namespace is reachable only through the refresh: allow it when
+     * there is nothing to refresh (no cell or free variable, e.g. a class
+     * body with a __class__ cell is skipped) */
+    PyCodeObject *co = PyFrame_GetCode(f);
+    int safe = (co->co_flags & CO_OPTIMIZED) || co->co_nlocalsplus == 0;
+    Py_DECREF(co);
+    if (!safe) {
+        return NULL;
+    }
+    PyObject *m = PyFrame_GetLocals(f);
+    if (m != NULL && !PyDict_Check(m)) {
+        Py_CLEAR(m);
+    }
+    return m;
 #else
+    if (!(f->f_code->co_flags & CO_OPTIMIZED)) {
+        PyObject *ns = f->f_locals;
+        if (ns == NULL || !PyDict_Check(ns)) {
+            return NULL;
+        }
+        Py_INCREF(ns);
+        return ns;
+    }
     if (PyFrame_FastToLocalsWithError(f) < 0) {
         return NULL;
     }
@@ -197,6 +231,12 @@ ddl_timeout_max_us(void)
 /* ---- methods that exist on some versions only ---------------------------- */
 
 #define DDL_MAYBE_UNUSED __attribute__((unused))
+/* asyncio.Semaphore of 3.9 also waits while _wakeup_scheduled is set. */
+#if PY_VERSION_HEX < 0x030A0000
+#define DDL_ASYNCIO_SEMAPHORE_WAKEUP_FLAG 1
+#else
+#define DDL_ASYNCIO_SEMAPHORE_WAKEUP_FLAG 0
+#endif
 /* RLock._recursion_count() exists from 3.11 on. */
 #if PY_VERSION_HEX >= 0x030B0000
 #define DDL_RLOCK_RECURSION_COUNT_METHOD(fn)                                  \
@@ -236,6 +276,18 @@ PyModule_AddObjectRef(PyObject *mod, const char *name, PyObject *value)
 #define Py_TPFLAGS_IMMUTABLETYPE 0
 #define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
 #endif
+
+/* getattr without raising AttributeError: 1 found (*result a new
+ * reference), 0 missing, -1 error (exception set). */
+static inline int
+ddl_getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttr(obj, name, result);
+#else
+    return _PyObject_LookupAttr(obj, name, result);
+#endif
+}
 
 #if PY_VERSION_HEX >= 0x030C0000
 #define DDL_MEMBER_OFFSET_FLAG Py_READONLY

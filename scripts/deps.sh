@@ -10,6 +10,10 @@ APT_PKGS=(libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev zlib1g-dev
           check pkg-config golang-go protobuf-compiler valgrind clang-format
           cppcheck clang libclang-rt-14-dev openssl)
 PIP_PKGS=(pytest hypothesis setuptools wheel)
+# from wheels only, for every test interpreter (tests/test_gevent.py); where
+# PyPI has no wheel for an interpreter, build/no-<pkg>-wheel-X.Y records it
+# and those tests are skipped there
+PIP_WHEEL_ONLY=(gevent)
 PIP_TOOLS=(ddapm-test-agent)
 
 need_pip() {  # interpreter, modules...
@@ -27,9 +31,30 @@ pip_install() {  # interpreter, packages...
     "$py" -m pip install -q --disable-pip-version-check "$@"
 }
 
+wheel_only() {  # interpreter, package
+    local py=$1 pkg=$2 ver marker out
+    need_pip "$py" "$pkg" && return 0
+    ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+    marker="$(cd "$(dirname "$0")/.." && pwd)/build/no-$pkg-wheel-$ver"
+    echo "deps: $py -m pip install --only-binary=:all: $pkg"
+    if out=$("$py" -m pip install -q --disable-pip-version-check --only-binary=:all: "$pkg" 2>&1); then
+        rm -f "$marker"
+    elif grep -q "No matching distribution found" <<<"$out"; then
+        echo "deps: PyPI has no $pkg wheel for Python $ver: its tests are skipped there"
+        mkdir -p "$(dirname "$marker")" && touch "$marker"
+    else
+        echo "$out" >&2
+        echo "deps: installing $pkg for $py failed" >&2
+        return 1
+    fi
+}
+
 python_tools() {
     local py=$1
     need_pip "$py" pytest hypothesis setuptools wheel || pip_install "$py" "${PIP_PKGS[@]}"
+    for pkg in "${PIP_WHEEL_ONLY[@]}"; do
+        wheel_only "$py" "$pkg"
+    done
 }
 
 if [ "${1:-}" = "--python" ]; then

@@ -24,10 +24,14 @@ def python_env(extra=None):
 
 def run_python(code, env=None, timeout=120, check=True, args=(), cwd=None):
     """Run ``code`` (dedented) in a fresh interpreter; return CompletedProcess."""
+    # `python -c` puts the working directory first on sys.path, ahead of
+    # PYTHONPATH: run from the package under test, or REPO's ddlock (not
+    # the sanitizer build) would be the one imported
+    default_cwd = os.environ.get("DDLOCK_TEST_PYTHONPATH") or REPO
     proc = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         env=python_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        universal_newlines=True, timeout=timeout, cwd=cwd or REPO,
+        universal_newlines=True, timeout=timeout, cwd=cwd or default_cwd,
     )
     if check and proc.returncode != 0:
         raise AssertionError("subprocess failed (%d)\n--- stdout\n%s\n--- stderr\n%s"
