@@ -23,6 +23,15 @@ typedef struct {
     int line;
 } ddl_line_entry;
 
+#define DDL_SITE_CACHE_SIZE 1024 /* power of two */
+enum { DDL_SITE_NATIVE = 0, DDL_SITE_CALLER = 1, DDL_SITE_WALK = 2 };
+
+typedef struct {
+    PyObject *code;    /* strong reference, NULL when empty */
+    PyObject *globals; /* strong reference */
+    int verdict;       /* DDL_SITE_* */
+} ddl_site_entry;
+
 /* Per-module state (one per interpreter that imports ddlock._ddlock). */
 typedef struct {
     PyTypeObject *lock_type;
@@ -36,6 +45,7 @@ typedef struct {
     PyObject *ddlock_dir;           /* directory prefix of the ddlock package */
     PyObject *name_cache;  /* (site code, site lasti, user code) -> name */
     ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
+    ddl_site_entry *site_cache; /* DDL_SITE_CACHE_SIZE entries */
     PyObject *str_name;    /* interned "_name" */
     PyObject *str_dunder_name; /* interned "__name__" */
 
@@ -185,6 +195,8 @@ PyObject *ddl_lock_name(ddl_state *st, ddl_lockbase *lk);
 PyObject *ddl_site_label(PyObject *code, int lasti);
 /* Empty the (code, lasti) -> line cache (drops its references). */
 void ddl_line_cache_clear(ddl_state *st);
+/* Empty the creation-site decision cache (the exclusions changed). */
+void ddl_site_cache_clear(ddl_state *st);
 /* Current thread's name from threading._active, new ref or NULL. */
 PyObject *ddl_thread_name(ddl_state *st, unsigned long ident);
 

@@ -160,10 +160,70 @@ creation_site_from(ddl_state *st, PyFrameObject *caller, PyObject **code,
     return 1;
 }
 
+/* Creation-site decision cache: for a calling (code, globals) pair, whether
+ * locks it makes stay native (excluded module) or are sited at the caller
+ * itself, the common case. Anything else (internal or generated frames)
+ * takes the full walk every time. Entries hold references to their code
+ * and globals, so a key never outlives what it names. */
+static size_t
+site_slot(PyCodeObject *co, PyObject *globals)
+{
+    uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)globals >> 6);
+    h ^= h >> 11;
+    return (size_t)(h & (DDL_SITE_CACHE_SIZE - 1));
+}
+
 int
 ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
 {
-    return creation_site_from(st, PyEval_GetFrame(), code, lasti);
+    PyFrameObject *caller = PyEval_GetFrame(); /* borrowed */
+    if (caller == NULL || st->site_cache == NULL) {
+        return creation_site_from(st, caller, code, lasti);
+    }
+    PyCodeObject *co = PyFrame_GetCode(caller);
+    PyObject *globals = ddl_frame_globals_borrowed(caller);
+    ddl_site_entry *e = &st->site_cache[site_slot(co, globals)];
+    if (e->code == (PyObject *)co && e->globals == globals) {
+        if (e->verdict == DDL_SITE_NATIVE) {
+            Py_DECREF(co);
+            *code = NULL;
+            *lasti = -1;
+            return 0;
+        }
+        if (e->verdict == DDL_SITE_CALLER) {
+            *code = (PyObject *)co; /* the reference goes to the caller */
+            *lasti = ddl_frame_lasti(caller);
+            return 1;
+        }
+    }
+    int r = creation_site_from(st, caller, code, lasti);
+    if (r >= 0 && globals != NULL) {
+        int verdict = r == 0                          ? DDL_SITE_NATIVE
+                      : *code == (PyObject *)co &&
+                              *lasti == ddl_frame_lasti(caller)
+                          ? DDL_SITE_CALLER
+                          : DDL_SITE_WALK;
+        PyObject *old_code = e->code, *old_globals = e->globals;
+        e->code = Py_NewRef(co);
+        e->globals = Py_NewRef(globals);
+        e->verdict = verdict;
+        Py_XDECREF(old_code);
+        Py_XDECREF(old_globals);
+    }
+    Py_DECREF(co);
+    return r;
+}
+
+void
+ddl_site_cache_clear(ddl_state *st)
+{
+    if (st->site_cache == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < DDL_SITE_CACHE_SIZE; i++) {
+        Py_CLEAR(st->site_cache[i].code);
+        Py_CLEAR(st->site_cache[i].globals);
+    }
 }
 
 int

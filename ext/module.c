@@ -206,6 +206,7 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_RuntimeError, "ddlock is already running");
         return NULL;
     }
+    ddl_site_cache_clear(st); /* decisions depend on the exclusions */
     if (exclude != NULL && exclude != Py_None &&
         set_excludes(st, exclude) < 0) {
         return NULL;
@@ -743,7 +744,8 @@ module_exec(PyObject *module)
     }
     st->name_cache = PyDict_New();
     st->line_cache = PyMem_Calloc(DDL_LINE_CACHE_SIZE, sizeof(ddl_line_entry));
-    if (st->line_cache == NULL) {
+    st->site_cache = PyMem_Calloc(DDL_SITE_CACHE_SIZE, sizeof(ddl_site_entry));
+    if (st->line_cache == NULL || st->site_cache == NULL) {
         PyErr_NoMemory();
         return -1;
     }
@@ -784,6 +786,7 @@ module_clear(PyObject *module)
 {
     ddl_state *st = get_state(module);
     ddl_line_cache_clear(st);
+    ddl_site_cache_clear(st);
     Py_CLEAR(st->lock_type);
     Py_CLEAR(st->rlock_type);
     Py_CLEAR(st->factory_type);
@@ -812,6 +815,8 @@ module_free(void *module)
     module_clear((PyObject *)module);
     PyMem_Free(st->line_cache);
     st->line_cache = NULL;
+    PyMem_Free(st->site_cache);
+    st->site_cache = NULL;
     /* log_mutex is left allocated: a pending drain may still look at it */
 }
 
