@@ -242,6 +242,13 @@ class Config(object):
         return ",".join(tags)
 
 
+def _show(key, default):
+    """A default as the user would write it in the environment."""
+    if key == "output_mode":
+        return "%o" % default
+    return repr(default)
+
+
 def from_env(overrides=None, strict=True, environ=None):
     """Build a Config from the environment and keyword overrides.
 
@@ -273,7 +280,7 @@ def from_env(overrides=None, strict=True, environ=None):
             if raw.strip() == "" and key not in ("output_pprof", "api_key"):
                 if strict:
                     raise ValueError("%s=%r: empty value" % (source, raw))
-                warnings.append("%s=%r: empty value; using the default %r" % (source, raw, default))
+                warnings.append("%s=%r: empty value; using the default %s" % (source, raw, _show(key, default)))
                 values[key] = default
                 continue
         try:
@@ -283,7 +290,7 @@ def from_env(overrides=None, strict=True, environ=None):
                 raw = "<redacted>"  # the key never appears in messages
             if strict:
                 raise ValueError("%s=%r: %s" % (source, raw, exc)) from None
-            warnings.append("%s=%r: %s; using the default %r" % (source, raw, exc, default))
+            warnings.append("%s=%r: %s; using the default %s" % (source, raw, exc, _show(key, default)))
             values[key] = default
     if values["output_pprof"] == "":
         values["output_pprof"] = None
