@@ -4,8 +4,8 @@ threading.Lock/RLock under gevent.
 
 While ddlock runs, each of these names is bound to a subclass of the original
 class (built once per original and reused, so objects made in one profiling
-session are instances of the class the next one patches in). The subclass
-adds three slots: ``_ddl_tracker``, the object's ``ddlock._ddlock.Tracker``
+session are instances of the class the next one patches in). Its objects
+have three more attributes: ``_ddl_tracker``, their ``ddlock._ddlock.Tracker``
 (ext/primitives.c: creation site, name, lock type, the sampled hold),
 ``_ddl_hold`` (the tracker while a sampled hold is pending, else None) and
 ``_ddl_cd`` (the countdown to the next sampled uncontended acquire).
@@ -47,6 +47,7 @@ and samples carry the running greenlet as their task.
 import copyreg
 import sys
 import threading
+from types import FunctionType
 
 from . import _config
 
@@ -148,14 +149,17 @@ def _build(kind, original, init=None):
         target = type(self)
         if target is holder[0] and not _resolves_to(target):
             target = original
-        state = dict(self.__dict__) or None
+        state = {k: v for k, v in self.__dict__.items()
+                 if not k.startswith("_ddl_")} or None
         if protocol >= 2 and target is type(self):
             return copyreg.__newobj__, (target,), state
         return copyreg._reconstructor, (target, object, None), state
 
+    # Instances get three attributes: _ddl_tracker, _ddl_hold (the tracker
+    # while a sampled hold is pending) and _ddl_cd (the countdown). Not
+    # __slots__: on 3.9 and 3.13 a subclass with __slots__ loses the fast
+    # access to the instance attributes of the stdlib class it extends.
     ns = {
-        # tracker, the tracker while a sampled hold is pending, countdown
-        "__slots__": ("_ddl_tracker", "_ddl_hold", "_ddl_cd"),
         "__module__": original.__module__,
         "__qualname__": original.__qualname__,
         "__doc__": original.__doc__,
@@ -180,13 +184,18 @@ def _hook(cls, name, op, kind, function, fast=False):
 # ---- threading -------------------------------------------------------------
 
 def _rename(function, qualname):
-    """Give a method the original's qualified name (argument errors name it)."""
-    function.__name__ = qualname.rsplit(".", 1)[-1]
-    function.__qualname__ = qualname
+    """The function under the original's qualified name (argument errors
+    name it). A new function object rather than an assignment to __code__,
+    which would stop CPython 3.12+ from specializing the calls to it."""
     code = function.__code__
     if hasattr(code, "co_qualname"):  # 3.11+: the errors read the code's
-        function.__code__ = code.replace(co_qualname=qualname)
-    return function
+        code = code.replace(co_qualname=qualname)
+    renamed = FunctionType(code, function.__globals__, qualname.rsplit(".", 1)[-1],
+                           function.__defaults__, function.__closure__)
+    renamed.__kwdefaults__ = function.__kwdefaults__
+    renamed.__qualname__ = qualname
+    renamed.__doc__ = function.__doc__
+    return renamed
 
 
 def _threading_semaphore(kind, original):

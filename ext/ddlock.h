@@ -100,7 +100,7 @@ typedef struct {
     PyObject *gevent_getcurrent;  /* gevent.getcurrent once gevent patched */
     PyObject *str__locked, *str__value, *str__waiters;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
-    PyObject *str__bound_value;
+    PyObject *str__bound_value, *str__ddl_tracker, *str__ddl_hold;
     PyObject *str_attach[6]; /* a Condition's lock methods, see _attach */
     PyTypeObject *asyncio_lock_cls; /* asyncio.locks.Lock */
     uint64_t primitives_created;

@@ -7,10 +7,10 @@
  * profiling state: a ddl_lockbase with lock == NULL (creation site, cached
  * name, the pending sampled hold) whose name is searched as the name of its
  * owner, the user-visible primitive, and whose samples carry the owner's
- * `lock type`. It lives in the owner's `_ddl_tracker` slot.
+ * `lock type`. It is the owner's `_ddl_tracker` attribute.
  *
  * - Semaphores and asyncio's locks have Python-level methods that count
- *   down to the next sampled uncontended acquire in a slot of the object
+ *   down to the next sampled uncontended acquire in an attribute of the object
  *   (chunks of small ints handed out by Tracker._tick, the skips geometric
  *   as in lock.c) and call the Tracker only to sample, to time a wait
  *   (_acquired) or to end a sampled hold (_release_hold).
@@ -98,11 +98,7 @@ typedef struct {
     /* semaphores: sampled holds in progress, by holder (allocated lazily) */
     pending_hold *ring;
     int nring;
-    /* the Python-level primitives' `_ddl_hold` slot: this tracker while a
-     * sampled hold is pending, else None (ddlock/_primitives.py) */
-    PyTypeObject *hold_type; /* type whose slot offset is cached */
-    Py_ssize_t hold_offset;
-    /* the Python-level primitives' countdown: their `_ddl_cd` slot counts
+    /* the Python-level primitives' countdown: their `_ddl_cd` attribute counts
      * skipped events in chunks of at most TICK_CHUNK (small ints, never
      * allocated); skip_rest is the rest of the current skip */
     int64_t skip_rest;
@@ -315,7 +311,6 @@ tracker_traverse(PyObject *op, visitproc visit, void *arg)
     Py_VISIT(t->inner_exit);
     Py_VISIT(t->inner_release_save);
     Py_VISIT(t->inner_acquire_restore);
-    Py_VISIT(t->hold_type);
     return 0;
 }
 
@@ -330,7 +325,6 @@ tracker_clear(PyObject *op)
     Py_CLEAR(t->inner_exit);
     Py_CLEAR(t->inner_release_save);
     Py_CLEAR(t->inner_acquire_restore);
-    Py_CLEAR(t->hold_type);
     return 0;
 }
 
@@ -428,43 +422,18 @@ hold_pending(ddl_tracker *t)
 }
 
 /* Set holder._ddl_hold to this tracker while a sampled hold is pending,
- * else None: the Python-level release looks at that slot only. */
+ * else None: the Python-level release looks at that attribute only. */
 static void
 publish_hold(ddl_tracker *t, PyObject *holder)
 {
     if (holder == NULL || holder == Py_None) {
         return;
     }
-    PyTypeObject *tp = Py_TYPE(holder);
-    if (tp != t->hold_type) {
-        Py_CLEAR(t->hold_type);
-        t->hold_offset = 0;
-        PyObject *mro = tp->tp_mro;
-        for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
-            PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
-            if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
-                continue;
-            }
-            PyObject *d = ddl_type_dict(base);
-            PyObject *m = d ? PyDict_GetItemString(d, "_ddl_hold") : NULL;
-            if (m != NULL && Py_IS_TYPE(m, &PyMemberDescr_Type) &&
-                ddl_member_is_object(
-                    ((PyMemberDescrObject *)m)->d_member->type) &&
-                PyType_IsSubtype(tp, PyDescr_TYPE(m))) {
-                t->hold_offset = ((PyMemberDescrObject *)m)->d_member->offset;
-            }
-            Py_XDECREF(d);
-            if (m != NULL) {
-                break;
-            }
-        }
-        if (t->hold_offset <= 0) {
-            return;
-        }
-        t->hold_type = (PyTypeObject *)Py_NewRef(tp);
+    ddl_state *st = tracker_state(t);
+    if (PyObject_SetAttr(holder, st->str__ddl_hold,
+                         hold_pending(t) ? (PyObject *)t : Py_None) < 0) {
+        PyErr_Clear();
     }
-    PyObject **slot = (PyObject **)((char *)holder + t->hold_offset);
-    Py_XSETREF(*slot, Py_NewRef(hold_pending(t) ? (PyObject *)t : Py_None));
 }
 
 /* _acquired([holder,] t0): a Python-level acquire succeeded after a wait
@@ -645,7 +614,7 @@ static PyType_Spec tracker_spec = {
 
 /* ---- Hooks ---------------------------------------------------------------
  * A Hook replaces one method of a patched class (owner form: cls set, the
- * tracker read from the instance's slot, orig the original function called
+ * tracker the instance's `_ddl_tracker`, orig the original function called
  * as orig(self, ...)), or is bound to a Tracker as a Condition's instance
  * attribute (tracker form: cls NULL, args[0] is the Tracker, the wrapped
  * lock's methods are called). Attributes other than its own (__name__,
@@ -666,7 +635,6 @@ enum {
 typedef struct {
     PyObject_HEAD int op;
     int kind;
-    Py_ssize_t offset; /* of the tracker slot, owner form */
     PyTypeObject *cls; /* owner form: the patched class; NULL: tracker form */
     PyObject *orig;
     int fast; /* cls (tracker form: the lock) is the stdlib's own
@@ -674,7 +642,10 @@ typedef struct {
     vectorcallfunc vectorcall;
 } ddl_hook;
 
-/* The tracker of a call, NULL when the call is not profiled. */
+/* The tracker of a call (new reference), NULL when the call is not
+ * profiled. Owner form: the `_ddl_tracker` attribute of the instance (our
+ * classes define no __getattr__ but the gevent lock wrapper's, which
+ * refuses `_ddl_` names). */
 static inline ddl_tracker *
 hook_tracker(ddl_state *st, ddl_hook *h, PyObject *self)
 {
@@ -682,14 +653,22 @@ hook_tracker(ddl_state *st, ddl_hook *h, PyObject *self)
         return NULL;
     }
     if (h->cls == NULL) {
-        return Py_IS_TYPE(self, st->tracker_type) ? (ddl_tracker *)self : NULL;
+        return Py_IS_TYPE(self, st->tracker_type)
+                   ? (ddl_tracker *)Py_NewRef(self)
+                   : NULL;
     }
     if (!PyObject_TypeCheck(self, h->cls)) {
         return NULL; /* the original raises its own TypeError */
     }
-    PyObject *t = *(PyObject **)((char *)self + h->offset);
-    return t != NULL && Py_IS_TYPE(t, st->tracker_type) ? (ddl_tracker *)t
-                                                        : NULL;
+    PyObject *t = NULL;
+    if (ddl_getattr_optional(self, st->str__ddl_tracker, &t) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (t != NULL && !Py_IS_TYPE(t, st->tracker_type)) {
+        Py_CLEAR(t);
+    }
+    return (ddl_tracker *)t;
 }
 
 /* In tracker form, what the original method of the Condition calls. */
@@ -1008,13 +987,10 @@ hook_async_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
 }
 
 static PyObject *
-hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                PyObject *kwnames)
+hook_dispatch(ddl_state *st, ddl_hook *h, ddl_tracker *t,
+              PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
-    ddl_hook *h = (ddl_hook *)callable;
-    ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(callable));
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    ddl_tracker *t = nargs >= 1 ? hook_tracker(st, h, args[0]) : NULL;
     if (t == NULL) {
         if (h->cls == NULL && nargs >= 1 &&
             Py_IS_TYPE(args[0], st->tracker_type)) {
@@ -1078,6 +1054,19 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
 }
 
 static PyObject *
+hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                PyObject *kwnames)
+{
+    ddl_hook *h = (ddl_hook *)callable;
+    ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(callable));
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    ddl_tracker *t = nargs >= 1 ? hook_tracker(st, h, args[0]) : NULL;
+    PyObject *r = hook_dispatch(st, h, t, args, nargsf, kwnames);
+    Py_XDECREF(t); /* held for the call: user code may drop the attribute */
+    return r;
+}
+
+static PyObject *
 hook_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"op", "kind", "orig", "cls", "fast", NULL};
@@ -1095,27 +1084,9 @@ hook_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_TypeError, "orig must be callable");
         return NULL;
     }
-    Py_ssize_t offset = 0;
-    if (cls != Py_None) {
-        if (!PyType_Check(cls)) {
-            PyErr_SetString(PyExc_TypeError, "cls must be a class or None");
-            return NULL;
-        }
-        /* the `_ddl_tracker` slot the class declares */
-        PyObject *d = ddl_type_dict((PyTypeObject *)cls);
-        PyObject *m = d ? PyDict_GetItemString(d, "_ddl_tracker") : NULL;
-        if (m != NULL && Py_IS_TYPE(m, &PyMemberDescr_Type)) {
-            PyMemberDef *def = ((PyMemberDescrObject *)m)->d_member;
-            if (ddl_member_is_object(def->type)) {
-                offset = def->offset;
-            }
-        }
-        Py_XDECREF(d);
-        if (offset <= 0) {
-            PyErr_SetString(PyExc_TypeError,
-                            "cls must declare __slots__ = ('_ddl_tracker',)");
-            return NULL;
-        }
+    if (cls != Py_None && !PyType_Check(cls)) {
+        PyErr_SetString(PyExc_TypeError, "cls must be a class or None");
+        return NULL;
     }
     ddl_hook *self = (ddl_hook *)tp->tp_alloc(tp, 0);
     if (self == NULL) {
@@ -1123,7 +1094,6 @@ hook_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
     }
     self->op = op;
     self->kind = kind;
-    self->offset = offset;
     self->cls = cls == Py_None ? NULL : (PyTypeObject *)Py_NewRef(cls);
     self->orig = Py_NewRef(orig);
     self->fast = fast;
@@ -1380,7 +1350,9 @@ mod_prim_set_gevent(PyObject *module, PyObject *getcurrent)
 }
 
 /* _prim_tracker_of(obj) -> the Tracker profiling obj (or the ddlock Lock
- * or RLock obj itself), None when obj is not profiled. */
+ * or RLock obj itself), None when obj is not profiled. Only objects of the
+ * classes ddlock._primitives makes (their dict has `_ddl_original`) are
+ * asked for their `_ddl_tracker`: no user code runs. */
 static PyObject *
 mod_prim_tracker_of(PyObject *module, PyObject *obj)
 {
@@ -1390,31 +1362,25 @@ mod_prim_tracker_of(PyObject *module, PyObject *obj)
         return Py_NewRef(obj);
     }
     PyObject *mro = tp->tp_mro;
-    if (mro == NULL) {
-        Py_RETURN_NONE;
-    }
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+    int ours = 0;
+    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro) && !ours;
+         i++) {
         PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
         if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
             continue;
         }
         PyObject *d = ddl_type_dict(base);
-        PyObject *m = d ? PyDict_GetItemString(d, "_ddl_tracker") : NULL;
-        if (m != NULL && Py_IS_TYPE(m, &PyMemberDescr_Type)) {
-            PyMemberDef *def = ((PyMemberDescrObject *)m)->d_member;
-            PyObject *v = NULL;
-            if (ddl_member_is_object(def->type) &&
-                PyType_IsSubtype(tp, PyDescr_TYPE(m))) {
-                v = *(PyObject **)((char *)obj + def->offset);
-            }
-            Py_DECREF(d);
-            if (v != NULL && Py_IS_TYPE(v, st->tracker_type)) {
-                return Py_NewRef(v);
-            }
-            Py_RETURN_NONE;
-        }
+        ours = d != NULL && PyDict_GetItemString(d, "_ddl_original") != NULL;
         Py_XDECREF(d);
     }
+    PyObject *t = NULL;
+    if (ours && ddl_getattr_optional(obj, st->str__ddl_tracker, &t) < 0) {
+        PyErr_Clear();
+    }
+    if (t != NULL && Py_IS_TYPE(t, st->tracker_type)) {
+        return t;
+    }
+    Py_XDECREF(t);
     Py_RETURN_NONE;
 }
 
@@ -1456,7 +1422,10 @@ ddl_primitives_init(PyObject *module, ddl_state *st)
     st->str_get_name = PyUnicode_InternFromString("get_name");
     st->str_name_attr = PyUnicode_InternFromString("name");
     st->str__bound_value = PyUnicode_InternFromString("_bound_value");
-    if (st->str__bound_value == NULL) {
+    st->str__ddl_tracker = PyUnicode_InternFromString("_ddl_tracker");
+    st->str__ddl_hold = PyUnicode_InternFromString("_ddl_hold");
+    if (st->str__bound_value == NULL || st->str__ddl_tracker == NULL ||
+        st->str__ddl_hold == NULL) {
         return -1;
     }
     for (int i = 0; i < 6; i++) {
@@ -1513,6 +1482,8 @@ ddl_primitives_clear(ddl_state *st)
     Py_CLEAR(st->str_get_name);
     Py_CLEAR(st->str_name_attr);
     Py_CLEAR(st->str__bound_value);
+    Py_CLEAR(st->str__ddl_tracker);
+    Py_CLEAR(st->str__ddl_hold);
     for (int i = 0; i < 6; i++) {
         Py_CLEAR(st->str_attach[i]);
     }
