@@ -266,24 +266,10 @@ def _loaded_native():
 
 
 def _fork_before():
-    native = _loaded_native()
-    if native is None:
-        return
-    _hook_multiprocessing()
-    try:
-        native.fork_prepare()
-    except Exception:
-        pass
-
-
-def _fork_parent():
-    native = _loaded_native()
-    if native is None:
-        return
-    try:
-        native.fork_parent()
-    except Exception:
-        pass
+    # The native mutexes are taken inside fork() by pthread_atfork handlers
+    # (ext/module.c); here only multiprocessing's exit hook is ensured.
+    if _loaded_native() is not None:
+        _hook_multiprocessing()
 
 
 def _fork_child():
@@ -349,5 +335,4 @@ def _mp_child_started(_hook):
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(before=_fork_before, after_in_parent=_fork_parent,
-                        after_in_child=_fork_child)
+    os.register_at_fork(before=_fork_before, after_in_child=_fork_child)

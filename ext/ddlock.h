@@ -71,7 +71,6 @@ typedef struct {
 
     /* exporter log messages waiting for the GIL (filled without the GIL) */
     PyThread_type_lock log_mutex;
-    PyObject *log_callback;     /* ddlock._log_native(level, kind, msg) */
     int log_pending_scheduled;
     int n_logs;
     struct {
@@ -172,9 +171,6 @@ int ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs,
                          size_t *nrefs);
 /* References a stack capture may hold per frame (code + 2 escaped strings) */
 #define DDL_REFS_PER_FRAME 3
-/* First Python frame at or above start outside threading.py and ddlock
- * (new reference, NULL when none). */
-PyFrameObject *ddl_user_frame(ddl_state *st, PyFrameObject *start);
 /* Creation site of a lock being created now: new ref to code + lasti; and
  * the top-level module name check against the exclusions. Returns 1 when
  * the lock should be profiled, 0 when it must stay native, -1 on error. */
@@ -199,9 +195,6 @@ void ddl_line_cache_clear(ddl_state *st);
 void ddl_site_cache_clear(ddl_state *st);
 /* Current thread's name from threading._active, new ref or NULL. */
 PyObject *ddl_thread_name(ddl_state *st, unsigned long ident);
-
-/* module.c */
-ddl_state *ddl_get_state_from_type(PyTypeObject *tp);
 
 /* Thread-local sampling state. */
 typedef struct {

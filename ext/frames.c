@@ -60,12 +60,6 @@ user_frame(ddl_state *st, PyFrameObject *start)
     return NULL;
 }
 
-PyFrameObject *
-ddl_user_frame(ddl_state *st, PyFrameObject *start)
-{
-    return user_frame(st, start);
-}
-
 /* ---- creation site -------------------------------------------------------- */
 
 static int

@@ -7,12 +7,6 @@
 #include <pthread.h>
 #include <string.h>
 
-ddl_state *
-ddl_get_state_from_type(PyTypeObject *tp)
-{
-    return (ddl_state *)PyType_GetModuleState(tp);
-}
-
 static inline ddl_state *
 get_state(PyObject *module)
 {
@@ -424,7 +418,7 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
  * Python code still runs between that hook and fork() (other hooks, the
  * import lock), the GIL passes to another thread, and that thread blocks on
  * the profile mutex (a sampled acquire) while holding the GIL the forking
- * thread needs. The Python hooks fork_prepare()/fork_parent() are no-ops;
+ * thread needs. There are no Python before/after-in-parent hooks;
  * fork_child() (the Python after-fork hook) restarts collection. */
 
 static ddl_state *fork_state;            /* the module's state, or NULL */
@@ -474,18 +468,6 @@ atfork_release(void)
     fork_held_exporter = NULL;
     fork_held_profile = NULL;
     fork_held_log_mutex = NULL;
-}
-
-static PyObject *
-mod_fork_prepare(PyObject *module, PyObject *unused)
-{
-    Py_RETURN_NONE; /* see atfork_prepare() */
-}
-
-static PyObject *
-mod_fork_parent(PyObject *module, PyObject *unused)
-{
-    Py_RETURN_NONE; /* see atfork_release() */
 }
 
 static PyObject *
@@ -700,8 +682,6 @@ static PyMethodDef module_methods[] = {
     {"drain_logs", mod_drain_logs, METH_NOARGS, NULL},
     {"_setup", (PyCFunction)(void (*)(void))mod_setup,
      METH_VARARGS | METH_KEYWORDS, NULL},
-    {"fork_prepare", mod_fork_prepare, METH_NOARGS, NULL},
-    {"fork_parent", mod_fork_parent, METH_NOARGS, NULL},
     {"fork_child", mod_fork_child, METH_NOARGS, NULL},
     {"is_running", mod_is_running, METH_NOARGS, NULL},
     {"lock_name", mod_lock_name, METH_O,
@@ -798,7 +778,6 @@ module_clear(PyObject *module)
     Py_CLEAR(st->name_cache);
     Py_CLEAR(st->str_name);
     Py_CLEAR(st->str_dunder_name);
-    Py_CLEAR(st->log_callback);
     ddl_primitives_clear(st);
     return 0;
 }
