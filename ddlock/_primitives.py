@@ -44,6 +44,7 @@ threading.Lock/RLock end up profiled wrappers of gevent's cooperative locks
 and samples carry the running greenlet as their task.
 """
 
+import abc
 import copyreg
 import sys
 import threading
@@ -73,21 +74,40 @@ async def _acquire_wrapper(tracker, coro, t0):
     return result
 
 
-class _ProfiledMeta(type):
+class _ProfiledMeta(abc.ABCMeta):
     """Metaclass of the patched classes: isinstance() and issubclass()
     against the patched name accept what the original accepts (objects made
-    before start(), or by excluded modules, are of the original class)."""
+    before start(), or by excluded modules, are of the original class).
+
+    It derives from abc.ABCMeta so that a user's class mixing a patched
+    primitive with an ABC (``class Pool(threading.Semaphore, MyABC)``,
+    ``class L(asyncio.Lock, contextlib.AbstractAsyncContextManager)``) has a
+    metaclass, as it does natively, instead of a metaclass conflict. A class
+    gets ABCMeta's machinery only when a base other than ddlock's has it
+    (as natively); the others are built by type, so a patched primitive is
+    not abstract-checked, registered or cached like an ABC."""
+
+    def __new__(mcls, name, bases, namespace, **kwargs):
+        if any("_abc_impl" in vars(b) for b in bases if isinstance(b, abc.ABCMeta)):
+            return abc.ABCMeta.__new__(mcls, name, bases, namespace, **kwargs)
+        return type.__new__(mcls, name, bases, namespace, **kwargs)
 
     def __instancecheck__(cls, obj):
-        original = cls.__dict__.get("_ddl_original")
+        d = vars(cls)
+        original = d.get("_ddl_original")
         if original is not None and isinstance(obj, original):
             return True
+        if "_abc_impl" in d:
+            return abc.ABCMeta.__instancecheck__(cls, obj)
         return type.__instancecheck__(cls, obj)
 
     def __subclasscheck__(cls, sub):
-        original = cls.__dict__.get("_ddl_original")
+        d = vars(cls)
+        original = d.get("_ddl_original")
         if original is not None and issubclass(sub, original):
             return True
+        if "_abc_impl" in d:
+            return abc.ABCMeta.__subclasscheck__(cls, sub)
         return type.__subclasscheck__(cls, sub)
 
 
@@ -134,12 +154,12 @@ def _build(kind, original, init=None):
                 return original(*args, **kwargs)
             self = obj_new(cls)
             self._ddl_tracker = self._ddl_hold = None
-            self._ddl_cd = 256
+            self._ddl_cd = True  # never counts down
             return self
         self = obj_new(cls)
         self._ddl_tracker = tracker
         self._ddl_hold = None
-        self._ddl_cd = 0
+        self._ddl_cd = tracker
         tracker._bind(self)
         return self
 
@@ -219,13 +239,12 @@ def _threading_semaphore(kind, original):
                 free = self._value != 0
                 if free:
                     self._value -= 1
-                    cd = self._ddl_cd  # counted under the semaphore's lock
-                    if cd:
-                        self._ddl_cd = cd - 1
+                    # the countdown (Tracker.__bool__), under the semaphore's lock
+                    cd = self._ddl_cd
+                    sample = not cd
             if free:
-                if not cd:
-                    tracker = self._ddl_tracker
-                    self._ddl_cd = tracker._tick(self) if tracker is not None else 256
+                if sample:
+                    cd._tick(self)
                 return True
         tracker = self._ddl_tracker
         if tracker is None:
@@ -321,12 +340,6 @@ def _threading_condition(original):
 
 # ---- asyncio ---------------------------------------------------------------
 
-def _tick(self):
-    """The countdown of a Python-level primitive reached zero."""
-    tracker = self._ddl_tracker
-    self._ddl_cd = tracker._tick(self) if tracker is not None else 256
-
-
 def _asyncio_methods(kind, original):
     """acquire(), release(), __aenter__() and __aexit__() of asyncio.Lock /
     Semaphore / BoundedSemaphore (and of a profiled Condition's Lock).
@@ -363,10 +376,8 @@ def _asyncio_methods(kind, original):
             if not self._locked and not self._waiters:
                 self._locked = True
                 cd = self._ddl_cd
-                if cd:
-                    self._ddl_cd = cd - 1
-                else:
-                    _tick(self)
+                if not cd:  # the countdown (Tracker.__bool__): sample
+                    cd._tick(self)
                 return True
             return await timed_acquire(self)
 
@@ -383,10 +394,8 @@ def _asyncio_methods(kind, original):
             if type(self) is exact and not self._locked and not self._waiters:
                 self._locked = True
                 cd = self._ddl_cd
-                if cd:
-                    self._ddl_cd = cd - 1
-                else:
-                    _tick(self)
+                if not cd:  # the countdown (Tracker.__bool__): sample
+                    cd._tick(self)
                 return None
             await self.acquire()
             return None
@@ -407,10 +416,8 @@ def _asyncio_methods(kind, original):
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
                 cd = self._ddl_cd
-                if cd:
-                    self._ddl_cd = cd - 1
-                else:
-                    _tick(self)
+                if not cd:  # the countdown (Tracker.__bool__): sample
+                    cd._tick(self)
                 return True
             return await timed_acquire(self)
 
@@ -419,10 +426,8 @@ def _asyncio_methods(kind, original):
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
                 cd = self._ddl_cd
-                if cd:
-                    self._ddl_cd = cd - 1
-                else:
-                    _tick(self)
+                if not cd:  # the countdown (Tracker.__bool__): sample
+                    cd._tick(self)
                 return None
             await self.acquire()
             return None
@@ -550,7 +555,7 @@ def _asyncio_condition(original):
                 lock = object.__new__(lock_cls)
                 lock._ddl_tracker = tracker
                 lock._ddl_hold = None
-                lock._ddl_cd = 0
+                lock._ddl_cd = tracker
                 lock_init(lock)
                 super(holder[0], self).__init__(lock)
                 return
@@ -575,10 +580,8 @@ def _asyncio_condition(original):
                 not lock._waiters:
             lock._locked = True
             cd = lock._ddl_cd
-            if cd:
-                lock._ddl_cd = cd - 1
-            else:
-                _tick(lock)
+            if not cd:
+                cd._tick(lock)
             return None
         await self.acquire()
         return None

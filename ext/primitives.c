@@ -10,9 +10,9 @@
  * `lock type`. It is the owner's `_ddl_tracker` attribute.
  *
  * - Semaphores and asyncio's locks have Python-level methods that count
- *   down to the next sampled uncontended acquire in an attribute of the object
- *   (chunks of small ints handed out by Tracker._tick, the skips geometric
- *   as in lock.c) and call the Tracker only to sample, to time a wait
+ *   down to the next sampled uncontended acquire by testing the truth of
+ *   their Tracker (tracker_bool, the skips geometric as in lock.c) and call
+ *   the Tracker's methods only to sample, to time a wait
  *   (_acquired) or to end a sampled hold (_release_hold).
  * - A threading.Condition's methods, and gevent's locks, are Hooks: method
  *   descriptors written in C (called like functions, no bound method on
@@ -98,9 +98,8 @@ typedef struct {
     /* semaphores: sampled holds in progress, by holder (allocated lazily) */
     pending_hold *ring;
     int nring;
-    /* the Python-level primitives' countdown: their `_ddl_cd` attribute counts
-     * skipped events in chunks of at most TICK_CHUNK (small ints, never
-     * allocated); skip_rest is the rest of the current skip */
+    /* the Python-level primitives' countdown (tracker_bool): the events
+     * still to skip, drawn in the profiling session skip_gen */
     int64_t skip_rest;
     uint64_t skip_gen;
 } ddl_tracker;
@@ -459,12 +458,15 @@ tracker_acquired_py(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* _tick(holder) -> int: holder's `_ddl_cd` countdown reached zero on an
- * uncontended acquire. Either the current skip goes on (a new chunk), or
- * this event is sampled and the next skip drawn: geometric with parameter
- * capture_pct / 100, so that every event is sampled with that
- * probability, as with the locks' countdown. Returns the next chunk. */
-#define TICK_CHUNK 256
+/* The countdown of the Python-level primitives: their `_ddl_cd` attribute is
+ * their Tracker (True when untracked), and `if not self._ddl_cd:` in their
+ * acquire is this nb_bool: true while the current skip goes on (one event
+ * counted), false when this acquire is to be sampled or the object's first
+ * of this profiling session, and the method then calls _tick(holder). One
+ * C slot call, no allocation, no Python frame: cheaper than any countdown
+ * kept in an attribute. The skips are geometric with parameter
+ * capture_pct / 100, so that every event is sampled with that probability,
+ * as with the locks' countdown (lock.c). */
 #define SKIP_NEVER ((int64_t)1 << 40)
 
 static int64_t
@@ -481,26 +483,43 @@ draw_skip(ddl_state *st)
     return k < (double)SKIP_NEVER ? (int64_t)k : SKIP_NEVER;
 }
 
+static int
+tracker_bool(PyObject *self)
+{
+    ddl_tracker *t = (ddl_tracker *)self;
+    if (t->skip_rest > 0 && t->skip_gen == tracker_state(t)->generation) {
+        t->skip_rest--;
+        return 1;
+    }
+    return 0;
+}
+
+/* _tick(holder): the countdown said false on an uncontended acquire of
+ * holder. Either this is the object's first event of this profiling session
+ * (its skip is drawn, and this event may be skipped too), or this event is
+ * sampled and the next skip drawn. */
 static PyObject *
 tracker_tick_py(PyObject *self, PyObject *holder)
 {
     ddl_tracker *t = (ddl_tracker *)self;
     ddl_state *st = tracker_state(t);
     if (t->skip_gen != st->generation) {
-        /* first event of this object in this profiling session */
         t->skip_gen = st->generation;
         t->skip_rest = draw_skip(st);
+        if (t->skip_rest > 0) {
+            t->skip_rest--; /* this event is skipped too */
+            Py_RETURN_NONE;
+        }
     }
     if (t->skip_rest > 0) {
-        t->skip_rest--; /* this event is skipped too */
-    } else {
-        tracker_acquired(st, t, ACQ_SAMPLED, 0, 0);
-        publish_hold(t, holder);
-        t->skip_rest = draw_skip(st);
+        /* counted down by someone other than __bool__ in between */
+        t->skip_rest--;
+        Py_RETURN_NONE;
     }
-    int64_t chunk = t->skip_rest < TICK_CHUNK ? t->skip_rest : TICK_CHUNK;
-    t->skip_rest -= chunk;
-    return PyLong_FromLong((long)chunk);
+    tracker_acquired(st, t, ACQ_SAMPLED, 0, 0);
+    publish_hold(t, holder);
+    t->skip_rest = draw_skip(st);
+    Py_RETURN_NONE;
 }
 
 /* _release_hold(holder): holder (whose _ddl_hold is this tracker) was
@@ -600,6 +619,7 @@ static PyType_Slot tracker_slots[] = {
     {Py_tp_repr, tracker_repr},
     {Py_tp_methods, tracker_methods},
     {Py_tp_getset, tracker_getset},
+    {Py_nb_bool, tracker_bool},
     {Py_tp_doc, "Profiling state of one Semaphore, Condition, asyncio lock."},
     {0, NULL},
 };
