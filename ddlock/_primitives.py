@@ -815,6 +815,56 @@ def _set(module, name, value):
         before = current
     _installed[key] = (before, value)
     setattr(module, name, value)
+    if isinstance(before, type) and before is not value and \
+            vars(before).get("__module__") == key[0] and \
+            vars(before).get("__qualname__", getattr(before, "__name__", None)) == name:
+        _keep_pickling_by_name(before, key)
+
+
+# ---- pickling of the originals while patched --------------------------------
+# pickle saves a class by name and checks that the name still leads to it:
+# once threading.Condition is the patched class, an object of the original
+# one (the Condition inside every threading.Semaphore, objects made before
+# start()) would fail with pickle's PicklingError, where natively pickling
+# goes on to the lock inside and fails with the lock's TypeError. While
+# patched, copyreg's dispatch table reduces these objects as object does,
+# with the class made by _new_original(module, name) instead of saved by
+# name: copy.copy/deepcopy give exactly the native result (an object of the
+# original class with the same state), pickling fails on the same lock with
+# the same TypeError, and a state that does pickle unpickles to an object of
+# what that name is then (the original when ddlock is not running).
+
+_reducers = {}  # original class -> the reducer registered for it
+
+
+def _new_original(module, name):
+    """An uninitialised object of the class ``module.name`` had before
+    ddlock patched it (what copyreg.__newobj__ makes natively)."""
+    entry = _installed.get((module, name))
+    cls = entry[0] if entry is not None else getattr(sys.modules[module], name)
+    return cls.__new__(cls)
+
+
+def _keep_pickling_by_name(original, key):
+    if original in _reducers or original in copyreg.dispatch_table:
+        return  # someone's own reducer decides; never replaced
+
+    def reduce(obj):
+        rv = object.__reduce_ex__(obj, 4)
+        if type(rv) is tuple and len(rv) >= 2 and rv[0] is copyreg.__newobj__ \
+                and type(rv[1]) is tuple and len(rv[1]) == 1 and rv[1][0] is original:
+            return (_new_original, key) + rv[2:]
+        return rv
+
+    _reducers[original] = reduce
+    copyreg.dispatch_table[original] = reduce
+
+
+def _drop_reducers():
+    for original, reduce in list(_reducers.items()):
+        if copyreg.dispatch_table.get(original) is reduce:
+            del copyreg.dispatch_table[original]
+    _reducers.clear()
 
 
 class _PostImportHooks(object):
@@ -950,6 +1000,7 @@ def uninstall():
         if module is not None and getattr(module, name, None) is ours:
             setattr(module, name, before)
     _installed.clear()
+    _drop_reducers()
     _state["types"] = ()
     _state["gevent"] = False
 

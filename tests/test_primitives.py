@@ -82,12 +82,18 @@ def scenario(make):
     out["exit"] = outcome(s.__exit__, None, None, None)
     out["exit_bad_args"] = outcome(s.__exit__)
     out["repr"] = norepr(s)
-    # fails either way (holds a lock); while threading is patched the
-    # original class of the semaphore's own Condition no longer pickles by
-    # name, so the error is pickle's rather than the lock's TypeError
-    out["pickle_fails"] = outcome(pickle.dumps, s)[0]
+    # fails on the lock inside, with the lock's TypeError, although while
+    # threading is patched the semaphore's own Condition (of the original
+    # class) no longer is what its name leads to
+    for proto in (0, 2, pickle.HIGHEST_PROTOCOL):
+        out["pickle_%d" % proto] = outcome(pickle.dumps, s, proto)
+        out["pickle_cond_%d" % proto] = outcome(pickle.dumps, s._cond, proto)
     c = copy.copy(s)
-    out["copy"] = [c._value, c.acquire(False)]
+    out["copy"] = [c._value, c.acquire(False), c._cond is s._cond]
+    cc = copy.copy(s._cond)
+    out["copy_cond"] = [type(cc) is type(s._cond), cc._lock is s._cond._lock,
+                        outcome(cc.acquire, False), outcome(cc.release)]
+    out["deepcopy"] = outcome(copy.deepcopy, s)
     # a wait ended by another thread's release; release(n) wakes n waiters
     s0 = make(2)
     s0.acquire()
@@ -143,6 +149,8 @@ def test_semaphore_semantics(kind):
     assert res["native"]["internal_lock"] == "_thread.lock"
     if kind == "BoundedSemaphore":
         assert res["native"]["release_over"][:2] == ["raise", "ValueError"]
+    assert res["native"]["pickle_2"] == ["raise", "TypeError", "cannot pickle '_thread.lock' object"]
+    assert res["native"]["copy_cond"] == [True, True, ["return", True], ["return", None]]
 
 
 CONDITION_SNIPPET = r'''
@@ -203,6 +211,12 @@ def scenario(make):
         out["contended_timeout"] = box
     out["isinstance"] = [isinstance(c, threading.Condition), isinstance(c, ORIG["Condition"])]
     out["type_name"] = [type(c).__module__, type(c).__qualname__]
+    out["pickle"] = outcome(pickle.dumps, c)
+    cc = copy.copy(c)
+    with cc:
+        out["copy_owned"] = [cc._is_owned(), c._is_owned()]
+        out["copy_notify"] = outcome(cc.notify)
+    out["copy_after"] = [cc._is_owned(), c._is_owned()]
     return out
 
 
@@ -339,6 +353,86 @@ emit(out)
     assert res["sub"] == [True, 1, True, True, True]
     assert res["after_stop"] == [False, 1, 1]
     assert res["same_classes"] == [True, True]
+
+
+ABC_MIX_SNIPPET = r'''
+import abc
+import contextlib
+
+
+def scenario():
+    out = {}
+
+    class Base(abc.ABC):
+        @abc.abstractmethod
+        def size(self):
+            pass
+
+    def build(name, bases, body=None):
+        try:
+            return type(name, bases, dict(body or {})), None
+        except TypeError as e:
+            return None, ["raise", "TypeError", str(e)]
+
+    # a primitive mixed with an ABC: abstract until the method is defined
+    for kind in ("Semaphore", "BoundedSemaphore", "Condition"):
+        base = getattr(threading, kind)
+        Pool, err = build("Pool", (base, Base))
+        out[kind + "_class"] = err or [type(Pool).__name__ != "", isinstance(Pool, abc.ABCMeta)]
+        if Pool is None:
+            continue
+        out[kind + "_abstract"] = outcome(Pool)
+        Sized, err = build("Sized", (Pool,), {"size": lambda self: 3})
+        obj = Sized()
+        out[kind + "_concrete"] = [obj.size(), isinstance(obj, Base), isinstance(obj, base),
+                                   issubclass(Sized, Base), issubclass(Sized, base)]
+        with obj:
+            out[kind + "_with"] = True
+    for kind in ("Lock", "Semaphore", "BoundedSemaphore", "Condition"):
+        base = getattr(asyncio, kind)
+        Ctx, err = build("Ctx", (base, contextlib.AbstractAsyncContextManager))
+        out["asyncio_" + kind] = err or [isinstance(Ctx(), contextlib.AbstractAsyncContextManager),
+                                         isinstance(Ctx(), base)]
+        if Ctx is not None:
+            async def use(obj=Ctx()):
+                async with obj:
+                    return True
+            out["asyncio_" + kind + "_with"] = asyncio.run(use())
+    # @abstractmethod without an ABC does not make a plain subclass abstract
+    Plain, err = build("Plain", (threading.Semaphore,),
+                       {"size": abc.abstractmethod(lambda self: 0)})
+    out["plain_subclass"] = outcome(lambda: Plain(2)._value)
+    # registering with an ABC and virtual subclasses
+    Base.register(threading.Condition)
+    out["registered"] = isinstance(threading.Condition(), Base)
+    return out
+
+
+native = scenario()
+start()
+profiled = scenario()
+out = {"native": native, "profiled": profiled,
+       "patched": [type(threading.Semaphore) is not type, type(asyncio.Lock) is not type]}
+ddlock.stop()
+out["dispatch_after_stop"] = [k.__module__ + "." + k.__qualname__ for k in copyreg.dispatch_table
+                              if k.__module__ in ("threading", "asyncio.locks")]
+emit(out)
+'''
+
+
+def test_primitives_mix_with_abcs():
+    """A user's class may derive from a patched primitive and an ABC
+    (abc.ABC, contextlib.AbstractAsyncContextManager): no metaclass
+    conflict, the same abstract-method checks and isinstance answers as
+    natively; and stop() leaves nothing in copyreg's dispatch table."""
+    res = run_snippet("import copyreg\n" + ABC_MIX_SNIPPET)
+    assert res["patched"] == [True, True]
+    assert_same(res)
+    assert res["native"]["Semaphore_abstract"][:2] == ["raise", "TypeError"]
+    assert res["native"]["Condition_concrete"] == [3, True, True, True, True]
+    assert res["native"]["asyncio_Lock"] == [True, True]
+    assert res["native"]["plain_subclass"] == ["return", 2]
+    assert res["dispatch_after_stop"] == []
 
 
 def test_sampling_is_unbiased_at_10_percent(prefix):
