@@ -12,8 +12,8 @@ interpreter running this file with --child; rounds are interleaved (each
 round runs every configuration once, in an order rotated per round), each
 process reports its fastest repeat per workload (an empty loop of the same
 length subtracted), and the table shows the median over rounds with the
-ratio to native. The target -- at most 1.10x native where the native
-operation is pure Python -- is reported PASS/MISS, never asserted.
+ratio to native. The targets (ROWS below) are reported PASS/MISS, never
+asserted.
 """
 
 import argparse
@@ -31,25 +31,30 @@ REPO = os.path.dirname(HERE)
 
 CONFIGS = {"native": None, "ddlock-0": 0.0, "ddlock-default": None}
 CONFIG_ORDER = ["native", "ddlock-0", "ddlock-default"]
-TARGET = 1.10
+# Targets, as the issue sets them: where the native operation is pure Python
+# (threading.py's Semaphore and Condition.__enter__, asyncio's locks), at most
+# 1.10x native at 0% and at the default rate; where it is C (a Condition's
+# acquire/release are its RLock's C methods), Lock's own targets: at most
+# 1.00x at the default rate and 0.95x at 0%.
+PY_TARGET = (1.10, 1.10)   # (0%, default)
+C_TARGET = (0.95, 1.00)
 
-# (key, row label, has a target)
+# (key, row label, targets or None)
 ROWS = [
-    ("sem_with", "`with` threading.Semaphore", True),
-    ("sem_acqrel", "acquire()+release() threading.Semaphore", True),
-    ("bsem_with", "`with` threading.BoundedSemaphore", True),
-    ("bsem_acqrel", "acquire()+release() threading.BoundedSemaphore", True),
-    ("cond_with", "`with` threading.Condition", True),
-    # a Condition's acquire/release are its RLock's C methods, not Python
-    ("cond_acqrel", "acquire()+release() threading.Condition (native: C)", False),
-    ("alock_with", "`async with` asyncio.Lock", True),
-    ("alock_acqrel", "await acquire()+release() asyncio.Lock", True),
-    ("asem_with", "`async with` asyncio.Semaphore", True),
-    ("absem_with", "`async with` asyncio.BoundedSemaphore", True),
-    ("acond_with", "`async with` asyncio.Condition", True),
-    ("sem_create", "threading.Semaphore()", False),
-    ("cond_create", "threading.Condition()", False),
-    ("alock_create", "asyncio.Lock()", False),
+    ("sem_with", "`with` threading.Semaphore", PY_TARGET),
+    ("sem_acqrel", "acquire()+release() threading.Semaphore", PY_TARGET),
+    ("bsem_with", "`with` threading.BoundedSemaphore", PY_TARGET),
+    ("bsem_acqrel", "acquire()+release() threading.BoundedSemaphore", PY_TARGET),
+    ("cond_with", "`with` threading.Condition", PY_TARGET),
+    ("cond_acqrel", "acquire()+release() threading.Condition (native: C)", C_TARGET),
+    ("alock_with", "`async with` asyncio.Lock", PY_TARGET),
+    ("alock_acqrel", "await acquire()+release() asyncio.Lock", PY_TARGET),
+    ("asem_with", "`async with` asyncio.Semaphore", PY_TARGET),
+    ("absem_with", "`async with` asyncio.BoundedSemaphore", PY_TARGET),
+    ("acond_with", "`async with` asyncio.Condition", PY_TARGET),
+    ("sem_create", "threading.Semaphore()", None),
+    ("cond_create", "threading.Condition()", None),
+    ("alock_create", "asyncio.Lock()", None),
 ]
 
 
@@ -205,12 +210,12 @@ def main():
            for c, rs in runs.items()}
     print("\nddlock primitives overhead: CPython %s, %s, %d rounds, medians (ns/op)\n"
           % (platform.python_version(), platform.machine(), rounds))
-    header = "| operation | native | ddlock 0%% | ddlock 1%% (default) | target <= %.2fx |" % TARGET
+    header = "| operation | native | ddlock 0% | ddlock 1% (default) | target (0%, default) |"
     print(header)
     print("|---|---:|---:|---:|---|")
     table = []
     misses = 0
-    for key, label, has_target in ROWS:
+    for key, label, target in ROWS:
         nat = med["native"][key]
         cells = ["%.0f" % nat]
         ratios = []
@@ -219,10 +224,10 @@ def main():
             r = v / nat if nat else float("nan")
             ratios.append(r)
             cells.append("%.0f (%.2fx)" % (v, r))
-        if has_target:
-            ok = all(r <= TARGET for r in ratios)
+        if target is not None:
+            ok = all(r <= t for r, t in zip(ratios, target))
             misses += not ok
-            verdict = "PASS" if ok else "MISS"
+            verdict = "%s (<= %.2fx, %.2fx)" % ("PASS" if ok else "MISS", target[0], target[1])
         else:
             verdict = "(not a target)"
         print("| %s | %s | %s |" % (label, " | ".join(cells), verdict))
@@ -230,7 +235,7 @@ def main():
                       "ddlock0_ns": med["ddlock-0"][key],
                       "ddlock_default_ns": med["ddlock-default"][key],
                       "ratios": ratios, "verdict": verdict})
-    print("\n%d of %d targets missed" % (misses, sum(1 for r in ROWS if r[2])))
+    print("\n%d of %d targets missed" % (misses, sum(1 for r in ROWS if r[2] is not None)))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"python": platform.python_version(), "rounds": rounds,

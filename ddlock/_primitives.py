@@ -317,12 +317,28 @@ def _threading_condition(original):
         lock = self._lock
         tracker._attach(lock, self, hooks_for(type(lock)))
 
+    condition_lock = _native._prim_condition_lock
+
     def init(holder):
         def __init__(self, *args, **kwargs):
             try:
                 tracker = self._ddl_tracker
             except AttributeError:
                 tracker = None
+            if tracker is not None and len(args) <= 1 and set(kwargs) <= {"lock"} and \
+                    _lock_arg(args, kwargs) is None and not _state["gevent"]:
+                # Condition() makes its own RLock: make it one of ours whose
+                # samples are the Condition's; acquire, release and wait then
+                # run its C methods as natively they run _thread.RLock's
+                lock = None
+                try:
+                    lock = condition_lock(tracker, self)
+                except Exception:  # never break the application: stays native
+                    pass
+                if lock is not None:
+                    super(holder[0], self).__init__(lock)
+                    self._ddl_tracker = lock
+                    return
             super(holder[0], self).__init__(*args, **kwargs)
             if tracker is not None:
                 try:

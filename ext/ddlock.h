@@ -42,24 +42,24 @@ typedef struct {
     PyObject *native_rlock_factory; /* _thread.RLock */
     PyObject *threading_active;     /* threading._active (thread registry) */
     PyObject *threading_file;       /* co_filename of threading.py */
-    PyObject *ddlock_dir;           /* directory prefix of the ddlock package */
-    PyObject *name_cache;  /* (site code, site lasti, user code) -> name */
+    PyObject *ddlock_dir; /* directory prefix of the ddlock package */
+    PyObject *name_cache; /* (site code, site lasti, user code) -> name */
     ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
     ddl_site_entry *site_cache; /* DDL_SITE_CACHE_SIZE entries */
-    PyObject *str_name;    /* interned "_name" */
-    PyObject *str_dunder_name; /* interned "__name__" */
+    PyObject *str_name;         /* interned "_name" */
+    PyObject *str_dunder_name;  /* interned "__name__" */
 
     /* configuration, written only with the GIL held by start()/stop() */
-    int running;                /* a profile is being collected */
-    uint64_t generation;        /* bumped by every start/stop/fork */
-    double capture_p;           /* 0..1 */
-    int64_t wait_rate_ns;       /* contended waits >= rate always sampled */
+    int running;          /* a profile is being collected */
+    uint64_t generation;  /* bumped by every start/stop/fork */
+    double capture_p;     /* 0..1 */
+    int64_t wait_rate_ns; /* contended waits >= rate always sampled */
     int max_frames;
     int inspect_dir;
-    int resolve_names;          /* 0 only for testing the checker */
+    int resolve_names; /* 0 only for testing the checker */
     int n_excludes;
     char *excludes[DDL_MAX_EXCLUDES];
-    uint64_t seed;              /* 0 = random */
+    uint64_t seed; /* 0 = random */
 
     ddl_profile *profile;
     ddl_exporter *exporter;
@@ -99,7 +99,7 @@ typedef struct {
     PyObject *gevent_getcurrent;  /* gevent.getcurrent once gevent patched */
     PyObject *str__locked, *str__value, *str__waiters;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
-    PyObject *str__bound_value, *str__ddl_tracker, *str__ddl_hold;
+    PyObject *str__bound_value, *str__ddl_tracker, *str__ddl_hold, *str__lock;
     PyObject *str_attach[6]; /* a Condition's lock methods, see _attach */
     PyTypeObject *asyncio_lock_cls; /* asyncio.locks.Lock */
     uint64_t primitives_created;
@@ -107,30 +107,39 @@ typedef struct {
 
 /* Common header of the Lock and RLock wrappers. */
 typedef struct {
-    PyObject_HEAD
-    PyThread_type_lock lock;
-    char locked;          /* Lock: held; RLock: unused (count says) */
-    char sampled;         /* the current hold comes from a sampled acquire */
-    char name_done;       /* name resolved (name may still be NULL) */
+    PyObject_HEAD PyThread_type_lock lock;
+    char locked;    /* Lock: held; RLock: unused (count says) */
+    char sampled;   /* the current hold comes from a sampled acquire */
+    char name_done; /* name resolved (name may still be NULL) */
     char is_rlock;
-    int site_lasti;       /* byte offset in site_code, -1 unknown */
-    PyObject *site_code;  /* creating code object, NULL when unknown */
-    PyObject *name;       /* "file:line:name" label once resolved */
-    int64_t acquired_ns;  /* monotonic time of the sampled acquire */
-    double weight;        /* 1/p of the sampled acquire */
+    int site_lasti;      /* byte offset in site_code, -1 unknown */
+    PyObject *site_code; /* creating code object, NULL when unknown */
+    PyObject *name;      /* "file:line:name" label once resolved */
+    int64_t acquired_ns; /* monotonic time of the sampled acquire */
+    double weight;       /* 1/p of the sampled acquire */
     PyObject *weakreflist;
 } ddl_lockbase;
 
 typedef struct {
     ddl_lockbase base;
-    unsigned long owner;  /* thread ident, 0 when free */
+    unsigned long owner; /* thread ident, 0 when free */
     unsigned long count;
+    PyObject *cond_ref; /* weak reference to the threading.Condition this
+                           is the lock of (its samples are the Condition's),
+                           NULL for a plain RLock */
 } ddl_rlock;
 
 /* lock.c */
 int ddl_lock_types_init(PyObject *module, ddl_state *st);
 int ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
                     int64_t hold_ns, int is_release, double weight);
+/* A profiled RLock that is cond's lock (threading.Condition()): created at
+ * site's creation site, its samples labelled as the Condition's. */
+PyObject *ddl_condition_rlock(ddl_state *st, ddl_lockbase *site,
+                              PyObject *cond);
+/* `with` on a ddlock RLock, from C: __enter__() and __exit__(...). */
+PyObject *ddl_rlock_enter(PyObject *rlock);
+PyObject *ddl_rlock_exit(PyObject *rlock);
 /* Should this uncontended event be sampled (the per-thread countdown)? */
 int ddl_sample_uncontended(ddl_state *st);
 /* Probability of sampling a contended acquire that waited wait_ns. */
@@ -141,7 +150,8 @@ double ddl_contended_p(ddl_state *st, int64_t wait_ns);
 int ddl_primitives_init(PyObject *module, ddl_state *st);
 int ddl_primitives_traverse(ddl_state *st, visitproc visit, void *arg);
 void ddl_primitives_clear(ddl_state *st);
-/* The object whose name labels lk's samples: lk, or a Tracker's owner. */
+/* The object whose name labels lk's samples (borrowed): lk, a Tracker's
+ * owner, or the Condition an RLock is the lock of. */
 PyObject *ddl_name_target(ddl_lockbase *lk);
 /* Labels after thread name: lock type, then task id and task name when an
  * asyncio task or gevent greenlet runs. refs keeps their strings alive
@@ -157,9 +167,9 @@ void ddl_label_refs_release(ddl_label_refs *refs);
 
 /* frames.c: the only code that reads frames */
 typedef struct {
-    ddl_frame *frames;      /* leaf first */
-    PyObject **refs;        /* references keeping strings alive
-                               (DDL_REFS_PER_FRAME per frame) */
+    ddl_frame *frames; /* leaf first */
+    PyObject **refs;   /* references keeping strings alive
+                          (DDL_REFS_PER_FRAME per frame) */
     size_t nframes;
     size_t nrefs;
     char omitted_buf[48];
@@ -206,7 +216,8 @@ typedef struct {
     unsigned long native_id;       /* cached: reading it is a syscall */
 } ddl_tls_t;
 
-extern _Thread_local ddl_tls_t ddl_tls __attribute__((tls_model("initial-exec")));
+extern _Thread_local ddl_tls_t ddl_tls
+    __attribute__((tls_model("initial-exec")));
 
 void ddl_tls_reset(ddl_state *st);
 void ddl_reset_seed_sequence(void);

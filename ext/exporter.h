@@ -93,17 +93,17 @@ void ddl_exporter_free_paths(char **paths);
 void ddl_exporter_stop(ddl_exporter *e, int final_export);
 
 typedef struct {
-    uint64_t exports;         /* produce calls that returned data */
+    uint64_t exports; /* produce calls that returned data */
     uint64_t files_written;
     uint64_t file_errors;
     uint64_t uploads_ok;
-    uint64_t uploads_failed;  /* requests that ended in failure after retries */
+    uint64_t uploads_failed; /* requests that ended in failure after retries */
     uint64_t upload_retries;
     uint64_t bytes_written;
     uint64_t bytes_uploaded;
-    int last_http_status;     /* 0 when none */
-    char last_error[256];     /* "" when none; never contains the API key */
-    char last_path[4096];     /* last file written, "" when none */
+    int last_http_status; /* 0 when none */
+    char last_error[256]; /* "" when none; never contains the API key */
+    char last_path[4096]; /* last file written, "" when none */
 } ddl_exporter_stats;
 void ddl_exporter_get_stats(ddl_exporter *e, ddl_exporter_stats *out);
 

@@ -12,7 +12,8 @@
 
 #define NAME_SEARCH_BUDGET 20000
 
-/* ---- internal frames ------------------------------------------------------ */
+/* ---- internal frames ------------------------------------------------------
+ */
 
 static int
 is_internal_code(ddl_state *st, PyCodeObject *co)
@@ -60,7 +61,8 @@ user_frame(ddl_state *st, PyFrameObject *start)
     return NULL;
 }
 
-/* ---- creation site -------------------------------------------------------- */
+/* ---- creation site --------------------------------------------------------
+ */
 
 static int
 module_excluded(ddl_state *st, PyObject *globals)
@@ -192,11 +194,11 @@ ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
     }
     int r = creation_site_from(st, caller, code, lasti);
     if (r >= 0 && globals != NULL) {
-        int verdict = r == 0                          ? DDL_SITE_NATIVE
-                      : *code == (PyObject *)co &&
-                              *lasti == ddl_frame_lasti(caller)
-                          ? DDL_SITE_CALLER
-                          : DDL_SITE_WALK;
+        int verdict =
+            r == 0 ? DDL_SITE_NATIVE
+            : *code == (PyObject *)co && *lasti == ddl_frame_lasti(caller)
+                ? DDL_SITE_CALLER
+                : DDL_SITE_WALK;
         PyObject *old_code = e->code, *old_globals = e->globals;
         e->code = Py_NewRef(co);
         e->globals = Py_NewRef(globals);
@@ -275,14 +277,14 @@ ddl_site_label(PyObject *code, int lasti)
     return label;
 }
 
-/* ---- stack capture -------------------------------------------------------- */
+/* ---- stack capture --------------------------------------------------------
+ */
 
 /* Point out at s's UTF-8 (cached in the str object). A str that has no
  * UTF-8 form (lone surrogates) is encoded with backslash escapes into a new
  * bytes object appended to refs[*nrefs] (kept alive by the caller). */
 int
-ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs,
-                     size_t *nrefs)
+ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
 {
     Py_ssize_t len = 0;
     const char *p = NULL;
@@ -290,14 +292,13 @@ ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs,
         p = PyUnicode_AsUTF8AndSize(s, &len);
         if (p == NULL) {
             PyErr_Clear();
-            PyObject *b = PyUnicode_AsEncodedString(s, "utf-8",
-                                                    "backslashreplace");
+            PyObject *b =
+                PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace");
             if (b != NULL) {
                 refs[(*nrefs)++] = b;
                 p = PyBytes_AS_STRING(b);
                 len = PyBytes_GET_SIZE(b);
-            }
-            else {
+            } else {
                 PyErr_Clear();
             }
         }
@@ -386,8 +387,7 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
             ddl_str_from_unicode(&fr->filename, co->co_filename, refs,
                                  &stack->nrefs);
             fr->line = ddl_cached_line(st, co, f);
-        }
-        else if (++omitted > 100000) {
+        } else if (++omitted > 100000) {
             break;
         }
         PyFrameObject *back = PyFrame_GetBack(f);
@@ -418,7 +418,8 @@ ddl_stack_release(ddl_stack *stack)
     stack->nframes = 0;
 }
 
-/* ---- name search ---------------------------------------------------------- */
+/* ---- name search ----------------------------------------------------------
+ */
 
 typedef struct {
     PyObject *target;
@@ -510,8 +511,7 @@ visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
         PyObject *d = PyObject_GenericGetDict(obj, NULL);
         if (d == NULL) {
             PyErr_Clear();
-        }
-        else {
+        } else {
             r = PyDict_Check(d) ? visit_dict(c, d, visit, arg, found) : 0;
             Py_DECREF(d);
             if (r != 0) {
@@ -553,8 +553,7 @@ visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
                         r = 1;
                     }
                 }
-            }
-            else if (visit(c, k, v, arg, found)) {
+            } else if (visit(c, k, v, arg, found)) {
                 r = 1; /* class attribute, e.g. table_lock = Lock() */
             }
         }
@@ -732,8 +731,7 @@ ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
     if (var != NULL) {
         st->names_resolved++;
         label = PyUnicode_FromFormat("%U:%U", site, var);
-    }
-    else {
+    } else {
         st->names_missed++;
         label = Py_NewRef(site);
     }
@@ -810,8 +808,8 @@ ddl_thread_name(ddl_state *st, unsigned long ident)
         PyErr_Clear();
         return NULL;
     }
-    PyObject *name = PyDict_Check(d) ? PyDict_GetItemWithError(d, st->str_name)
-                                     : NULL;
+    PyObject *name =
+        PyDict_Check(d) ? PyDict_GetItemWithError(d, st->str_name) : NULL;
     Py_XINCREF(name);
     Py_DECREF(d);
     if (name == NULL || !PyUnicode_Check(name)) {

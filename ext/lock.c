@@ -74,15 +74,15 @@ ddl_tls_reset(ddl_state *st)
     if (st->seed != 0) {
         /* reproducible: each thread's stream derives from the seed and the
          * order in which threads first sample in this generation */
-        ddl_tls.rng = mix64(st->seed + 0x9e3779b97f4a7c15ULL *
-                                           (++tls_seed_sequence));
+        ddl_tls.rng =
+            mix64(st->seed + 0x9e3779b97f4a7c15ULL * (++tls_seed_sequence));
         if (ddl_tls.rng == 0) {
             ddl_tls.rng = 1;
         }
     }
     ddl_tls.generation = st->generation;
-    ddl_tls.countdown = st->running ? draw_countdown(st->capture_p)
-                                    : INT64_MAX;
+    ddl_tls.countdown =
+        st->running ? draw_countdown(st->capture_p) : INT64_MAX;
 }
 
 void
@@ -149,7 +149,8 @@ timeout_to_ns(PyObject *obj, int64_t *out)
     if (PyFloat_Check(obj)) {
         double d = PyFloat_AsDouble(obj);
         if (isnan(d)) {
-            PyErr_SetString(PyExc_ValueError, "Invalid value NaN (not a number)");
+            PyErr_SetString(PyExc_ValueError,
+                            "Invalid value NaN (not a number)");
             return -1;
         }
 #if DDL_FLOAT_TIME_T_CHECK
@@ -209,8 +210,7 @@ parse_acquire_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                 return -1;
             }
             blocking = args[nargs + i];
-        }
-        else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0) {
+        } else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0) {
             if (nargs >= 2) {
                 PyErr_SetString(PyExc_TypeError,
                                 "argument for acquire() given by name "
@@ -218,8 +218,7 @@ parse_acquire_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                 return -1;
             }
             timeout = args[nargs + i];
-        }
-        else {
+        } else {
             ddl_err_unexpected_keyword("acquire", k);
             return -1;
         }
@@ -247,11 +246,9 @@ parse_acquire_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     }
     if (!b) {
         t = 0;
-    }
-    else if (t == UNSET_TIMEOUT_NS) {
+    } else if (t == UNSET_TIMEOUT_NS) {
         t = -1;
-    }
-    else {
+    } else {
         int64_t us = t / 1000 + (t % 1000 != 0);
         if (us > ddl_timeout_max_us()) {
             PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
@@ -280,10 +277,9 @@ acquire_blocking(PyThread_type_lock lock, int64_t timeout_ns, int intr)
     }
     for (;;) {
         PyLockStatus r;
-        Py_BEGIN_ALLOW_THREADS
-        r = PyThread_acquire_lock_timed(lock, us, intr);
-        Py_END_ALLOW_THREADS
-        if (r != PY_LOCK_INTR) {
+        Py_BEGIN_ALLOW_THREADS r = PyThread_acquire_lock_timed(lock, us, intr);
+        Py_END_ALLOW_THREADS if (r != PY_LOCK_INTR)
+        {
             return r;
         }
         if (Py_MakePendingCalls() < 0) {
@@ -291,7 +287,8 @@ acquire_blocking(PyThread_type_lock lock, int64_t timeout_ns, int intr)
         }
         if (timeout_ns > 0) {
             int64_t left = deadline - ddl_monotonic_ns();
-            us = left <= 0 ? 0 : (PY_TIMEOUT_T)(left / 1000 + (left % 1000 != 0));
+            us = left <= 0 ? 0
+                           : (PY_TIMEOUT_T)(left / 1000 + (left % 1000 != 0));
         }
     }
 }
@@ -320,8 +317,8 @@ on_sampled_acquire(ddl_state *st, ddl_lockbase *lk, int64_t now_ns,
 
 /* Acquire with sampling. Returns 1 acquired, 0 not acquired, -1 error. */
 static int
-lockbase_acquire(ddl_state *st, ddl_lockbase *lk, int64_t timeout_ns,
-                 int intr, int track_hold)
+lockbase_acquire(ddl_state *st, ddl_lockbase *lk, int64_t timeout_ns, int intr,
+                 int track_hold)
 {
     if (PyThread_acquire_lock_timed(lk->lock, 0, 0) == PY_LOCK_ACQUIRED) {
         lk->locked = 1;
@@ -400,8 +397,8 @@ lockbase_dealloc(PyObject *op)
         PyObject_ClearWeakRefs(op);
     }
     if (self->lock != NULL) {
-        int held = self->is_rlock ? ((ddl_rlock *)self)->count > 0
-                                  : self->locked;
+        int held =
+            self->is_rlock ? ((ddl_rlock *)self)->count > 0 : self->locked;
         if (held) {
             PyThread_release_lock(self->lock);
         }
@@ -409,8 +406,28 @@ lockbase_dealloc(PyObject *op)
     }
     Py_CLEAR(self->site_code);
     Py_CLEAR(self->name);
+    if (self->is_rlock) {
+        Py_CLEAR(((ddl_rlock *)self)->cond_ref);
+    }
     tp->tp_free(op);
     Py_DECREF(tp);
+}
+
+PyObject *
+ddl_condition_rlock(ddl_state *st, ddl_lockbase *site, PyObject *cond)
+{
+    PyObject *ref = PyWeakref_NewRef(cond, NULL);
+    if (ref == NULL) {
+        return NULL;
+    }
+    PyObject *rl = lockbase_new_instance(st, st->rlock_type, site->site_code,
+                                         site->site_lasti);
+    if (rl == NULL) {
+        Py_DECREF(ref);
+        return NULL;
+    }
+    ((ddl_rlock *)rl)->cond_ref = ref; /* reference moved */
+    return rl;
 }
 
 /* Both types refuse pickling exactly as the native ones do: by asking a
@@ -703,8 +720,7 @@ rlock_release(PyObject *self, PyObject *unused)
     }
     if (--rl->count == 0) {
         rlock_release_underlying(self);
-    }
-    else {
+    } else {
         /* an inner release of a re-entered lock: counted like the inner
          * acquire (sampled the same way), its hold belongs to the outer */
         ddl_state *st = state_of(self);
@@ -717,6 +733,18 @@ rlock_release(PyObject *self, PyObject *unused)
 
 static PyObject *
 rlock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return rlock_release(self, NULL);
+}
+
+PyObject *
+ddl_rlock_enter(PyObject *self)
+{
+    return rlock_acquire_timeout(self, -1);
+}
+
+PyObject *
+ddl_rlock_exit(PyObject *self)
 {
     return rlock_release(self, NULL);
 }
@@ -815,8 +843,8 @@ static PyMethodDef rlock_methods[] = {
     {"_is_owned", rlock_is_owned, METH_NOARGS, NULL},
     {"_release_save", rlock_release_save, METH_NOARGS, NULL},
     {"_acquire_restore", rlock_acquire_restore, METH_O, NULL},
-    DDL_RLOCK_RECURSION_COUNT_METHOD(rlock_recursion_count)
-    {"_at_fork_reinit", lock_at_fork_reinit, METH_NOARGS, NULL},
+    DDL_RLOCK_RECURSION_COUNT_METHOD(rlock_recursion_count){
+        "_at_fork_reinit", lock_at_fork_reinit, METH_NOARGS, NULL},
     {"__reduce__", lock_reduce, METH_NOARGS, NULL},
     {"__reduce_ex__", lock_reduce_ex, METH_O, NULL},
     {"_ddlock_name", lock_profile_name, METH_NOARGS,
@@ -831,7 +859,8 @@ static PyType_Slot rlock_slots[] = {
     {Py_tp_members, lockbase_members},
     {Py_tp_getset, lockbase_getset},
     {Py_tp_new, rlock_tp_new},
-    {Py_tp_doc, "A profiled re-entrant lock: same behaviour as _thread.RLock."},
+    {Py_tp_doc,
+     "A profiled re-entrant lock: same behaviour as _thread.RLock."},
     {0, NULL},
 };
 
@@ -851,8 +880,7 @@ static PyType_Spec rlock_spec = {
  * behave as they do with the original object. */
 
 typedef struct {
-    PyObject_HEAD
-    PyObject *original; /* the object threading.X was */
+    PyObject_HEAD PyObject *original; /* the object threading.X was */
     PyObject *native;   /* what makes a native lock: _thread factory */
     PyTypeObject *kind; /* Lock or RLock type (borrowed from state) */
     PyObject *dict;     /* __name__, __qualname__, __module__, __doc__ */
@@ -1254,13 +1282,12 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     size_t cap = (size_t)st->max_frames + 1;
     if (cap > STACK_ON_C_STACK) {
         frames = PyMem_Malloc(cap * sizeof(ddl_frame));
-        refs = PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) *
-                            sizeof(PyObject *));
+        refs =
+            PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) * sizeof(PyObject *));
         if (frames == NULL || refs == NULL) {
             goto done;
         }
-    }
-    else {
+    } else {
         cap = STACK_ON_C_STACK;
     }
     ddl_stack stack;
@@ -1279,9 +1306,8 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     }
     labels[nl++] = (ddl_label){{"lock name", 9}, name_s, 0};
     labels[nl++] = (ddl_label){{"thread id", 9}, {NULL, 0}, (int64_t)ident};
-    labels[nl++] = (ddl_label){{"thread native id", 16},
-                               {NULL, 0},
-                               (int64_t)cached_native_id(st)};
+    labels[nl++] = (ddl_label){
+        {"thread native id", 16}, {NULL, 0}, (int64_t)cached_native_id(st)};
     if (tname != NULL) {
         ddl_str tname_s;
         ddl_str_from_unicode(&tname_s, tname, stack.refs, &stack.nrefs);
@@ -1293,8 +1319,7 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     if (is_release) {
         values[DDL_V_RELEASE] = weighted(1.0, weight);
         values[DDL_V_HOLD] = weighted((double)hold_ns, weight);
-    }
-    else {
+    } else {
         values[DDL_V_ACQUIRE] = weighted(1.0, weight);
         values[DDL_V_WAIT] = weighted((double)wait_ns, weight);
     }

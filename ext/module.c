@@ -13,7 +13,8 @@ get_state(PyObject *module)
     return (ddl_state *)PyModule_GetState(module);
 }
 
-/* ---- exporter callbacks (export thread, no GIL, no Python) ---------------- */
+/* ---- exporter callbacks (export thread, no GIL, no Python) ----------------
+ */
 
 static int
 produce(void *ctx, ddl_buf *out, int64_t *start_ns, int64_t *end_ns)
@@ -82,7 +83,8 @@ on_log(void *ctx, int level, const char *kind, const char *msg)
     }
 }
 
-/* ---- start / stop ----------------------------------------------------------- */
+/* ---- start / stop
+ * ----------------------------------------------------------- */
 
 static void
 free_excludes(ddl_state *st)
@@ -139,8 +141,7 @@ stop_collecting(ddl_state *st, int final_export)
     ddl_exporter_stats es;
     memset(&es, 0, sizeof(es));
     if (e != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        ddl_exporter_stop_stats(e, final_export, &es);
+        Py_BEGIN_ALLOW_THREADS ddl_exporter_stop_stats(e, final_export, &es);
         Py_END_ALLOW_THREADS
     }
     if (p != NULL) {
@@ -156,13 +157,12 @@ stop_collecting(ddl_state *st, int final_export)
 static PyObject *
 mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"output_prefix", "capture_pct",  "max_frames",
-                             "interval",      "inspect_dir",  "exclude",
-                             "max_samples",   "wait_rate_ns", "seed",
-                             "upload_enabled", "url",         "unix_socket",
-                             "api_key",       "timeout_ms",   "tags",
-                             "version",       "ca_file",      "file_mode",
-                             "resolve_names", NULL};
+    static char *kwlist[] = {
+        "output_prefix", "capture_pct",    "max_frames",    "interval",
+        "inspect_dir",   "exclude",        "max_samples",   "wait_rate_ns",
+        "seed",          "upload_enabled", "url",           "unix_socket",
+        "api_key",       "timeout_ms",     "tags",          "version",
+        "ca_file",       "file_mode",      "resolve_names", NULL};
     const char *output_prefix = NULL, *url = NULL, *unix_socket = NULL;
     const char *api_key = NULL, *tags = "", *version = DDL_VERSION;
     const char *ca_file = NULL;
@@ -176,10 +176,10 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
     unsigned int file_mode = 0600;
     if (!PyArg_ParseTupleAndKeywords(
             args, kwargs, "|$zdidpOnLLpzzzlzzzIp:start", kwlist,
-            &output_prefix, &capture_pct, &max_frames, &interval,
-            &inspect_dir, &exclude, &max_samples, &wait_rate_ns, &seed,
-            &upload_enabled, &url, &unix_socket, &api_key, &timeout_ms, &tags,
-            &version, &ca_file, &file_mode, &resolve_names)) {
+            &output_prefix, &capture_pct, &max_frames, &interval, &inspect_dir,
+            &exclude, &max_samples, &wait_rate_ns, &seed, &upload_enabled,
+            &url, &unix_socket, &api_key, &timeout_ms, &tags, &version,
+            &ca_file, &file_mode, &resolve_names)) {
         return NULL;
     }
     if (!(capture_pct >= 0.0 && capture_pct <= 100.0)) {
@@ -278,10 +278,8 @@ mod_flush(PyObject *module, PyObject *unused)
     char **paths = NULL;
     int rc;
     ddl_exporter *e = st->exporter;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ddl_exporter_flush(e, &paths);
-    Py_END_ALLOW_THREADS
-    (void)rc;
+    Py_BEGIN_ALLOW_THREADS rc = ddl_exporter_flush(e, &paths);
+    Py_END_ALLOW_THREADS(void) rc;
     for (char **p = paths; p != NULL && *p != NULL; p++) {
         PyObject *s = PyUnicode_DecodeFSDefault(*p);
         if (s == NULL || PyList_Append(list, s) < 0) {
@@ -395,8 +393,8 @@ mod_drain_logs(PyObject *module, PyObject *unused)
 static PyObject *
 mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"threading_active", "threading_file", "ddlock_dir",
-                             NULL};
+    static char *kwlist[] = {"threading_active", "threading_file",
+                             "ddlock_dir", NULL};
     PyObject *active, *tfile, *ddir;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!UU:_setup", kwlist,
                                      &PyDict_Type, &active, &tfile, &ddir)) {
@@ -617,12 +615,12 @@ mod_encode_profile(PyObject *module, PyObject *args, PyObject *kwargs)
         for (Py_ssize_t j = 0; j < nl; j++) {
             PyObject *item = PySequence_GetItem(lb_seq, j);
             PyObject *key, *value;
-            int ok = item != NULL && PyArg_ParseTuple(item, "UO", &key, &value) &&
+            int ok = item != NULL &&
+                     PyArg_ParseTuple(item, "UO", &key, &value) &&
                      fill_str(&labels[j].key, key, keep) == 0;
             if (ok && PyUnicode_Check(value)) {
                 ok = fill_str(&labels[j].str, value, keep) == 0;
-            }
-            else if (ok) {
+            } else if (ok) {
                 labels[j].str.ptr = NULL;
                 labels[j].num = PyLong_AsLongLong(value);
                 ok = !PyErr_Occurred();
@@ -649,14 +647,14 @@ mod_encode_profile(PyObject *module, PyObject *args, PyObject *kwargs)
         goto error;
     }
     ddl_buf buf = {NULL, 0};
-    int rc = gzip ? ddl_pprof_encode(snap, &buf)
-                  : ddl_pprof_encode_raw(snap, &buf);
+    int rc =
+        gzip ? ddl_pprof_encode(snap, &buf) : ddl_pprof_encode_raw(snap, &buf);
     if (rc != 0) {
         PyErr_SetString(PyExc_RuntimeError, "pprof encoding failed");
         goto error;
     }
-    result = PyBytes_FromStringAndSize((const char *)buf.data,
-                                       (Py_ssize_t)buf.len);
+    result =
+        PyBytes_FromStringAndSize((const char *)buf.data, (Py_ssize_t)buf.len);
     ddl_buf_free(&buf);
 error:
     if (snap != NULL) {
@@ -693,7 +691,8 @@ static PyMethodDef module_methods[] = {
     {NULL},
 };
 
-/* ---- module lifecycle ------------------------------------------------------- */
+/* ---- module lifecycle
+ * ------------------------------------------------------- */
 
 static int
 module_exec(PyObject *module)

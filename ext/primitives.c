@@ -110,6 +110,12 @@ ddl_name_target(ddl_lockbase *lk)
     if (lk->lock == NULL && ((ddl_tracker *)lk)->owner != NULL) {
         return ((ddl_tracker *)lk)->owner;
     }
+    if (lk->is_rlock && ((ddl_rlock *)lk)->cond_ref != NULL) {
+        PyObject *cond = ddl_weakref_peek(((ddl_rlock *)lk)->cond_ref);
+        if (cond != NULL) {
+            return cond;
+        }
+    }
     return (PyObject *)lk;
 }
 
@@ -1073,6 +1079,52 @@ hook_dispatch(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
 }
 
+/* New reference to the RLock a profiled threading.Condition() made for
+ * itself (ddl_condition_rlock) when that is what `self._lock` is, else NULL
+ * (no exception). Read without running any code of the user's: only for
+ * classes with the generic getattr and no class attribute `_lock`, where
+ * the instance's value is what self._lock gives. */
+static PyObject *
+condition_own_rlock(ddl_state *st, ddl_hook *h, PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (tp->tp_getattro != PyObject_GenericGetAttr ||
+        !PyType_IsSubtype(tp, h->cls) ||
+        _PyType_Lookup(tp, st->str__lock) != NULL) {
+        return NULL;
+    }
+    PyObject *lk = NULL;
+    if (ddl_getattr_optional(self, st->str__lock, &lk) <= 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (!Py_IS_TYPE(lk, st->rlock_type) ||
+        ((ddl_rlock *)lk)->cond_ref == NULL ||
+        ddl_weakref_peek(((ddl_rlock *)lk)->cond_ref) != self) {
+        Py_DECREF(lk);
+        return NULL;
+    }
+    return lk;
+}
+
+/* Is `self._lock` (read without running code of the user's) still lock? */
+static int
+lock_is_still(ddl_state *st, PyObject *self, PyObject *lock)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    if (lock == NULL || tp->tp_getattro != PyObject_GenericGetAttr ||
+        _PyType_Lookup(tp, st->str__lock) != NULL) {
+        return 0;
+    }
+    PyObject *lk = NULL;
+    if (ddl_getattr_optional(self, st->str__lock, &lk) <= 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(lk); /* compared by identity only */
+    return lk == lock;
+}
+
 static PyObject *
 hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                 PyObject *kwnames)
@@ -1080,7 +1132,25 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     ddl_hook *h = (ddl_hook *)callable;
     ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(callable));
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if ((h->op == H_ENTER || h->op == H_EXIT) && h->cls != NULL &&
+        nargs >= 1 && kwnames == NULL) {
+        /* `with cond:` -- Condition.__enter__/__exit__ are
+         * self._lock.__enter__()/__exit__(*args): the RLock's, in C */
+        PyObject *rl = condition_own_rlock(st, h, args[0]);
+        if (rl != NULL) {
+            PyObject *r =
+                h->op == H_ENTER ? ddl_rlock_enter(rl) : ddl_rlock_exit(rl);
+            Py_DECREF(rl);
+            return r;
+        }
+    }
     ddl_tracker *t = nargs >= 1 ? hook_tracker(st, h, args[0]) : NULL;
+    if (t != NULL && h->cls != NULL && (h->op == H_ENTER || h->op == H_EXIT) &&
+        !lock_is_still(st, args[0], t->inner)) {
+        /* self._lock was replaced (or cannot be read without running
+         * code of the user's): Condition's own method decides */
+        Py_CLEAR(t);
+    }
     PyObject *r = hook_dispatch(st, h, t, args, nargsf, kwnames);
     Py_XDECREF(t); /* held for the call: user code may drop the attribute */
     return r;
@@ -1244,8 +1314,11 @@ ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
 {
     size_t n = 0;
     refs->n = 0;
-    const char *type = lk->lock == NULL ? kind_names[((ddl_tracker *)lk)->kind]
-                                        : (lk->is_rlock ? "RLock" : "Lock");
+    const char *type =
+        lk->lock == NULL ? kind_names[((ddl_tracker *)lk)->kind]
+        : lk->is_rlock
+            ? (((ddl_rlock *)lk)->cond_ref != NULL ? "Condition" : "RLock")
+            : "Lock";
     out[n++] = (ddl_label){{"lock type", 9}, {type, strlen(type)}, 0};
     PyObject *task = current_asyncio_task(st);
     PyObject *name = NULL;
@@ -1397,11 +1470,30 @@ mod_prim_tracker_of(PyObject *module, PyObject *obj)
     if (ours && ddl_getattr_optional(obj, st->str__ddl_tracker, &t) < 0) {
         PyErr_Clear();
     }
-    if (t != NULL && Py_IS_TYPE(t, st->tracker_type)) {
+    if (t != NULL &&
+        (Py_IS_TYPE(t, st->tracker_type) || Py_IS_TYPE(t, st->rlock_type))) {
         return t;
     }
     Py_XDECREF(t);
     Py_RETURN_NONE;
+}
+
+/* _prim_condition_lock(tracker, cond) -> the lock of a profiled
+ * threading.Condition() made without one: a ddlock RLock created at the
+ * Condition's creation site whose samples are the Condition's (its name,
+ * `lock type` Condition). cond.acquire/release/wait then run the RLock's C
+ * methods directly, as natively they run _thread.RLock's. */
+static PyObject *
+mod_prim_condition_lock(PyObject *module, PyObject *const *args,
+                        Py_ssize_t nargs)
+{
+    ddl_state *st = (ddl_state *)PyModule_GetState(module);
+    if (nargs != 2 || !Py_IS_TYPE(args[0], st->tracker_type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_prim_condition_lock(tracker, cond)");
+        return NULL;
+    }
+    return ddl_condition_rlock(st, (ddl_lockbase *)args[0], args[1]);
 }
 
 /* _now(): the monotonic clock of waits and holds, in ns. */
@@ -1418,6 +1510,9 @@ static PyMethodDef prim_functions[] = {
     {"_prim_set_asyncio", mod_prim_set_asyncio, METH_VARARGS, NULL},
     {"_prim_set_gevent", mod_prim_set_gevent, METH_O, NULL},
     {"_prim_tracker_of", mod_prim_tracker_of, METH_O, NULL},
+    {"_prim_condition_lock",
+     (PyCFunction)(void (*)(void))mod_prim_condition_lock, METH_FASTCALL,
+     NULL},
     {NULL},
 };
 
@@ -1444,8 +1539,9 @@ ddl_primitives_init(PyObject *module, ddl_state *st)
     st->str__bound_value = PyUnicode_InternFromString("_bound_value");
     st->str__ddl_tracker = PyUnicode_InternFromString("_ddl_tracker");
     st->str__ddl_hold = PyUnicode_InternFromString("_ddl_hold");
+    st->str__lock = PyUnicode_InternFromString("_lock");
     if (st->str__bound_value == NULL || st->str__ddl_tracker == NULL ||
-        st->str__ddl_hold == NULL) {
+        st->str__ddl_hold == NULL || st->str__lock == NULL) {
         return -1;
     }
     for (int i = 0; i < 6; i++) {
@@ -1504,6 +1600,7 @@ ddl_primitives_clear(ddl_state *st)
     Py_CLEAR(st->str__bound_value);
     Py_CLEAR(st->str__ddl_tracker);
     Py_CLEAR(st->str__ddl_hold);
+    Py_CLEAR(st->str__lock);
     for (int i = 0; i < 6; i++) {
         Py_CLEAR(st->str_attach[i]);
     }

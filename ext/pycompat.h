@@ -168,7 +168,8 @@ ddl_member_is_object(int type)
 /* ---- GC pause while the profiler allocates ------------------------------ */
 
 /* Returns whether the collector was enabled (to pass to ddl_gc_resume). On
- * 3.9 there is no C API to pause it; the re-entrancy guard covers that case. */
+ * 3.9 there is no C API to pause it; the re-entrancy guard covers that case.
+ */
 static inline int
 ddl_gc_pause(void)
 {
@@ -191,14 +192,15 @@ ddl_gc_resume(int was_enabled)
 #endif
 }
 
-/* ---- lock argument errors: the exact messages of each version ------------ */
+/* ---- lock argument errors: the exact messages of each version ------------
+ */
 
 static inline void
 ddl_err_unexpected_keyword(const char *fname, PyObject *kw)
 {
 #if PY_VERSION_HEX >= 0x030D0000
-    PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                 fname, kw);
+    PyErr_Format(PyExc_TypeError,
+                 "%s() got an unexpected keyword argument '%U'", fname, kw);
 #else
     PyErr_Format(PyExc_TypeError,
                  "'%U' is an invalid keyword argument for %s()", kw, fname);
@@ -210,7 +212,8 @@ ddl_err_unexpected_keyword(const char *fname, PyObject *kw)
 #define DDL_MSG_TIME_T_TOO_LARGE "timestamp too large to convert to C PyTime_t"
 #else
 #define DDL_MSG_TIMEOUT_NEGATIVE "timeout value must be positive"
-#define DDL_MSG_TIME_T_TOO_LARGE "timestamp too large to convert to C _PyTime_t"
+#define DDL_MSG_TIME_T_TOO_LARGE                                              \
+    "timestamp too large to convert to C _PyTime_t"
 #endif
 
 #if PY_VERSION_HEX >= 0x030B0000
@@ -228,7 +231,8 @@ ddl_timeout_max_us(void)
     return (long long)PY_TIMEOUT_MAX;
 }
 
-/* ---- methods that exist on some versions only ---------------------------- */
+/* ---- methods that exist on some versions only ----------------------------
+ */
 
 #define DDL_MAYBE_UNUSED __attribute__((unused))
 /* asyncio.Semaphore of 3.9 also waits while _wakeup_scheduled is set. */
@@ -286,6 +290,30 @@ ddl_getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
     return PyObject_GetOptionalAttr(obj, name, result);
 #else
     return _PyObject_LookupAttr(obj, name, result);
+#endif
+}
+
+/* The referent of a weak reference, borrowed (NULL when dead); never
+ * raises. Only for reading, with the GIL held and no Python code run while
+ * the pointer is used: something else keeps a live referent alive. */
+static inline PyObject *
+ddl_weakref_peek(PyObject *ref)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *obj = NULL;
+    if (PyWeakref_GetRef(ref, &obj) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_XDECREF(obj); /* still referenced elsewhere: it was alive */
+    return obj;
+#else
+    PyObject *obj = PyWeakref_GetObject(ref);
+    if (obj == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return obj == Py_None ? NULL : obj;
 #endif
 }
 

@@ -212,6 +212,34 @@ def scenario(make):
     out["isinstance"] = [isinstance(c, threading.Condition), isinstance(c, ORIG["Condition"])]
     out["type_name"] = [type(c).__module__, type(c).__qualname__]
     out["pickle"] = outcome(pickle.dumps, c)
+    # `with` enters whatever self._lock is now
+    c2 = make()
+    replacement = ORIG["RLock"]()
+    c2._lock = replacement
+    with c2:
+        out["replaced_lock"] = [replacement._is_owned(), outcome(replacement.release)]
+        replacement.acquire()
+    out["replaced_lock_after"] = replacement._is_owned()
+
+    class PropCondition(type(c)):
+        seen = 0
+
+        @property
+        def _lock(self):
+            PropCondition.seen += 1
+            return self.__dict__["_lock"]
+
+        @_lock.setter
+        def _lock(self, value):
+            self.__dict__["_lock"] = value
+
+    if type(c) is ORIG["Condition"]:
+        pc = PropCondition()
+    else:
+        pc = PropCondition()
+    with pc:
+        pass
+    out["property_lock_reads"] = PropCondition.seen
     cc = copy.copy(c)
     with cc:
         out["copy_owned"] = [cc._is_owned(), c._is_owned()]
@@ -261,7 +289,15 @@ out["bsem_internal"] = [type(bsem._cond) is ORIG["Condition"],
 ev = threading.Event()
 out["event_internal"] = [type(ev._cond) is ORIG["Condition"], tracked(ev._cond)]
 cond = threading.Condition()
-out["cond_lock"] = [type(cond._lock) is type(ddlock._ORIGINAL_RLOCK()), tracked(cond)]
+out["cond_lock"] = [type(cond._lock).__module__ + "." + type(cond._lock).__name__, tracked(cond),
+                    cond.acquire == cond._lock.acquire]
+samples_before = ddlock.stats()["events_sampled"]
+for _ in range(10):
+    with cond:
+        pass
+    cond.acquire()
+    cond.release()
+out["events_per_cond_pair"] = (ddlock.stats()["events_sampled"] - samples_before) / 20
 # a Condition over a lock ddlock profiles is not profiled again
 user_lock = threading.Lock()
 over = threading.Condition(user_lock)
@@ -296,8 +332,10 @@ emit(out)
     assert res["sem_internal"] == [True, True]
     assert res["bsem_internal"] == [True, True]
     assert res["event_internal"] == [True, False]
-    # the Condition is profiled, its own RLock (made by threading.py) is not
-    assert res["cond_lock"] == [True, True]
+    # the Condition is profiled through its own RLock, one of ddlock's whose
+    # samples are the Condition's: its acquire is the RLock's, as natively
+    assert res["cond_lock"] == ["ddlock._ddlock.RLock", True, True]
+    assert res["events_per_cond_pair"] == 2
     assert res["over_profiled_lock"] == [True, False, "ddlock._ddlock"]
     assert res["over_profiled_rlock_kw"] == [True, False]
     assert res["checks"] == [True, True, True, True, True]
@@ -608,6 +646,24 @@ def test_condition_over_native_lock_name(prefix):
           "Condition")
 
 
+def test_condition_explicit_acquire_and_orphaned_lock(prefix):
+    """cond.acquire()/release() are the Condition's own RLock's C methods
+    (as natively), still named and typed as the Condition; a Condition's
+    lock that outlives its Condition stays profiled, named after the
+    variable that holds it."""
+    profile = run_scenario(HERE, "scenario_condition_explicit", prefix)
+    check(profile, "orders_ready", "orders_ready", "scenario_condition_explicit", "Condition")
+    markers = LineMarkers.for_file(HERE)
+    leftover = [s for s in profile.samples
+                if s.labels.get("lock name", "").endswith(":leftover_lock")]
+    assert leftover, sorted(set(s.labels.get("lock name") for s in profile.samples))
+    assert {s.labels["lock name"] for s in leftover} == {
+        "%s:%d:leftover_lock" % (FILENAME, markers.line("CREATE", "orphan"))}
+    assert lock_types_of(leftover) == ["Condition"]
+    assert profile.total("lock-acquire", leftover) == 1
+    assert profile.total("lock-release", leftover) == 1
+
+
 def test_lock_and_rlock_samples_have_lock_type(prefix):
     profile = run_scenario(HERE, "scenario_lock_rlock", prefix)
     check(profile, "plain_lock", "plain_lock", "scenario_lock_rlock", "Lock")
@@ -695,6 +751,23 @@ def scenario_condition_native_lock(prefix):
         jobs_ready.notify()  # !RELEASE[<3.10]! jobs_ready
     jobs_ready.acquire()  # !ACQUIRE! jobs_ready_explicit
     jobs_ready.release()  # !RELEASE! jobs_ready_explicit
+    _stop()
+
+
+def scenario_condition_explicit(prefix):
+    import gc
+
+    _start(prefix)
+    orders_ready = threading.Condition()  # !CREATE! orders_ready
+    orders_ready.acquire()  # !ACQUIRE! orders_ready
+    orders_ready.notify_all()
+    orders_ready.release()  # !RELEASE! orders_ready
+    orphan = threading.Condition()  # !CREATE! orphan
+    leftover_lock = orphan._lock
+    del orphan
+    gc.collect()
+    leftover_lock.acquire()
+    leftover_lock.release()
     _stop()
 
 
