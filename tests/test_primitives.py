@@ -426,16 +426,22 @@ def scenario():
                                    issubclass(Sized, Base), issubclass(Sized, base)]
         with obj:
             out[kind + "_with"] = True
-    for kind in ("Lock", "Semaphore", "BoundedSemaphore", "Condition"):
-        base = getattr(asyncio, kind)
-        Ctx, err = build("Ctx", (base, contextlib.AbstractAsyncContextManager))
-        out["asyncio_" + kind] = err or [isinstance(Ctx(), contextlib.AbstractAsyncContextManager),
-                                         isinstance(Ctx(), base)]
-        if Ctx is not None:
-            async def use(obj=Ctx()):
-                async with obj:
-                    return True
-            out["asyncio_" + kind + "_with"] = asyncio.run(use())
+    async def mix_asyncio():  # made in a running loop (3.9 binds them to it)
+        res = {}
+        for kind in ("Lock", "Semaphore", "BoundedSemaphore", "Condition"):
+            base = getattr(asyncio, kind)
+            Ctx, err = build("Ctx", (base, contextlib.AbstractAsyncContextManager))
+            if Ctx is None:
+                res["asyncio_" + kind] = err
+                continue
+            obj = Ctx()
+            res["asyncio_" + kind] = [isinstance(obj, contextlib.AbstractAsyncContextManager),
+                                      isinstance(obj, base)]
+            async with obj:
+                res["asyncio_" + kind + "_with"] = True
+        return res
+
+    out.update(asyncio.run(mix_asyncio()))
     # @abstractmethod without an ABC does not make a plain subclass abstract
     Plain, err = build("Plain", (threading.Semaphore,),
                        {"size": abc.abstractmethod(lambda self: 0)})
