@@ -48,7 +48,6 @@ import abc
 import copyreg
 import sys
 import threading
-from types import FunctionType
 
 from . import _config
 
@@ -204,18 +203,14 @@ def _hook(cls, name, op, kind, function, fast=False):
 # ---- threading -------------------------------------------------------------
 
 def _rename(function, qualname):
-    """The function under the original's qualified name (argument errors
-    name it). A new function object rather than an assignment to __code__,
-    which would stop CPython 3.12+ from specializing the calls to it."""
-    code = function.__code__
-    if hasattr(code, "co_qualname"):  # 3.11+: the errors read the code's
-        code = code.replace(co_qualname=qualname)
-    renamed = FunctionType(code, function.__globals__, qualname.rsplit(".", 1)[-1],
-                           function.__defaults__, function.__closure__)
-    renamed.__kwdefaults__ = function.__kwdefaults__
-    renamed.__qualname__ = qualname
-    renamed.__doc__ = function.__doc__
-    return renamed
+    """The function under the original's qualified name: argument errors
+    name it (its __qualname__ on 3.10+, its code's name on 3.9, which is
+    already the original's). Renamed in place: a new function object
+    (FunctionType) or an assignment to __code__ would stop CPython 3.13 from
+    specializing the calls to it."""
+    function.__qualname__ = qualname
+    function.__name__ = qualname.rsplit(".", 1)[-1]
+    return function
 
 
 def _threading_semaphore(kind, original):
@@ -262,7 +257,7 @@ def _threading_semaphore(kind, original):
                     over = self._value + 1 > self._initial_value
                     if not over:
                         self._value += 1
-                        self._cond.notify()
+                        self._cond.notify(1)  # as threading.py: notify(n)
                 if over:
                     orig_release(self, n)  # raises threading.py's ValueError
             else:
@@ -275,7 +270,7 @@ def _threading_semaphore(kind, original):
             if n is _ONE:
                 with self._cond:
                     self._value += 1
-                    self._cond.notify()
+                    self._cond.notify(1)  # as threading.py: notify(n)
             else:
                 orig_release(self, n)
             hold = self._ddl_hold
