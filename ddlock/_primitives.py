@@ -618,8 +618,20 @@ def _setup_asyncio(asyncio):
     events = sys.modules.get("asyncio.events")
     if locks is None or events is None:
         return
+    tasks = sys.modules.get("asyncio.tasks")
+    # the registry asyncio.current_task(loop) reads (the C one's too), and
+    # asyncio's own Task types: the only ones whose get_name the profiler
+    # calls for the "task name" label
+    current_tasks = getattr(tasks, "_current_tasks", None)
+    if not isinstance(current_tasks, dict):
+        current_tasks = None
+    c_asyncio = sys.modules.get("_asyncio")
+    task_types = tuple(t for t in (getattr(c_asyncio, "Task", None),
+                                   getattr(tasks, "_PyTask", None))
+                       if isinstance(t, type))
     _native._prim_set_asyncio(locks._ContextManagerMixin.__aenter__.__code__.co_filename,
-                              events._get_running_loop, asyncio.current_task, locks.Lock)
+                              events._get_running_loop, asyncio.current_task, locks.Lock,
+                              current_tasks, task_types)
 
 
 def _install_asyncio(asyncio):

@@ -23,6 +23,28 @@ typedef struct {
     int line;
 } ddl_line_entry;
 
+#define DDL_CODE_CACHE_SIZE 1024 /* power of two */
+
+/* What a sampled stack needs from a code object (frames.c). */
+typedef struct {
+    PyObject *code;       /* strong reference, NULL when empty */
+    PyObject *name;       /* strong: the str the name view was made from */
+    PyObject *filename;   /* strong: the str the filename view was made from */
+    PyObject *escaped[2]; /* strong: bytes behind a view of a str that has no
+                             UTF-8 form (name, filename), else NULL */
+    ddl_str name_s;       /* views with their profile hashes */
+    ddl_str filename_s;
+    int internal; /* threading.py, ddlock or asyncio's lock code */
+} ddl_code_entry;
+
+#define DDL_IDENT_CACHE_SIZE 64 /* power of two */
+
+/* A thread ident as the int threading._active is keyed by (frames.c). */
+typedef struct {
+    unsigned long ident;
+    PyObject *key; /* strong reference to an int equal to ident, or NULL */
+} ddl_ident_entry;
+
 #define DDL_SITE_CACHE_SIZE 1024 /* power of two */
 enum { DDL_SITE_NATIVE = 0, DDL_SITE_CALLER = 1, DDL_SITE_WALK = 2 };
 
@@ -46,8 +68,11 @@ typedef struct {
     PyObject *name_cache; /* (site code, site lasti, user code) -> name */
     ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
     ddl_site_entry *site_cache; /* DDL_SITE_CACHE_SIZE entries */
-    PyObject *str_name;         /* interned "_name" */
-    PyObject *str_dunder_name;  /* interned "__name__" */
+    ddl_code_entry *code_cache; /* DDL_CODE_CACHE_SIZE entries */
+    ddl_ident_entry ident_cache[DDL_IDENT_CACHE_SIZE];
+    PyObject *str_name;    /* interned "_name" */
+    PyObject *str_ident;   /* interned "_ident" */
+    PyObject *str_dunder_name; /* interned "__name__" */
 
     /* configuration, written only with the GIL held by start()/stop() */
     int running;          /* a profile is being collected */
@@ -96,6 +121,8 @@ typedef struct {
     PyObject *asyncio_locks_file; /* co_filename of asyncio/locks.py */
     PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
     PyObject *current_task;       /* asyncio.current_task */
+    PyObject *current_tasks;      /* asyncio.tasks._current_tasks (dict) */
+    PyObject *task_get_name[2];   /* get_name of asyncio's own Task types */
     PyObject *gevent_getcurrent;  /* gevent.getcurrent once gevent patched */
     PyObject *str__locked, *str__value, *str__waiters;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
@@ -179,6 +206,20 @@ typedef struct {
  * one more reference. */
 int ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs,
                          size_t *nrefs);
+/* ddl_str_from_unicode with the common case (a compact ASCII str, whose
+ * data is its UTF-8) inline. */
+static inline void
+ddl_str_of(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
+{
+    Py_ssize_t len;
+    const char *p;
+    if (s != NULL && PyUnicode_Check(s) &&
+        (p = ddl_unicode_ascii_view(s, &len)) != NULL) {
+        *out = (ddl_str){p, (size_t)len, 0};
+        return;
+    }
+    ddl_str_from_unicode(out, s, refs, nrefs);
+}
 /* References a stack capture may hold per frame (code + 2 escaped strings) */
 #define DDL_REFS_PER_FRAME 3
 /* Creation site of a lock being created now: new ref to code + lasti; and
@@ -201,8 +242,12 @@ PyObject *ddl_lock_name(ddl_state *st, ddl_lockbase *lk);
 PyObject *ddl_site_label(PyObject *code, int lasti);
 /* Empty the (code, lasti) -> line cache (drops its references). */
 void ddl_line_cache_clear(ddl_state *st);
+/* Empty the per-code-object cache (what counts as internal changed). */
+void ddl_code_cache_clear(ddl_state *st);
 /* Empty the creation-site decision cache (the exclusions changed). */
 void ddl_site_cache_clear(ddl_state *st);
+/* Drop the cached thread ident keys. */
+void ddl_ident_cache_clear(ddl_state *st);
 /* Current thread's name from threading._active, new ref or NULL. */
 PyObject *ddl_thread_name(ddl_state *st, unsigned long ident);
 

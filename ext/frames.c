@@ -40,6 +40,9 @@ is_internal_code(ddl_state *st, PyCodeObject *co)
     return 0;
 }
 
+static inline int code_lookup(ddl_state *st, PyCodeObject *co, ddl_frame *fr,
+                              PyObject **refs, size_t *nrefs);
+
 /* New reference to the first frame at or above start (borrowed) whose code is
  * outside threading.py and ddlock; NULL if none. */
 static PyFrameObject *
@@ -49,7 +52,7 @@ user_frame(ddl_state *st, PyFrameObject *start)
     Py_XINCREF(f);
     while (f != NULL) {
         PyCodeObject *co = PyFrame_GetCode(f);
-        int internal = is_internal_code(st, co);
+        int internal = code_lookup(st, co, NULL, NULL, NULL);
         Py_DECREF(co);
         if (!internal) {
             return f;
@@ -280,22 +283,28 @@ ddl_site_label(PyObject *code, int lasti)
 /* ---- stack capture --------------------------------------------------------
  */
 
-/* Point out at s's UTF-8 (cached in the str object). A str that has no
- * UTF-8 form (lone surrogates) is encoded with backslash escapes into a new
- * bytes object appended to refs[*nrefs] (kept alive by the caller). */
-int
-ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
+/* Point out at s's UTF-8 (its data for a compact ASCII str, else the UTF-8
+ * cached in the str object); out->hash is left 0. A str that has no UTF-8
+ * form (lone surrogates) is encoded with backslash escapes into a new bytes
+ * object returned in *escaped (NULL otherwise), which must outlive the view.
+ */
+static void
+str_view(ddl_str *out, PyObject *s, PyObject **escaped)
 {
     Py_ssize_t len = 0;
     const char *p = NULL;
+    *escaped = NULL;
     if (s != NULL && PyUnicode_Check(s)) {
-        p = PyUnicode_AsUTF8AndSize(s, &len);
+        p = ddl_unicode_ascii_view(s, &len);
+        if (p == NULL) {
+            p = PyUnicode_AsUTF8AndSize(s, &len);
+        }
         if (p == NULL) {
             PyErr_Clear();
             PyObject *b =
                 PyUnicode_AsEncodedString(s, "utf-8", "backslashreplace");
             if (b != NULL) {
-                refs[(*nrefs)++] = b;
+                *escaped = b;
                 p = PyBytes_AS_STRING(b);
                 len = PyBytes_GET_SIZE(b);
             } else {
@@ -307,9 +316,127 @@ ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
         p = "<?>";
         len = 3;
     }
-    out->ptr = p;
-    out->len = (size_t)len;
+    *out = (ddl_str){p, (size_t)len, 0};
+}
+
+/* str_view, with the escaped bytes (if any) appended to refs[*nrefs] (kept
+ * alive by the caller). */
+int
+ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
+{
+    PyObject *escaped;
+    str_view(out, s, &escaped);
+    if (escaped != NULL) {
+        refs[(*nrefs)++] = escaped;
+    }
     return 0;
+}
+
+/* Per-code-object cache: whether a code object is internal and the views
+ * of its function name and filename with their profile hashes, so a frame
+ * of a sampled stack costs a lookup instead of file name matching, two
+ * UTF-8 conversions and the profile hashing the bytes. Direct-mapped, keyed
+ * by the code's identity; bounded (DDL_CODE_CACHE_SIZE entries). Entries
+ * hold references to the code and to the two str objects the views were
+ * made from (and to the escaped bytes behind a view, if any), and a hit
+ * also checks the code still names those str objects: a view never
+ * outlives, or stands for something other than, what it points into. */
+static size_t
+code_slot(PyCodeObject *co)
+{
+    uintptr_t h = (uintptr_t)co >> 4;
+    h ^= h >> 10;
+    return (size_t)(h & (DDL_CODE_CACHE_SIZE - 1));
+}
+
+static void
+code_entry_clear(ddl_code_entry *e)
+{
+    PyObject *code = e->code, *name = e->name, *file = e->filename;
+    PyObject *esc0 = e->escaped[0], *esc1 = e->escaped[1];
+    memset(e, 0, sizeof(*e));
+    Py_XDECREF(code);
+    Py_XDECREF(name);
+    Py_XDECREF(file);
+    Py_XDECREF(esc0);
+    Py_XDECREF(esc1);
+}
+
+void
+ddl_code_cache_clear(ddl_state *st)
+{
+    if (st->code_cache == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < DDL_CODE_CACHE_SIZE; i++) {
+        code_entry_clear(&st->code_cache[i]);
+    }
+}
+
+static inline void
+code_entry_views(const ddl_code_entry *e, ddl_frame *fr, PyObject **refs,
+                 size_t *nrefs)
+{
+    fr->name = e->name_s;
+    fr->filename = e->filename_s;
+    if (e->escaped[0] != NULL) {
+        refs[(*nrefs)++] = Py_NewRef(e->escaped[0]);
+    }
+    if (e->escaped[1] != NULL) {
+        refs[(*nrefs)++] = Py_NewRef(e->escaped[1]);
+    }
+}
+
+/* Refill e for co (a miss); the views go to fr when not NULL. */
+static int
+code_fill(ddl_state *st, ddl_code_entry *e, PyCodeObject *co, ddl_frame *fr,
+          PyObject **refs, size_t *nrefs)
+{
+    PyObject *name = ddl_code_name(co), *file = co->co_filename;
+    ddl_code_entry fresh = {0};
+    fresh.code = Py_NewRef(co);
+    fresh.name = Py_NewRef(name);
+    fresh.filename = Py_NewRef(file);
+    str_view(&fresh.name_s, name, &fresh.escaped[0]);
+    str_view(&fresh.filename_s, file, &fresh.escaped[1]);
+    fresh.name_s.hash = ddl_str_hash(fresh.name_s.ptr, fresh.name_s.len);
+    fresh.filename_s.hash =
+        ddl_str_hash(fresh.filename_s.ptr, fresh.filename_s.len);
+    fresh.internal = is_internal_code(st, co);
+    ddl_code_entry old = *e;
+    *e = fresh; /* the references move to the entry */
+    if (fr != NULL) {
+        code_entry_views(&fresh, fr, refs, nrefs);
+    }
+    /* released last: dropping the old code may run a weakref callback,
+     * which may even refill e */
+    code_entry_clear(&old);
+    return fresh.internal;
+}
+
+/* Is co internal? With fr != NULL, also fill fr's name and filename views
+ * (the caller keeps co alive while they are used): escaped bytes behind
+ * them get a new reference in refs[*nrefs] (room for two). */
+static inline int
+code_lookup(ddl_state *st, PyCodeObject *co, ddl_frame *fr, PyObject **refs,
+            size_t *nrefs)
+{
+    if (st->code_cache == NULL) {
+        if (fr != NULL) {
+            ddl_str_from_unicode(&fr->name, ddl_code_name(co), refs, nrefs);
+            ddl_str_from_unicode(&fr->filename, co->co_filename, refs, nrefs);
+        }
+        return is_internal_code(st, co);
+    }
+    ddl_code_entry *e = &st->code_cache[code_slot(co)];
+    if (e->code != (PyObject *)co || e->name != ddl_code_name(co) ||
+        e->filename != co->co_filename) {
+        return code_fill(st, e, co, fr, refs, nrefs);
+    }
+    if (fr != NULL) {
+        code_entry_views(e, fr, refs, nrefs);
+    }
+    return e->internal;
 }
 
 /* Line of a frame, through a direct-mapped cache keyed by (code, lasti):
@@ -367,7 +494,7 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
      * not the user's: the leaf is the user's code */
     while (f != NULL) {
         PyCodeObject *co = PyFrame_GetCode(f);
-        int internal = is_internal_code(st, co);
+        int internal = code_lookup(st, co, NULL, NULL, NULL);
         Py_DECREF(co);
         if (!internal) {
             break;
@@ -382,10 +509,7 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
             PyCodeObject *co = PyFrame_GetCode(f);
             refs[stack->nrefs++] = (PyObject *)co;
             ddl_frame *fr = &frames[stack->nframes++];
-            ddl_str_from_unicode(&fr->name, ddl_code_name(co), refs,
-                                 &stack->nrefs);
-            ddl_str_from_unicode(&fr->filename, co->co_filename, refs,
-                                 &stack->nrefs);
+            code_lookup(st, co, fr, refs, &stack->nrefs);
             fr->line = ddl_cached_line(st, co, f);
         } else if (++omitted > 100000) {
             break;
@@ -399,10 +523,8 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
         ddl_frame *fr = &frames[stack->nframes++];
         int n = snprintf(stack->omitted_buf, sizeof(stack->omitted_buf),
                          "<%zu frames omitted>", omitted);
-        fr->name.ptr = stack->omitted_buf;
-        fr->name.len = (size_t)n;
-        fr->filename.ptr = "";
-        fr->filename.len = 0;
+        fr->name = (ddl_str){stack->omitted_buf, (size_t)n, 0};
+        fr->filename = (ddl_str){"", 0, 0};
         fr->line = 0;
     }
     return 0;
@@ -784,6 +906,40 @@ error:
     return NULL;
 }
 
+/* New reference to an int equal to ident for looking up threading._active:
+ * through a small direct-mapped cache, which after the first lookup holds
+ * the registry's own key (the Thread's _ident), so the lookup neither
+ * allocates nor compares ints by value. Bounded: DDL_IDENT_CACHE_SIZE
+ * entries, each a reference to an int. */
+static ddl_ident_entry *
+ident_slot(ddl_state *st, unsigned long ident)
+{
+    uint64_t h = (uint64_t)ident * 0x9e3779b97f4a7c15ULL;
+    return &st->ident_cache[(size_t)(h >> 40) & (DDL_IDENT_CACHE_SIZE - 1)];
+}
+
+void
+ddl_ident_cache_clear(ddl_state *st)
+{
+    for (size_t i = 0; i < DDL_IDENT_CACHE_SIZE; i++) {
+        Py_CLEAR(st->ident_cache[i].key);
+    }
+}
+
+/* Remember key (an int equal to ident) for ident. */
+static void
+ident_remember(ddl_state *st, unsigned long ident, PyObject *key)
+{
+    ddl_ident_entry *e = ident_slot(st, ident);
+    if (e->key == key) {
+        return;
+    }
+    PyObject *old = e->key;
+    e->ident = ident;
+    e->key = Py_NewRef(key);
+    Py_XDECREF(old);
+}
+
 /* New reference to the current thread's name from threading's registry,
  * read from the Thread's instance dict (no property, no user code). */
 PyObject *
@@ -792,30 +948,45 @@ ddl_thread_name(ddl_state *st, unsigned long ident)
     if (st->threading_active == NULL) {
         return NULL;
     }
-    PyObject *key = PyLong_FromUnsignedLong(ident);
+    ddl_ident_entry *e = ident_slot(st, ident);
+    int cached = e->key != NULL && e->ident == ident;
+    PyObject *key =
+        cached ? Py_NewRef(e->key) : PyLong_FromUnsignedLong(ident);
     if (key == NULL) {
         PyErr_Clear();
         return NULL;
     }
+    PyObject *name = NULL, *d = NULL;
     PyObject *t = PyDict_GetItemWithError(st->threading_active, key);
-    Py_DECREF(key);
     if (t == NULL || !ddl_type_has_instance_dict(Py_TYPE(t))) {
-        PyErr_Clear();
-        return NULL;
+        goto error;
     }
-    PyObject *d = PyObject_GenericGetDict(t, NULL);
-    if (d == NULL) {
-        PyErr_Clear();
-        return NULL;
+    d = PyObject_GenericGetDict(t, NULL);
+    if (d == NULL || !PyDict_Check(d)) {
+        goto error;
     }
-    PyObject *name =
-        PyDict_Check(d) ? PyDict_GetItemWithError(d, st->str_name) : NULL;
-    Py_XINCREF(name);
-    Py_DECREF(d);
+    if (!cached) {
+        /* the registry's key is the Thread's _ident: remember that int */
+        PyObject *own = PyDict_GetItemWithError(d, st->str_ident);
+        if (own != NULL && PyLong_CheckExact(own) &&
+            PyLong_AsUnsignedLong(own) == ident && !PyErr_Occurred()) {
+            ident_remember(st, ident, own);
+        } else {
+            ident_remember(st, ident, key);
+        }
+        PyErr_Clear();
+    }
+    name = PyDict_GetItemWithError(d, st->str_name);
     if (name == NULL || !PyUnicode_Check(name)) {
-        PyErr_Clear();
-        Py_XDECREF(name);
-        return NULL;
+        goto error;
     }
+    Py_INCREF(name);
+    Py_DECREF(d);
+    Py_DECREF(key);
     return name;
+error:
+    PyErr_Clear();
+    Py_XDECREF(d);
+    Py_DECREF(key);
+    return NULL;
 }

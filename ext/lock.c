@@ -1302,7 +1302,7 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     size_t nl = 0;
     ddl_str name_s = {"<unknown>", 9};
     if (name != NULL) {
-        ddl_str_from_unicode(&name_s, name, stack.refs, &stack.nrefs);
+        ddl_str_of(&name_s, name, stack.refs, &stack.nrefs);
     }
     labels[nl++] = (ddl_label){{"lock name", 9}, name_s, 0};
     labels[nl++] = (ddl_label){{"thread id", 9}, {NULL, 0}, (int64_t)ident};
@@ -1310,7 +1310,7 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
         {"thread native id", 16}, {NULL, 0}, (int64_t)cached_native_id(st)};
     if (tname != NULL) {
         ddl_str tname_s;
-        ddl_str_from_unicode(&tname_s, tname, stack.refs, &stack.nrefs);
+        ddl_str_of(&tname_s, tname, stack.refs, &stack.nrefs);
         labels[nl++] = (ddl_label){{"thread name", 11}, tname_s, 0};
     }
     nl += ddl_sample_extra_labels(st, lk, &labels[nl], &extra_refs);

@@ -404,6 +404,7 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_XSETREF(st->threading_active, Py_NewRef(active));
     Py_XSETREF(st->threading_file, Py_NewRef(tfile));
     Py_XSETREF(st->ddlock_dir, Py_NewRef(ddir));
+    ddl_code_cache_clear(st); /* which code is internal may have changed */
     Py_RETURN_NONE;
 }
 
@@ -724,14 +725,17 @@ module_exec(PyObject *module)
     st->name_cache = PyDict_New();
     st->line_cache = PyMem_Calloc(DDL_LINE_CACHE_SIZE, sizeof(ddl_line_entry));
     st->site_cache = PyMem_Calloc(DDL_SITE_CACHE_SIZE, sizeof(ddl_site_entry));
-    if (st->line_cache == NULL || st->site_cache == NULL) {
+    st->code_cache = PyMem_Calloc(DDL_CODE_CACHE_SIZE, sizeof(ddl_code_entry));
+    if (st->line_cache == NULL || st->site_cache == NULL ||
+        st->code_cache == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     st->str_name = PyUnicode_InternFromString("_name");
     st->str_dunder_name = PyUnicode_InternFromString("__name__");
+    st->str_ident = PyUnicode_InternFromString("_ident");
     if (st->name_cache == NULL || st->str_name == NULL ||
-        st->str_dunder_name == NULL) {
+        st->str_dunder_name == NULL || st->str_ident == NULL) {
         return -1;
     }
     if (ddl_lock_types_init(module, st) < 0) {
@@ -766,6 +770,8 @@ module_clear(PyObject *module)
     ddl_state *st = get_state(module);
     ddl_line_cache_clear(st);
     ddl_site_cache_clear(st);
+    ddl_code_cache_clear(st);
+    ddl_ident_cache_clear(st);
     Py_CLEAR(st->lock_type);
     Py_CLEAR(st->rlock_type);
     Py_CLEAR(st->factory_type);
@@ -777,6 +783,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->name_cache);
     Py_CLEAR(st->str_name);
     Py_CLEAR(st->str_dunder_name);
+    Py_CLEAR(st->str_ident);
     ddl_primitives_clear(st);
     return 0;
 }
@@ -795,6 +802,8 @@ module_free(void *module)
     st->line_cache = NULL;
     PyMem_Free(st->site_cache);
     st->site_cache = NULL;
+    PyMem_Free(st->code_cache);
+    st->code_cache = NULL;
     /* log_mutex is left allocated: a pending drain may still look at it */
 }
 

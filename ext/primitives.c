@@ -139,7 +139,17 @@ current_asyncio_task(ddl_state *st)
         PyErr_Clear();
         return NULL;
     }
-    PyObject *task = PyObject_CallOneArg(st->current_task, loop);
+    PyObject *task;
+    if (st->current_tasks != NULL &&
+        Py_TYPE(loop)->tp_hash == PyBaseObject_Type.tp_hash) {
+        /* what current_task(loop) returns, read from its registry: a
+         * lookup by identity (the loop's hash is object's own) instead of
+         * a call */
+        task = PyDict_GetItemWithError(st->current_tasks, loop);
+        Py_XINCREF(task);
+    } else {
+        task = PyObject_CallOneArg(st->current_task, loop);
+    }
     Py_DECREF(loop);
     if (task == NULL || task == Py_None) {
         Py_XDECREF(task);
@@ -1308,6 +1318,24 @@ static PyType_Spec hook_spec = {
 /* ---- labels every sample gets from here ----------------------------------
  */
 
+/* New reference to an asyncio task's name, NULL (maybe with an exception
+ * set) when there is none. Only the get_name of asyncio's own Task types is
+ * called, looked up on the task's type (a subclass or an instance that
+ * overrides it would run user code: such a task gets no name label). */
+static PyObject *
+asyncio_task_name(ddl_state *st, PyObject *task)
+{
+    PyObject *get_name = ddl_type_lookup(Py_TYPE(task), st->str_get_name);
+    if (get_name == NULL || (get_name != st->task_get_name[0] &&
+                             get_name != st->task_get_name[1])) {
+        return NULL;
+    }
+    Py_INCREF(get_name);
+    PyObject *name = PyObject_CallOneArg(get_name, task);
+    Py_DECREF(get_name);
+    return name;
+}
+
 size_t
 ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
                         ddl_label_refs *refs)
@@ -1323,7 +1351,7 @@ ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
     PyObject *task = current_asyncio_task(st);
     PyObject *name = NULL;
     if (task != NULL) {
-        name = PyObject_CallMethodNoArgs(task, st->str_get_name);
+        name = asyncio_task_name(st, task);
     } else if ((task = current_greenlet(st)) != NULL) {
         name = PyObject_GetAttr(task, st->str_name_attr);
     }
@@ -1336,7 +1364,7 @@ ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
     if (name != NULL && PyUnicode_Check(name)) {
         ddl_str s;
         refs->refs[refs->n++] = name;
-        ddl_str_from_unicode(&s, name, refs->refs, &refs->n);
+        ddl_str_of(&s, name, refs->refs, &refs->n);
         out[n++] = (ddl_label){{"task name", 9}, s, 0};
     } else {
         Py_XDECREF(name);
@@ -1414,19 +1442,48 @@ mod_prim_setup(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* _prim_set_asyncio(locks_file, get_running_loop, current_task, Lock):
- * Lock is asyncio.locks.Lock, the stdlib class */
+/* _prim_set_asyncio(locks_file, get_running_loop, current_task, Lock,
+ *                   current_tasks, task_types):
+ * Lock is asyncio.locks.Lock, the stdlib class; current_tasks the dict
+ * current_task(loop) reads (or None: it is called); task_types asyncio's
+ * own Task classes (at most two), whose get_name is trusted */
 static PyObject *
 mod_prim_set_asyncio(PyObject *module, PyObject *args)
 {
-    PyObject *file, *grl, *ct, *lock_cls;
-    if (!PyArg_ParseTuple(args, "UOOO!:_prim_set_asyncio", &file, &grl, &ct,
-                          &PyType_Type, &lock_cls)) {
+    PyObject *file, *grl, *ct, *lock_cls, *tasks, *types;
+    if (!PyArg_ParseTuple(args, "UOOO!OO!:_prim_set_asyncio", &file, &grl, &ct,
+                          &PyType_Type, &lock_cls, &tasks, &PyTuple_Type,
+                          &types)) {
         return NULL;
     }
+    if (tasks != Py_None && !PyDict_CheckExact(tasks)) {
+        PyErr_SetString(PyExc_TypeError, "current_tasks must be a dict");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(types) > 2) {
+        PyErr_SetString(PyExc_ValueError, "at most two Task types");
+        return NULL;
+    }
+    PyObject *get_name[2] = {NULL, NULL};
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++) {
+        PyObject *tp = PyTuple_GET_ITEM(types, i);
+        if (!PyType_Check(tp)) {
+            PyErr_SetString(PyExc_TypeError, "Task types expected");
+            return NULL;
+        }
+    }
     ddl_state *st = (ddl_state *)PyModule_GetState(module);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++) {
+        PyTypeObject *tp = (PyTypeObject *)PyTuple_GET_ITEM(types, i);
+        get_name[i] = ddl_type_lookup(tp, st->str_get_name);
+    }
+    for (int i = 0; i < 2; i++) {
+        Py_XSETREF(st->task_get_name[i], Py_XNewRef(get_name[i]));
+    }
+    Py_XSETREF(st->current_tasks, tasks == Py_None ? NULL : Py_NewRef(tasks));
     Py_XSETREF(st->asyncio_lock_cls, (PyTypeObject *)Py_NewRef(lock_cls));
     Py_XSETREF(st->asyncio_locks_file, Py_NewRef(file));
+    ddl_code_cache_clear(st); /* asyncio's lock code is internal */
     Py_XSETREF(st->get_running_loop, Py_NewRef(grl));
     Py_XSETREF(st->current_task, Py_NewRef(ct));
     Py_RETURN_NONE;
@@ -1574,6 +1631,9 @@ ddl_primitives_traverse(ddl_state *st, visitproc visit, void *arg)
     Py_VISIT(st->native_rlock_type);
     Py_VISIT(st->get_running_loop);
     Py_VISIT(st->current_task);
+    Py_VISIT(st->current_tasks);
+    Py_VISIT(st->task_get_name[0]);
+    Py_VISIT(st->task_get_name[1]);
     Py_VISIT(st->gevent_getcurrent);
     Py_VISIT(st->asyncio_lock_cls);
     return 0;
@@ -1590,6 +1650,9 @@ ddl_primitives_clear(ddl_state *st)
     Py_CLEAR(st->asyncio_locks_file);
     Py_CLEAR(st->get_running_loop);
     Py_CLEAR(st->current_task);
+    Py_CLEAR(st->current_tasks);
+    Py_CLEAR(st->task_get_name[0]);
+    Py_CLEAR(st->task_get_name[1]);
     Py_CLEAR(st->gevent_getcurrent);
     Py_CLEAR(st->str__locked);
     Py_CLEAR(st->str__value);

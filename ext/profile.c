@@ -131,10 +131,17 @@ hash_bytes(const void *ptr, size_t len, uint64_t seed)
     return fold_mul(a ^ K2, b ^ h);
 }
 
+/* The caller's precomputed hash when it gave one (see ddl_str). */
 static inline uint64_t
 hash_str(const ddl_str *s)
 {
-    return hash_bytes(s->ptr, s->len, SEED_STR);
+    return s->hash != 0 ? s->hash : hash_bytes(s->ptr, s->len, SEED_STR);
+}
+
+uint64_t
+ddl_str_hash(const char *ptr, size_t len)
+{
+    return hash_bytes(ptr, len, SEED_STR);
 }
 
 static inline uint64_t
@@ -463,20 +470,21 @@ bytes_eq(const char *x, const char *y, size_t n)
 
 #if defined(__SSE2__) && !defined(DDL_NO_SIMD)
     if (n >= 16) {
+        /* the differences of every 16-byte block (the last one
+         * overlapping) are or-ed together and tested once: the strings
+         * compared here are nearly always equal */
+        __m128i acc = _mm_setzero_si128();
         size_t i;
-        for (i = 0; i + 16 <= n; i += 16) {
+        for (i = 0; i + 16 < n; i += 16) {
             __m128i va = _mm_loadu_si128((const void *)(a + i));
             __m128i vb = _mm_loadu_si128((const void *)(b + i));
-            if (_mm_movemask_epi8(_mm_cmpeq_epi8(va, vb)) != 0xffff) {
-                return 0;
-            }
+            acc = _mm_or_si128(acc, _mm_xor_si128(va, vb));
         }
-        if (i < n) {
-            __m128i va = _mm_loadu_si128((const void *)(a + n - 16));
-            __m128i vb = _mm_loadu_si128((const void *)(b + n - 16));
-            return _mm_movemask_epi8(_mm_cmpeq_epi8(va, vb)) == 0xffff;
-        }
-        return 1;
+        acc = _mm_or_si128(
+            acc, _mm_xor_si128(_mm_loadu_si128((const void *)(a + n - 16)),
+                               _mm_loadu_si128((const void *)(b + n - 16))));
+        return _mm_movemask_epi8(_mm_cmpeq_epi8(acc, _mm_setzero_si128())) ==
+               0xffff;
     }
 #endif
     if (n >= 8) {
@@ -624,6 +632,29 @@ loc_find(const ddl_snapshot *t, uint32_t func, int64_t line, uint64_t h,
  * which the cache is sized for (caches_fit), while callers with unstable
  * buffers would otherwise grow it without bound. */
 
+/* resolve_str's miss: the string index, then a cache entry for next time
+ * (e: the free or matching slot the probe ended on, NULL without cache). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static int64_t
+resolve_str_slow(ddl_snapshot *t, const ddl_str *in, ddl_str_cache *e)
+{
+    size_t mask = t->str_cache_mask;
+    int64_t i = str_find(t, in->ptr, in->len, hash_str(in), NULL);
+
+    if (i > 0 && e != NULL) {
+        if (e->str1 == 0 && ++t->str_cache_used > (mask + 1) / 2) {
+            memset(t->str_cache, 0, (mask + 1) * sizeof *e);
+            t->str_cache_used = 1;
+            e = &t->str_cache[str_slot(in, mask)];
+        }
+        e->ptr = in->ptr;
+        e->str1 = (uint32_t)i + 1;
+    }
+    return i;
+}
+
 /* Resolve a string of the caller to its index without interning: the
  * cache first (validated by content), then the string index. -1 when the
  * string is not interned. */
@@ -631,8 +662,7 @@ static inline int64_t
 resolve_str(ddl_snapshot *t, const ddl_str *in)
 {
     ddl_str_cache *e = NULL;
-    size_t pos = 0, mask = t->str_cache_mask;
-    int64_t i;
+    size_t pos, mask = t->str_cache_mask;
 
     if (in->len == 0) {
         return 0;
@@ -648,44 +678,20 @@ resolve_str(ddl_snapshot *t, const ddl_str *in)
             return e->str1 - 1;
         }
     }
-    i = str_find(t, in->ptr, in->len, hash_str(in), NULL);
-    if (i > 0 && e != NULL) {
-        if (e->str1 == 0 && ++t->str_cache_used > (mask + 1) / 2) {
-            memset(t->str_cache, 0, (mask + 1) * sizeof *e);
-            t->str_cache_used = 1;
-            e = &t->str_cache[str_slot(in, mask)];
-        }
-        e->ptr = in->ptr;
-        e->str1 = (uint32_t)i + 1;
-    }
-    return i;
+    return resolve_str_slow(t, in, e);
 }
 
-/* Resolve a frame to its location index without interning. -1 when its
- * strings, function or location are not interned. */
-static inline int64_t
-resolve_frame(ddl_snapshot *t, const ddl_frame *f)
+/* resolve_frame's miss: the indexes, then a cache entry for next time (e:
+ * the free or matching slot the probe ended on, NULL without cache). */
+#if defined(__GNUC__)
+__attribute__((noinline))
+#endif
+static int64_t
+resolve_frame_slow(ddl_snapshot *t, const ddl_frame *f, ddl_frame_cache *e)
 {
-    ddl_frame_cache *e = NULL;
-    size_t pos, mask = t->frame_cache_mask;
+    size_t mask = t->frame_cache_mask;
     int64_t name, file, fn, loc;
 
-    if (t->frame_cache != NULL) {
-        for (pos = frame_slot(f, mask);; pos = (pos + 1) & mask) {
-            e = &t->frame_cache[pos];
-            if (e->loc1 == 0 ||
-                (e->name_ptr == f->name.ptr &&
-                 e->file_ptr == f->filename.ptr && e->line == f->line)) {
-                break;
-            }
-        }
-        if (e->loc1 != 0 && e->name_len == f->name.len &&
-            e->file_len == f->filename.len &&
-            bytes_eq(e->name_copy, f->name.ptr, f->name.len) &&
-            bytes_eq(e->file_copy, f->filename.ptr, f->filename.len)) {
-            return e->loc1 - 1;
-        }
-    }
     name = str_find(t, f->name.ptr, f->name.len, hash_str(&f->name), NULL);
     if (name < 0) {
         return -1;
@@ -718,6 +724,33 @@ resolve_frame(ddl_snapshot *t, const ddl_frame *f)
         e->loc1 = (uint32_t)loc + 1;
     }
     return loc;
+}
+
+/* Resolve a frame to its location index without interning. -1 when its
+ * strings, function or location are not interned. */
+static inline int64_t
+resolve_frame(ddl_snapshot *t, const ddl_frame *f)
+{
+    ddl_frame_cache *e = NULL;
+    size_t pos, mask = t->frame_cache_mask;
+
+    if (t->frame_cache != NULL) {
+        for (pos = frame_slot(f, mask);; pos = (pos + 1) & mask) {
+            e = &t->frame_cache[pos];
+            if (e->loc1 == 0 ||
+                (e->name_ptr == f->name.ptr &&
+                 e->file_ptr == f->filename.ptr && e->line == f->line)) {
+                break;
+            }
+        }
+        if (e->loc1 != 0 && e->name_len == f->name.len &&
+            e->file_len == f->filename.len &&
+            bytes_eq(e->name_copy, f->name.ptr, f->name.len) &&
+            bytes_eq(e->file_copy, f->filename.ptr, f->filename.len)) {
+            return e->loc1 - 1;
+        }
+    }
+    return resolve_frame_slow(t, f, e);
 }
 
 /* Resolve the whole key to ids. 0 when every part is interned, -1 when

@@ -13,11 +13,21 @@
 #include <stdint.h>
 
 /* A borrowed string: ptr need not be NUL terminated; the profile copies what
- * it keeps. ptr may be NULL only when len is 0. */
+ * it keeps. ptr may be NULL only when len is 0.
+ *
+ * hash is optional: 0 means "not computed" (the profile hashes the bytes
+ * when it needs to), anything else must be ddl_str_hash(ptr, len). A caller
+ * that passes the same string often (a code object's name and filename)
+ * computes it once and spares the profile rehashing the bytes. Initialise
+ * a ddl_str as a whole ({ptr, len} leaves hash 0). */
 typedef struct {
     const char *ptr;
     size_t len;
+    uint64_t hash;
 } ddl_str;
+
+/* The profile's hash of len bytes at ptr (what ddl_str.hash caches). */
+uint64_t ddl_str_hash(const char *ptr, size_t len);
 
 /* One stack frame. Stacks are passed leaf first. */
 typedef struct {

@@ -127,7 +127,7 @@ struct ddl_snapshot {
 static inline ddl_str
 ddl__snapshot_str(const ddl_snapshot *s, uint32_t i)
 {
-    ddl_str out = {"", 0};
+    ddl_str out = {"", 0, 0};
     if (i != 0 && i < s->nstrs) {
         out.ptr = s->strs[i].ptr;
         out.len = s->strs[i].len;

@@ -128,6 +128,21 @@ ddl_code_freevars(PyCodeObject *co)
 #define DDL_DATACLASS_FACTORY_FREEVAR "_HAS_DEFAULT_FACTORY"
 #endif
 
+/* ---- strings ----------------------------------------------------------- */
+
+/* The UTF-8 form of a compact ASCII str is its own data: a view of it
+ * without a call (what PyUnicode_AsUTF8AndSize returns for it). NULL for
+ * any other str. */
+static inline const char *
+ddl_unicode_ascii_view(PyObject *s, Py_ssize_t *len)
+{
+    if (!PyUnicode_IS_COMPACT_ASCII(s)) {
+        return NULL;
+    }
+    *len = PyUnicode_GET_LENGTH(s);
+    return (const char *)PyUnicode_DATA(s);
+}
+
 /* ---- type introspection without running user code ---------------------- */
 
 /* New reference to a type's own __dict__ (NULL when it has none). */
@@ -140,6 +155,15 @@ ddl_type_dict(PyTypeObject *tp)
     Py_XINCREF(tp->tp_dict);
     return tp->tp_dict;
 #endif
+}
+
+/* Borrowed reference to what tp's MRO binds to name (NULL if nothing),
+ * read from the type dicts: no descriptor, __getattr__ or metaclass code
+ * runs, and no exception is left set. */
+static inline PyObject *
+ddl_type_lookup(PyTypeObject *tp, PyObject *name)
+{
+    return _PyType_Lookup(tp, name);
 }
 
 /* Does the instance have a real per-instance dict slot? */

@@ -105,6 +105,7 @@ static ddl_frame
 frame(const char *name, const char *file, int64_t line)
 {
     ddl_frame f;
+    memset(&f, 0, sizeof f);
     f.name.ptr = name;
     f.name.len = strlen(name);
     f.filename.ptr = file;
@@ -117,6 +118,7 @@ static ddl_label
 str_label(const char *key, const char *value)
 {
     ddl_label l;
+    memset(&l, 0, sizeof l);
     l.key.ptr = key;
     l.key.len = strlen(key);
     l.str.ptr = value;
@@ -129,6 +131,7 @@ static ddl_label
 num_label(const char *key, int64_t num)
 {
     ddl_label l;
+    memset(&l, 0, sizeof l);
     l.key.ptr = key;
     l.key.len = strlen(key);
     l.str.ptr = NULL;
@@ -605,21 +608,21 @@ START_TEST(test_binary_and_large_strings)
         big[i] = (char)((i * 7) ^ (i >> 9));
     }
     memset(sp, 0, sizeof sp);
-    sp[0].frames[0].name = (ddl_str){nul_name, sizeof nul_name - 1};
-    sp[0].frames[0].filename = (ddl_str){bin_file, sizeof bin_file};
+    sp[0].frames[0].name = (ddl_str){nul_name, sizeof nul_name - 1, 0};
+    sp[0].frames[0].filename = (ddl_str){bin_file, sizeof bin_file, 0};
     sp[0].frames[0].line = 3;
-    sp[0].frames[1].name = (ddl_str){big, big_len};
-    sp[0].frames[1].filename = (ddl_str){"/big.py", 7};
+    sp[0].frames[1].name = (ddl_str){big, big_len, 0};
+    sp[0].frames[1].filename = (ddl_str){"/big.py", 7, 0};
     sp[0].frames[1].line = 4;
     sp[0].nframes = 2;
-    sp[0].labels[0].key = (ddl_str){nul_key, sizeof nul_key - 1};
-    sp[0].labels[0].str = (ddl_str){big + 10, 300000};
-    sp[0].labels[1].key = (ddl_str){"thread name", 11};
-    sp[0].labels[1].str = (ddl_str){"\0", 1};
+    sp[0].labels[0].key = (ddl_str){nul_key, sizeof nul_key - 1, 0};
+    sp[0].labels[0].str = (ddl_str){big + 10, 300000, 0};
+    sp[0].labels[1].key = (ddl_str){"thread name", 11, 0};
+    sp[0].labels[1].str = (ddl_str){"\0", 1, 0};
     sp[0].nlabels = 2;
     sp[0].values[0] = 1;
     sp[1] = sp[0];
-    sp[1].frames[0].name = (ddl_str){nul_name, 2}; /* "fn" */
+    sp[1].frames[0].name = (ddl_str){nul_name, 2, 0}; /* "fn" */
     sp[1].values[0] = 2;
 
     s = snapshot_of(sp, 2, 10, 100, 200, 0);

@@ -16,7 +16,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define S(lit) ((ddl_str){(lit), sizeof(lit) - 1})
+#define S(lit) ((ddl_str){(lit), sizeof(lit) - 1, 0})
 
 static const int64_t ONE[DDL_NVALUES] = {1, 10, 1, 100};
 
@@ -24,6 +24,7 @@ static ddl_frame
 frame(const char *name, const char *file, int64_t line)
 {
     ddl_frame f;
+    memset(&f, 0, sizeof f);
     f.name.ptr = name;
     f.name.len = strlen(name);
     f.filename.ptr = file;
@@ -36,6 +37,7 @@ static ddl_label
 str_label(const char *key, const char *value)
 {
     ddl_label l;
+    memset(&l, 0, sizeof l);
     l.key.ptr = key;
     l.key.len = strlen(key);
     l.str.ptr = value;
@@ -48,6 +50,7 @@ static ddl_label
 num_label(const char *key, int64_t num)
 {
     ddl_label l;
+    memset(&l, 0, sizeof l);
     l.key.ptr = key;
     l.key.len = strlen(key);
     l.str.ptr = NULL;
@@ -228,6 +231,62 @@ START_TEST(test_aggregation)
 }
 END_TEST
 
+/* ddl_str.hash: a precomputed hash (what ddl_str_hash returns) and none (0)
+ * name the same interned string, whichever comes first, on the insertion
+ * path and on the hot path (cached by pointer or not). */
+START_TEST(test_precomputed_hash)
+{
+    ddl_profile *p = ddl_profile_new(100, 0);
+    char name1[] = "handler", name2[] = "handler";
+    char file1[] = "/srv/app/handlers.py", file2[] = "/srv/app/handlers.py";
+    char lock1[] = "handlers.py:3:mu", lock2[] = "handlers.py:3:mu";
+    ddl_frame st[1];
+    ddl_label lb[1];
+    ddl_snapshot *s;
+    int round;
+
+    ck_assert_ptr_nonnull(p);
+    ck_assert_uint_eq(ddl_str_hash(name1, 7), ddl_str_hash(name2, 7));
+    ck_assert_uint_ne(ddl_str_hash(name1, 7), ddl_str_hash(name1, 6));
+    for (round = 0; round < 8; round++) {
+        /* alternate buffers and whether each string carries its hash */
+        char *n = round & 1 ? name2 : name1;
+        char *f = round & 2 ? file2 : file1;
+        char *l = round & 4 ? lock2 : lock1;
+        st[0] = frame(n, f, 12);
+        lb[0] = str_label("lock name", l);
+        if (round % 3 != 0) {
+            st[0].name.hash = ddl_str_hash(n, st[0].name.len);
+            lb[0].str.hash = ddl_str_hash(l, lb[0].str.len);
+        }
+        if (round % 2 == 0) {
+            st[0].filename.hash = ddl_str_hash(f, st[0].filename.len);
+            lb[0].key.hash = ddl_str_hash("lock name", 9);
+        }
+        ck_assert_int_eq(ddl_profile_add(p, st, 1, lb, 1, ONE), 0);
+    }
+    /* a new key whose strings are all known, given with their hashes */
+    st[0] = frame(name2, file1, 13);
+    st[0].name.hash = ddl_str_hash(name2, 7);
+    st[0].filename.hash = ddl_str_hash(file1, strlen(file1));
+    ck_assert_int_eq(ddl_profile_add(p, st, 1, lb, 1, ONE), 0);
+
+    s = ddl_profile_swap(p, 1);
+    ck_assert_uint_eq(ddl_snapshot_nsamples(s), 2);
+    ck_assert_int_eq(s->samples[0].values[DDL_V_ACQUIRE], 8);
+    ck_assert_int_eq(s->samples[1].values[DDL_V_ACQUIRE], 1);
+    /* "", handler, the file, "lock name", the lock label */
+    ck_assert_uint_eq(s->nstrs, 5);
+    ck_assert_uint_eq(s->nfuncs, 1);
+    ck_assert_uint_eq(s->nlocs, 2);
+    ck_assert_int_ge(ddl__snapshot_find_str(s, "handler", 7), 1);
+    ck_assert_int_ge(ddl__snapshot_find_str(s, lock1, strlen(lock1)), 1);
+    assert_strings_unique(s);
+    ddl_snapshot_free(s);
+    ddl_profile_free(p);
+}
+END_TEST
+
 START_TEST(test_distinct_label_values)
 {
     ddl_profile *p = ddl_profile_new(100, 0);
@@ -329,11 +388,11 @@ START_TEST(test_reused_buffer)
     int round;
 
     /* fixed lengths: "fn_K", "f_K.p", "L_K" */
-    st[0].name = (ddl_str){name, 4};
-    st[0].filename = (ddl_str){file, 5};
+    st[0].name = (ddl_str){name, 4, 0};
+    st[0].filename = (ddl_str){file, 5, 0};
     st[0].line = 1;
     lb[0].key = S("lock name");
-    lb[0].str = (ddl_str){lock, 3};
+    lb[0].str = (ddl_str){lock, 3, 0};
     for (round = 0; round < 3; round++) {
         int k;
         for (k = 0; k < 4; k++) {
@@ -453,7 +512,7 @@ START_TEST(test_cap_and_dropped)
         memset(big, 'a' + i % 26, 10000);
         snprintf(big, 10000, "%d", i);
         big[strlen(big)] = '#';
-        st[0].name = (ddl_str){big, 10000};
+        st[0].name = (ddl_str){big, 10000, 0};
         st[0].filename = S("/dropped.py");
         st[0].line = 1;
         ck_assert_int_eq(ddl_profile_add(p, st, 1, NULL, 0, ONE), 1);
@@ -587,25 +646,25 @@ START_TEST(test_binary_and_large_strings)
     }
     memcpy(big2, big, big_len);
 
-    st[0].name = (ddl_str){nul_a, 3};
-    st[0].filename = (ddl_str){bytes, sizeof bytes};
+    st[0].name = (ddl_str){nul_a, 3, 0};
+    st[0].filename = (ddl_str){bytes, sizeof bytes, 0};
     st[0].line = 1;
-    st[1].name = (ddl_str){big, big_len};
-    st[1].filename = (ddl_str){NULL, 0}; /* empty, NULL pointer */
+    st[1].name = (ddl_str){big, big_len, 0};
+    st[1].filename = (ddl_str){NULL, 0, 0}; /* empty, NULL pointer */
     st[1].line = 0;
-    lb[0].key = (ddl_str){nul_b, 3};
-    lb[0].str = (ddl_str){big, 1000};
+    lb[0].key = (ddl_str){nul_b, 3, 0};
+    lb[0].str = (ddl_str){big, 1000, 0};
     ck_assert_int_eq(ddl_profile_add(p, st, 2, lb, 1, ONE), 0);
-    st[0].name = (ddl_str){nul_b, 3}; /* differs only after the NUL */
+    st[0].name = (ddl_str){nul_b, 3, 0}; /* differs only after the NUL */
     ck_assert_int_eq(ddl_profile_add(p, st, 2, lb, 1, ONE), 0);
-    st[1].name = (ddl_str){big2, big_len}; /* same MB, other buffer */
+    st[1].name = (ddl_str){big2, big_len, 0}; /* same MB, other buffer */
     ck_assert_int_eq(ddl_profile_add(p, st, 2, lb, 1, ONE), 0);
     big2[big_len / 2] ^= 1; /* one byte in the middle differs */
     ck_assert_int_eq(ddl_profile_add(p, st, 2, lb, 1, ONE), 0);
 
     s = ddl_profile_swap(p, 1);
     ck_assert_uint_eq(ddl_snapshot_nsamples(s), 3);
-    st[1].name = (ddl_str){big, big_len};
+    st[1].name = (ddl_str){big, big_len, 0};
     si = find_sample(s, st, 2, lb, 1);
     ck_assert_int_ge(si, 0);
     ck_assert_int_eq(s->samples[si].values[0], 2);
@@ -618,7 +677,7 @@ START_TEST(test_binary_and_large_strings)
     ddl__snapshot_label(s, (size_t)si, 0, &l);
     ck_assert(str_is(l.key, nul_b, 3));
     ck_assert(str_is(l.str, big, 1000));
-    st[0].name = (ddl_str){nul_a, 3};
+    st[0].name = (ddl_str){nul_a, 3, 0};
     ck_assert_int_ge(find_sample(s, st, 2, lb, 1), 0);
     /* strings: "", a\0b, bytes, big, a\0c, big[:1000], big2 */
     ck_assert_uint_eq(s->nstrs, 7);
@@ -836,6 +895,8 @@ START_TEST(test_randomized_against_model)
                 memcpy(b, pool[pi], pool_len[pi]);
                 str.ptr = b;
                 str.len = pool_len[pi];
+                /* callers may pass the hash precomputed, or not */
+                str.hash = rnd(2) ? ddl_str_hash(b, str.len) : 0;
                 if (j < nf) {
                     if (w == 0) {
                         fr[j].name = str;
@@ -1098,6 +1159,7 @@ profile_suite(void)
     tcase_add_test(tc, test_new_rejects_zero_cap);
     tcase_add_test(tc, test_interning);
     tcase_add_test(tc, test_aggregation);
+    tcase_add_test(tc, test_precomputed_hash);
     tcase_add_test(tc, test_distinct_label_values);
     tcase_add_test(tc, test_label_order);
     tcase_add_test(tc, test_frame_order_and_depth);
