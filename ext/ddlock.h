@@ -70,8 +70,8 @@ typedef struct {
     ddl_site_entry *site_cache; /* DDL_SITE_CACHE_SIZE entries */
     ddl_code_entry *code_cache; /* DDL_CODE_CACHE_SIZE entries */
     ddl_ident_entry ident_cache[DDL_IDENT_CACHE_SIZE];
-    PyObject *str_name;    /* interned "_name" */
-    PyObject *str_ident;   /* interned "_ident" */
+    PyObject *str_name;        /* interned "_name" */
+    PyObject *str_ident;       /* interned "_ident" */
     PyObject *str_dunder_name; /* interned "__name__" */
 
     /* configuration, written only with the GIL held by start()/stop() */

@@ -345,15 +345,18 @@ utf8_sequence_length(const unsigned char *s, size_t n)
         len = 2;
         cp = c & 0x1f;
         min = 0x80;
-    } else if ((c & 0xf0) == 0xe0) {
+    }
+    else if ((c & 0xf0) == 0xe0) {
         len = 3;
         cp = c & 0x0f;
         min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
+    }
+    else if (c >= 0xf0 && c <= 0xf4) {
         len = 4;
         cp = c & 0x07;
         min = 0x10000;
-    } else {
+    }
+    else {
         return 0;
     }
     if (len > n) {
@@ -388,11 +391,13 @@ sb_json_string(strbuf *sb, const char *s)
             esc[1] = (char)c;
             sb_append(sb, esc, 2);
             i++;
-        } else if (c < 0x20 || c == 0x7f) {
+        }
+        else if (c < 0x20 || c == 0x7f) {
             snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)c);
             sb_append(sb, esc, 6);
             i++;
-        } else if (c < 0x80) {
+        }
+        else if (c < 0x80) {
             run = 1;
             while (i + run < n && p[i + run] >= 0x20 && p[i + run] < 0x7f &&
                    p[i + run] != '"' && p[i + run] != '\\') {
@@ -400,12 +405,14 @@ sb_json_string(strbuf *sb, const char *s)
             }
             sb_append(sb, s + i, run);
             i += run;
-        } else {
+        }
+        else {
             run = utf8_sequence_length(p + i, n - i);
             if (run == 0) {
                 sb_puts(sb, "\\ufffd");
                 i++;
-            } else {
+            }
+            else {
                 sb_append(sb, s + i, run);
                 i += run;
             }
@@ -897,10 +904,12 @@ classify(CURLcode rc, long status)
         if (status >= 200 && status < 300) {
             o.ok = 1;
             o.kind = "upload-ok";
-        } else if (status >= 500 && status < 600) {
+        }
+        else if (status >= 500 && status < 600) {
             o.retryable = 1;
             o.kind = "upload-http-5xx";
-        } else if (status >= 400 && status < 500) {
+        }
+        else if (status >= 400 && status < 500) {
             o.kind = "upload-http-4xx";
         }
         return o;
@@ -1103,9 +1112,11 @@ upload(ddl_exporter *e, const ddl_buf *buf, int64_t start_ns, int64_t end_ns,
          * from headers, the URL or libcurl's error buffer. */
         if (rc == CURLE_OK) {
             snprintf(msg, sizeof(msg), "upload failed: HTTP %ld", status);
-        } else if (discarded) {
+        }
+        else if (discarded) {
             snprintf(msg, sizeof(msg), "upload aborted: exporter stopping");
-        } else {
+        }
+        else {
             snprintf(msg, sizeof(msg), "upload failed: %s (curl error %d)",
                      curl_easy_strerror(rc), (int)rc);
         }
@@ -1128,7 +1139,8 @@ done:
         if (ret == 0) {
             e->stats.uploads_ok++;
             e->stats.bytes_uploaded += buf->len;
-        } else {
+        }
+        else {
             e->stats.uploads_failed++;
             if (attempt > 0) {
                 size_t n = strlen(msg);
@@ -1141,9 +1153,11 @@ done:
         if (ret == 0) {
             log_msg(e, DDL_LOG_DEBUG, "upload-ok",
                     "profile uploaded: HTTP %ld, %zu bytes", status, buf->len);
-        } else if (discarded) {
+        }
+        else if (discarded) {
             log_msg(e, DDL_LOG_DEBUG, "upload-aborted", "%s", msg);
-        } else {
+        }
+        else {
             log_msg(e, DDL_LOG_WARNING, outcome.kind, "%s", msg);
         }
     }
@@ -1201,7 +1215,8 @@ export_once(ddl_exporter *e, int is_final, char **path_out)
         rc = upload(e, &buf, start_ns, end_ns, is_final);
         if (rc == EXPORT_ABANDONED) {
             ret = EXPORT_ABANDONED;
-        } else if (rc < 0) {
+        }
+        else if (rc < 0) {
             ret = -1;
         }
     }
@@ -1273,7 +1288,8 @@ export_thread_main(void *arg)
         if (is_flush) {
             publish_flush_locked(e, target, rc, path);
             path = NULL;
-        } else {
+        }
+        else {
             free(path);
             path = NULL;
             now = mono_ns();
@@ -1408,10 +1424,12 @@ init_sync(ddl_exporter *e)
     ok = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC) == 0;
     if (ok && pthread_mutex_init(&e->mu, NULL) != 0) {
         ok = 0;
-    } else if (ok && pthread_cond_init(&e->wake, &attr) != 0) {
+    }
+    else if (ok && pthread_cond_init(&e->wake, &attr) != 0) {
         pthread_mutex_destroy(&e->mu);
         ok = 0;
-    } else if (ok && pthread_cond_init(&e->done, NULL) != 0) {
+    }
+    else if (ok && pthread_cond_init(&e->done, NULL) != 0) {
         pthread_cond_destroy(&e->wake);
         pthread_mutex_destroy(&e->mu);
         ok = 0;
@@ -1687,7 +1705,8 @@ ddl_exporter_stop_stats(ddl_exporter *e, int final_export,
         if (join_export_thread(e) < 0) {
             return; /* abandoned: the export thread frees e */
         }
-    } else if (final_export) {
+    }
+    else if (final_export) {
         /* no thread (it could not be restarted after fork): export here */
         (void)export_once(e, 1, &path);
         free(path);

@@ -307,7 +307,8 @@ str_view(ddl_str *out, PyObject *s, PyObject **escaped)
                 *escaped = b;
                 p = PyBytes_AS_STRING(b);
                 len = PyBytes_GET_SIZE(b);
-            } else {
+            }
+            else {
                 PyErr_Clear();
             }
         }
@@ -511,7 +512,8 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
             ddl_frame *fr = &frames[stack->nframes++];
             code_lookup(st, co, fr, refs, &stack->nrefs);
             fr->line = ddl_cached_line(st, co, f);
-        } else if (++omitted > 100000) {
+        }
+        else if (++omitted > 100000) {
             break;
         }
         PyFrameObject *back = PyFrame_GetBack(f);
@@ -633,7 +635,8 @@ visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
         PyObject *d = PyObject_GenericGetDict(obj, NULL);
         if (d == NULL) {
             PyErr_Clear();
-        } else {
+        }
+        else {
             r = PyDict_Check(d) ? visit_dict(c, d, visit, arg, found) : 0;
             Py_DECREF(d);
             if (r != 0) {
@@ -675,7 +678,8 @@ visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
                         r = 1;
                     }
                 }
-            } else if (visit(c, k, v, arg, found)) {
+            }
+            else if (visit(c, k, v, arg, found)) {
                 r = 1; /* class attribute, e.g. table_lock = Lock() */
             }
         }
@@ -853,7 +857,8 @@ ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
     if (var != NULL) {
         st->names_resolved++;
         label = PyUnicode_FromFormat("%U:%U", site, var);
-    } else {
+    }
+    else {
         st->names_missed++;
         label = Py_NewRef(site);
     }
@@ -971,7 +976,8 @@ ddl_thread_name(ddl_state *st, unsigned long ident)
         if (own != NULL && PyLong_CheckExact(own) &&
             PyLong_AsUnsignedLong(own) == ident && !PyErr_Occurred()) {
             ident_remember(st, ident, own);
-        } else {
+        }
+        else {
             ident_remember(st, ident, key);
         }
         PyErr_Clear();

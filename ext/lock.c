@@ -210,7 +210,8 @@ parse_acquire_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                 return -1;
             }
             blocking = args[nargs + i];
-        } else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0) {
+        }
+        else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0) {
             if (nargs >= 2) {
                 PyErr_SetString(PyExc_TypeError,
                                 "argument for acquire() given by name "
@@ -218,7 +219,8 @@ parse_acquire_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                 return -1;
             }
             timeout = args[nargs + i];
-        } else {
+        }
+        else {
             ddl_err_unexpected_keyword("acquire", k);
             return -1;
         }
@@ -246,9 +248,11 @@ parse_acquire_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
     }
     if (!b) {
         t = 0;
-    } else if (t == UNSET_TIMEOUT_NS) {
+    }
+    else if (t == UNSET_TIMEOUT_NS) {
         t = -1;
-    } else {
+    }
+    else {
         int64_t us = t / 1000 + (t % 1000 != 0);
         if (us > ddl_timeout_max_us()) {
             PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
@@ -720,7 +724,8 @@ rlock_release(PyObject *self, PyObject *unused)
     }
     if (--rl->count == 0) {
         rlock_release_underlying(self);
-    } else {
+    }
+    else {
         /* an inner release of a re-entered lock: counted like the inner
          * acquire (sampled the same way), its hold belongs to the outer */
         ddl_state *st = state_of(self);
@@ -1287,7 +1292,8 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
         if (frames == NULL || refs == NULL) {
             goto done;
         }
-    } else {
+    }
+    else {
         cap = STACK_ON_C_STACK;
     }
     ddl_stack stack;
@@ -1319,7 +1325,8 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     if (is_release) {
         values[DDL_V_RELEASE] = weighted(1.0, weight);
         values[DDL_V_HOLD] = weighted((double)hold_ns, weight);
-    } else {
+    }
+    else {
         values[DDL_V_ACQUIRE] = weighted(1.0, weight);
         values[DDL_V_WAIT] = weighted((double)wait_ns, weight);
     }

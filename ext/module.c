@@ -621,7 +621,8 @@ mod_encode_profile(PyObject *module, PyObject *args, PyObject *kwargs)
                      fill_str(&labels[j].key, key, keep) == 0;
             if (ok && PyUnicode_Check(value)) {
                 ok = fill_str(&labels[j].str, value, keep) == 0;
-            } else if (ok) {
+            }
+            else if (ok) {
                 labels[j].str.ptr = NULL;
                 labels[j].num = PyLong_AsLongLong(value);
                 ok = !PyErr_Occurred();

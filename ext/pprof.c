@@ -223,7 +223,8 @@ ddl_pprof_encode_raw(const ddl_snapshot *s, ddl_buf *out)
             l->key = sl->key;
             if (sl->str == DDL_NUMERIC_LABEL) {
                 l->num = sl->num;
-            } else {
+            }
+            else {
                 l->str = sl->str;
             }
             label_ptrs[li++] = l;
@@ -288,7 +289,8 @@ ddl_pprof_encode_raw(const ddl_snapshot *s, ddl_buf *out)
         if (i < s->nstrs) {
             sp = s->strs[i].ptr;
             len = s->strs[i].len;
-        } else {
+        }
+        else {
             sp = extra[i - s->nstrs].ptr;
             len = extra[i - s->nstrs].len;
         }
@@ -342,7 +344,8 @@ ddl_gzip(const uint8_t *in, size_t len, ddl_buf *out)
      * needed (inputs beyond uLong, or a bound that falls short) */
     if ((uint64_t)len <= (uint64_t)ULONG_MAX / 2) {
         cap = deflateBound(&zs, (uLong)len);
-    } else {
+    }
+    else {
         cap = len / 2;
     }
     if (cap < 64) {

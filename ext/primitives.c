@@ -147,7 +147,8 @@ current_asyncio_task(ddl_state *st)
          * a call */
         task = PyDict_GetItemWithError(st->current_tasks, loop);
         Py_XINCREF(task);
-    } else {
+    }
+    else {
         task = PyObject_CallOneArg(st->current_task, loop);
     }
     Py_DECREF(loop);
@@ -221,7 +222,8 @@ tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
         if (!(p > 0) || (p < 1.0 && ddl_rand_unit() > p)) {
             return;
         }
-    } else {
+    }
+    else {
         if (mode == ACQ_UNCONTENDED && !ddl_sample_uncontended(st)) {
             return;
         }
@@ -287,7 +289,8 @@ tracker_released(ddl_state *st, ddl_tracker *t, int full)
         t->depth = 0;
         acquired_ns = t->base.acquired_ns;
         weight = t->base.weight;
-    } else {
+    }
+    else {
         if (t->nring == 0) {
             return;
         }
@@ -825,7 +828,8 @@ hook_sync_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
                 return r;
             }
             Py_DECREF(r);
-        } else if (PyErr_Occurred()) {
+        }
+        else if (PyErr_Occurred()) {
             return NULL;
         }
     }
@@ -875,7 +879,8 @@ asyncio_would_wait(ddl_state *st, int kind, PyObject *obj)
         if (locked) {
             return 1;
         }
-    } else {
+    }
+    else {
         v = PyObject_GetAttr(obj, st->str__value);
         if (v == NULL) {
             PyErr_Clear();
@@ -896,7 +901,8 @@ asyncio_would_wait(ddl_state *st, int kind, PyObject *obj)
         v = PyObject_GetAttr(obj, st->str__wakeup_scheduled);
         if (v == NULL) {
             PyErr_Clear();
-        } else {
+        }
+        else {
             int scheduled = v != Py_False;
             Py_DECREF(v);
             if (scheduled) {
@@ -1352,7 +1358,8 @@ ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
     PyObject *name = NULL;
     if (task != NULL) {
         name = asyncio_task_name(st, task);
-    } else if ((task = current_greenlet(st)) != NULL) {
+    }
+    else if ((task = current_greenlet(st)) != NULL) {
         name = PyObject_GetAttr(task, st->str_name_attr);
     }
     if (task == NULL) {
@@ -1366,7 +1373,8 @@ ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
         refs->refs[refs->n++] = name;
         ddl_str_of(&s, name, refs->refs, &refs->n);
         out[n++] = (ddl_label){{"task name", 9}, s, 0};
-    } else {
+    }
+    else {
         Py_XDECREF(name);
         PyErr_Clear();
     }

@@ -108,17 +108,21 @@ hash_bytes(const void *ptr, size_t len, uint64_t seed)
         if (len >= 8) {
             a = load64(p);
             b = load64(p + len - 8);
-        } else if (len >= 4) {
+        }
+        else if (len >= 4) {
             a = load32(p);
             b = load32(p + len - 4);
-        } else if (len > 0) {
+        }
+        else if (len > 0) {
             a = ((uint64_t)p[0] << 16) | ((uint64_t)p[len >> 1] << 8) |
                 p[len - 1];
             b = 0;
-        } else {
+        }
+        else {
             a = b = 0;
         }
-    } else {
+    }
+    else {
         size_t n = len;
         while (n > 16) {
             h = fold_mul(load64(p) ^ K1, load64(p + 8) ^ h);
@@ -781,7 +785,8 @@ resolve_key(ddl_snapshot *t, const ddl_frame *frames, size_t nframes,
         if (labels[i].str.ptr == NULL) {
             lbl[i].str = DDL_NUMERIC_LABEL;
             lbl[i].num = labels[i].num;
-        } else {
+        }
+        else {
             int64_t v = resolve_str(t, &labels[i].str);
             if (v < 0) {
                 return -1;
@@ -1015,7 +1020,8 @@ sample_insert(ddl_snapshot *t, const ddl_frame *frames, size_t nframes,
         if (labels[j].str.ptr == NULL) {
             l->str = DDL_NUMERIC_LABEL;
             l->num = labels[j].num;
-        } else {
+        }
+        else {
             l->str = intern_str(t, &labels[j].str, sh[2 * j + 1]);
             l->num = 0;
         }
@@ -1130,14 +1136,17 @@ ddl_profile_add(ddl_profile *p, const ddl_frame *frames, size_t nframes,
             v[j] = (int64_t)((uint64_t)v[j] + (uint64_t)values[j]);
         }
         rc = 0;
-    } else if (t->nsamples >= p->max_samples) {
+    }
+    else if (t->nsamples >= p->max_samples) {
         rc = 1;
-    } else {
+    }
+    else {
         rc = sample_insert(t, frames, nframes, labels, nlabels, values, sh);
     }
     if (rc == 0) {
         p->samples_added++;
-    } else {
+    }
+    else {
         t->dropped++;
         p->samples_dropped++;
     }
@@ -1276,7 +1285,8 @@ ddl__snapshot_label(const ddl_snapshot *s, size_t si, size_t i, ddl_label *out)
         out->str.ptr = NULL;
         out->str.len = 0;
         out->num = l->num;
-    } else {
+    }
+    else {
         out->str = ddl__snapshot_str(s, l->str);
         out->num = 0;
     }

@@ -490,7 +490,8 @@ server_main(void *arg)
         if (i < MAX_REQS) {
             s->reqs[i] = req;
             s->nreq++;
-        } else {
+        }
+        else {
             free(req.head);
             free(req.body);
         }
@@ -532,7 +533,8 @@ server_start(server *s, const char *unix_path)
         ck_assert_int_ge(s->fd, 0);
         ck_assert_int_eq(bind(s->fd, (struct sockaddr *)&addr, sizeof(addr)),
                          0);
-    } else {
+    }
+    else {
         struct sockaddr_in addr;
         socklen_t alen = sizeof(addr);
         int one = 1;
@@ -935,7 +937,8 @@ START_TEST(test_unwritable_directory)
         /* the temp file was removed: only the directory remains */
         ck_assert_int_eq(count_dir_entries(dir), 1);
         rmdir(target);
-    } else {
+    }
+    else {
         ck_assert_int_eq(chmod(dir, 0500), 0);
         snprintf(prefix, sizeof(prefix), "%s/p", dir);
         cfg.output_prefix = prefix;
@@ -1729,7 +1732,8 @@ fork_child_checks(ddl_exporter *e, const char *prefix, int uploads)
     }
     if (ddl_exporter_flush(e, &paths) != 0) {
         code = 11;
-    } else {
+    }
+    else {
         snprintf(expect, sizeof(expect), "%s.%ld.1.pprof", prefix,
                  (long)getpid());
         if (paths == NULL || paths[0] == NULL ||

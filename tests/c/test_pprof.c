@@ -217,8 +217,9 @@ sample_matches(const Perftools__Profiles__Profile *m, const wstr *tab,
             if (l->str != 0 || l->num != want->num) {
                 return 0;
             }
-        } else if (l->num != 0 ||
-                   !wstr_is(tab, ntab, l->str, want->str.ptr, want->str.len)) {
+        }
+        else if (l->num != 0 ||
+                 !wstr_is(tab, ntab, l->str, want->str.ptr, want->str.len)) {
             return 0;
         }
     }
@@ -297,7 +298,8 @@ check_profile(const ddl_buf *raw, const spec *specs, size_t n, int64_t start,
     ck_assert_int_eq(m->default_sample_type, 0);
     if (dropped == 0) {
         ck_assert_uint_eq(m->n_comment, 0);
-    } else {
+    }
+    else {
         char want[128];
         snprintf(want, sizeof want,
                  "ddlock: %llu samples dropped (max samples reached)",

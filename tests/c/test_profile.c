@@ -88,7 +88,8 @@ find_sample(const ddl_snapshot *s, const ddl_frame *frames, size_t nframes,
             eq = str_is(l.key, labels[j].key.ptr, labels[j].key.len);
             if (eq && labels[j].str.ptr == NULL) {
                 eq = l.str.ptr == NULL && l.num == labels[j].num;
-            } else if (eq) {
+            }
+            else if (eq) {
                 eq = l.str.ptr != NULL &&
                      str_is(l.str, labels[j].str.ptr, labels[j].str.len);
             }
@@ -757,7 +758,8 @@ serialize_key(char *out, const ddl_frame *frames, size_t nframes,
         PUT(labels[i].key.ptr, labels[i].key.len);
         if (labels[i].str.ptr == NULL) {
             PUT(&labels[i].num, sizeof labels[i].num);
-        } else {
+        }
+        else {
             PUTN(0);
             PUT(labels[i].str.ptr, labels[i].str.len);
         }
@@ -900,18 +902,22 @@ START_TEST(test_randomized_against_model)
                 if (j < nf) {
                     if (w == 0) {
                         fr[j].name = str;
-                    } else {
+                    }
+                    else {
                         fr[j].filename = str;
                     }
-                } else if (w == 0) {
+                }
+                else if (w == 0) {
                     lb[j - nf].key = str;
-                } else {
+                }
+                else {
                     lb[j - nf].str = str;
                 }
             }
             if (j < nf) {
                 fr[j].line = rnd(3);
-            } else if (rnd(2) == 0) {
+            }
+            else if (rnd(2) == 0) {
                 lb[j - nf].str.ptr = NULL; /* numeric */
                 lb[j - nf].str.len = 0;
                 lb[j - nf].num = (int64_t)rnd(3) - 1;
