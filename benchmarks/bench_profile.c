@@ -65,6 +65,7 @@ make_key(key_t_ *k, size_t nframes, const unsigned *fids, unsigned variant)
     size_t i;
     for (i = 0; i < nframes; i++) {
         unsigned f = fids[i];
+        memset(&k->frames[i], 0, sizeof k->frames[i]); /* hash and key: none */
         int nl = snprintf(k->names[i], sizeof k->names[i],
                           "service.handlers.Handler%u.method_%u", f % 97, f);
         int fl = snprintf(k->files[i], sizeof k->files[i],

@@ -34,7 +34,8 @@ typedef struct {
                              UTF-8 form (name, filename), else NULL */
     ddl_str name_s;       /* views with their profile hashes */
     ddl_str filename_s;
-    int internal; /* threading.py, ddlock or asyncio's lock code */
+    int internal;    /* threading.py, ddlock or asyncio's lock code */
+    uint64_t serial; /* unique per fill: the frames' ddl_frame.key */
 } ddl_code_entry;
 
 #define DDL_IDENT_CACHE_SIZE 64 /* power of two */
@@ -69,6 +70,7 @@ typedef struct {
     ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
     ddl_site_entry *site_cache; /* DDL_SITE_CACHE_SIZE entries */
     ddl_code_entry *code_cache; /* DDL_CODE_CACHE_SIZE entries */
+    uint64_t code_serial;       /* last ddl_code_entry.serial handed out */
     ddl_ident_entry ident_cache[DDL_IDENT_CACHE_SIZE];
     PyObject *str_name;        /* interned "_name" */
     PyObject *str_ident;       /* interned "_ident" */

@@ -380,6 +380,7 @@ code_entry_views(const ddl_code_entry *e, ddl_frame *fr, PyObject **refs,
 {
     fr->name = e->name_s;
     fr->filename = e->filename_s;
+    fr->key = e->serial;
     if (e->escaped[0] != NULL) {
         refs[(*nrefs)++] = Py_NewRef(e->escaped[0]);
     }
@@ -404,6 +405,9 @@ code_fill(ddl_state *st, ddl_code_entry *e, PyCodeObject *co, ddl_frame *fr,
     fresh.filename_s.hash =
         ddl_str_hash(fresh.filename_s.ptr, fresh.filename_s.len);
     fresh.internal = is_internal_code(st, co);
+    /* never reused: the profile may trust a frame with this key to have
+     * these name and filename bytes (ddl_frame.key) */
+    fresh.serial = ++st->code_serial;
     ddl_code_entry old = *e;
     *e = fresh; /* the references move to the entry */
     if (fr != NULL) {
@@ -426,6 +430,7 @@ code_lookup(ddl_state *st, PyCodeObject *co, ddl_frame *fr, PyObject **refs,
         if (fr != NULL) {
             ddl_str_from_unicode(&fr->name, ddl_code_name(co), refs, nrefs);
             ddl_str_from_unicode(&fr->filename, co->co_filename, refs, nrefs);
+            fr->key = 0;
         }
         return is_internal_code(st, co);
     }
@@ -528,6 +533,7 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
         fr->name = (ddl_str){stack->omitted_buf, (size_t)n, 0};
         fr->filename = (ddl_str){"", 0, 0};
         fr->line = 0;
+        fr->key = 0;
     }
     return 0;
 }

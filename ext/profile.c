@@ -712,7 +712,8 @@ resolve_frame_slow(ddl_snapshot *t, const ddl_frame *f, ddl_frame_cache *e)
     }
     loc = loc_find(t, (uint32_t)fn, f->line, hash_loc((uint32_t)fn, f->line),
                    NULL);
-    if (loc >= 0 && e != NULL) {
+    if (loc >= 0 && e != NULL && f->name.len <= UINT32_MAX &&
+        f->filename.len <= UINT32_MAX) {
         if (e->loc1 == 0 && ++t->frame_cache_used > (mask + 1) / 2) {
             memset(t->frame_cache, 0, (mask + 1) * sizeof *e);
             t->frame_cache_used = 1;
@@ -722,9 +723,10 @@ resolve_frame_slow(ddl_snapshot *t, const ddl_frame *f, ddl_frame_cache *e)
         e->file_ptr = f->filename.ptr;
         e->line = f->line;
         e->name_copy = name == 0 ? "" : t->strs[name].ptr;
-        e->name_len = f->name.len;
+        e->name_len = (uint32_t)f->name.len;
         e->file_copy = file == 0 ? "" : t->strs[file].ptr;
-        e->file_len = f->filename.len;
+        e->file_len = (uint32_t)f->filename.len;
+        e->key = f->key;
         e->loc1 = (uint32_t)loc + 1;
     }
     return loc;
@@ -747,10 +749,11 @@ resolve_frame(ddl_snapshot *t, const ddl_frame *f)
                 break;
             }
         }
-        if (e->loc1 != 0 && e->name_len == f->name.len &&
-            e->file_len == f->filename.len &&
-            bytes_eq(e->name_copy, f->name.ptr, f->name.len) &&
-            bytes_eq(e->file_copy, f->filename.ptr, f->filename.len)) {
+        if (e->loc1 != 0 &&
+            ((f->key != 0 && e->key == f->key) ||
+             (e->name_len == f->name.len && e->file_len == f->filename.len &&
+              bytes_eq(e->name_copy, f->name.ptr, f->name.len) &&
+              bytes_eq(e->file_copy, f->filename.ptr, f->filename.len)))) {
             return e->loc1 - 1;
         }
     }
@@ -1274,6 +1277,7 @@ ddl__snapshot_frame(const ddl_snapshot *s, size_t si, size_t i, ddl_frame *out)
     out->name = ddl__snapshot_str(s, fn->name);
     out->filename = ddl__snapshot_str(s, fn->filename);
     out->line = loc->line;
+    out->key = 0;
 }
 
 void

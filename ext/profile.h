@@ -34,6 +34,11 @@ typedef struct {
     ddl_str name;     /* function name (qualified name on 3.11+) */
     ddl_str filename; /* code object's filename */
     int64_t line;     /* line number, 0 when unknown */
+    uint64_t key;     /* 0, or the caller's promise that every frame it
+                         passes with this key has the same name and filename
+                         bytes (at the same pointers or not): the profile
+                         then trusts a cached frame with the same pointers
+                         and key without comparing the bytes again */
 } ddl_frame;
 
 /* One label. A label with str.ptr == NULL is numeric (num is used). */

@@ -65,15 +65,18 @@ typedef struct ddl_chunk ddl_chunk;
 /* Hot-path caches keyed by the caller's string pointers (compared for
  * identity only: they may since point to other bytes). An entry is only a
  * hint: a hit is accepted after the caller's bytes compare equal to the
- * interned strings it names. */
+ * interned strings it names, or when the frame carries the same non-zero
+ * key as the one the entry was made from (ddl_frame.key: the caller
+ * promises the same bytes for the same key). */
 typedef struct {
     const char *name_ptr; /* the caller's pointers */
     const char *file_ptr;
     const char *name_copy; /* the interned bytes they must equal */
     const char *file_copy;
-    size_t name_len;
-    size_t file_len;
+    uint32_t name_len;
+    uint32_t file_len;
     int64_t line;
+    uint64_t key;  /* the frame's key, 0 = none */
     uint32_t loc1; /* location index + 1, 0 = empty entry */
     uint32_t unused;
 } ddl_frame_cache;

@@ -104,7 +104,7 @@ wstr_is(const wstr *tab, size_t n, int64_t idx, const void *ptr, size_t len)
 static ddl_frame
 frame(const char *name, const char *file, int64_t line)
 {
-    ddl_frame f;
+    ddl_frame f = {0};
     memset(&f, 0, sizeof f);
     f.name.ptr = name;
     f.name.len = strlen(name);
@@ -244,7 +244,7 @@ snapshot_of(const spec *specs, size_t n, size_t cap, int64_t start,
     }
     for (d = 0; d < extra_drops; d++) {
         char name[32];
-        ddl_frame f;
+        ddl_frame f = {0};
         snprintf(name, sizeof name, "dropped_%d", d);
         f = frame(name, "/dropped.py", d);
         ck_assert_int_eq(ddl_profile_add(p, &f, 1, NULL, 0, specs[0].values),
@@ -453,7 +453,7 @@ standard_specs(spec *sp)
 
 START_TEST(test_roundtrip_every_field)
 {
-    spec sp[3];
+    spec sp[3] = {0};
     size_t n = standard_specs(sp);
     int64_t start = 1700000000123456789, end = 1700000060987654321;
     ddl_snapshot *s = snapshot_of(sp, n, 100, start, end, 0);
@@ -479,7 +479,7 @@ END_TEST
 
 START_TEST(test_comment_on_drop)
 {
-    spec sp[3];
+    spec sp[3] = {0};
     size_t n = standard_specs(sp);
     ddl_snapshot *s = snapshot_of(sp, n, 3, 10, 20, 5);
     ddl_buf raw = {NULL, 0};
@@ -512,7 +512,7 @@ END_TEST
 /* Function names equal to the encoder's own strings share their index. */
 START_TEST(test_fixed_strings_shared)
 {
-    spec sp[1];
+    spec sp[1] = {0};
     ddl_snapshot *s;
     ddl_buf raw = {NULL, 0};
     wstr *tab;
@@ -543,7 +543,7 @@ END_TEST
 
 START_TEST(test_gzip_framing)
 {
-    spec sp[3];
+    spec sp[3] = {0};
     size_t n = standard_specs(sp);
     ddl_snapshot *s = snapshot_of(sp, n, 100, 1, 2, 0);
     ddl_buf raw = {NULL, 0}, gz = {NULL, 0}, back = {NULL, 0};
@@ -601,7 +601,7 @@ START_TEST(test_binary_and_large_strings)
     static const char nul_key[] = "k\0ey";
     size_t big_len = 1024 * 1024, i;
     char *big = malloc(big_len);
-    spec sp[2];
+    spec sp[2] = {0};
     ddl_snapshot *s;
     ddl_buf raw = {NULL, 0}, gz = {NULL, 0}, back = {NULL, 0};
 
@@ -679,7 +679,7 @@ END_TEST
 
 START_TEST(test_go_tool_pprof_reads_it)
 {
-    spec sp[3];
+    spec sp[3] = {0};
     size_t n = standard_specs(sp);
     ddl_snapshot *s;
     ddl_buf gz = {NULL, 0};

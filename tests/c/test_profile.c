@@ -23,7 +23,7 @@ static const int64_t ONE[DDL_NVALUES] = {1, 10, 1, 100};
 static ddl_frame
 frame(const char *name, const char *file, int64_t line)
 {
-    ddl_frame f;
+    ddl_frame f = {0};
     memset(&f, 0, sizeof f);
     f.name.ptr = name;
     f.name.len = strlen(name);
@@ -75,7 +75,7 @@ find_sample(const ddl_snapshot *s, const ddl_frame *frames, size_t nframes,
         const ddl_ssample *smp = &s->samples[i];
         int eq = smp->nframes == nframes && smp->nlabels == nlabels;
         for (j = 0; eq && j < nframes; j++) {
-            ddl_frame f;
+            ddl_frame f = {0};
             ddl__snapshot_frame(s, i, j, &f);
             eq = str_is(f.name, frames[j].name.ptr, frames[j].name.len) &&
                  str_is(f.filename, frames[j].filename.ptr,
@@ -129,10 +129,10 @@ START_TEST(test_interning)
     /* separate buffers with equal contents: interning is by content */
     char name_a[] = "handler", name_b[] = "handler";
     char file_a[] = "/app/x.py", file_b[] = "/app/x.py";
-    ddl_frame s1[3], s2[2];
+    ddl_frame s1[3] = {0}, s2[2] = {0};
     ddl_label l1[1], l2[1];
     ddl_snapshot *s;
-    ddl_frame f;
+    ddl_frame f = {0};
 
     s1[0] = frame(name_a, file_a, 10);
     s1[1] = frame("main", "/app/main.py", 5);
@@ -193,7 +193,7 @@ START_TEST(test_aggregation)
 {
     ddl_profile *p = ddl_profile_new(100, 0);
     char buf1[32], buf2[32];
-    ddl_frame st[2];
+    ddl_frame st[2] = {0};
     ddl_label lb[2];
     const int64_t v1[DDL_NVALUES] = {1, 100, 0, 0};
     const int64_t v2[DDL_NVALUES] = {0, 0, 1, 5000};
@@ -241,7 +241,7 @@ START_TEST(test_precomputed_hash)
     char name1[] = "handler", name2[] = "handler";
     char file1[] = "/srv/app/handlers.py", file2[] = "/srv/app/handlers.py";
     char lock1[] = "handlers.py:3:mu", lock2[] = "handlers.py:3:mu";
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_label lb[1];
     ddl_snapshot *s;
     int round;
@@ -291,7 +291,7 @@ END_TEST
 START_TEST(test_distinct_label_values)
 {
     ddl_profile *p = ddl_profile_new(100, 0);
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_label lb[1];
     ddl_snapshot *s;
 
@@ -331,7 +331,7 @@ END_TEST
 START_TEST(test_label_order)
 {
     ddl_profile *p = ddl_profile_new(100, 0);
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_label ab[2], ba[2];
     ddl_snapshot *s;
 
@@ -355,7 +355,7 @@ END_TEST
 START_TEST(test_frame_order_and_depth)
 {
     ddl_profile *p = ddl_profile_new(100, 0);
-    ddl_frame ab[2], ba[2];
+    ddl_frame ab[2] = {0}, ba[2] = {0};
     ddl_snapshot *s;
 
     ab[0] = frame("a", "/m.py", 1);
@@ -383,7 +383,7 @@ START_TEST(test_reused_buffer)
 {
     ddl_profile *p = ddl_profile_new(100, 0);
     char name[16], file[16], lock[16];
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_label lb[1];
     ddl_snapshot *s;
     int round;
@@ -406,7 +406,7 @@ START_TEST(test_reused_buffer)
     s = ddl_profile_swap(p, 1);
     ck_assert_uint_eq(ddl_snapshot_nsamples(s), 4);
     for (round = 0; round < 4; round++) {
-        ddl_frame f;
+        ddl_frame f = {0};
         ddl_label l;
         char want[16];
         long i;
@@ -429,6 +429,70 @@ START_TEST(test_reused_buffer)
 }
 END_TEST
 
+/* ddl_frame.key: a frame whose pointers, line and non-zero key match a
+ * cached frame's is that frame (its bytes are not compared again: the key
+ * is the caller's promise); any other change of key or bytes is compared
+ * and told apart, as without keys. */
+START_TEST(test_frame_keys)
+{
+    ddl_profile *p = ddl_profile_new(100, 0);
+    char name[16], file[16];
+    ddl_frame st[1] = {0};
+    ddl_snapshot *s;
+    int k;
+
+    st[0].name = (ddl_str){name, 4, 0};
+    st[0].filename = (ddl_str){file, 5, 0};
+    st[0].line = 7;
+    /* key 1: "fn_A" in "f_A.p", three times */
+    memcpy(name, "fn_A", 4);
+    memcpy(file, "f_A.p", 5);
+    st[0].key = 1;
+    for (k = 0; k < 3; k++) {
+        ck_assert_int_eq(ddl_profile_add(p, st, 1, NULL, 0, ONE), 0);
+    }
+    /* the same buffers now hold "fn_B". A broken promise shows the
+     * shortcut: under key 1 these bytes are taken for key 1's frame
+     * ("fn_A") without comparing */
+    memcpy(name, "fn_B", 4);
+    ck_assert_int_eq(ddl_profile_add(p, st, 1, NULL, 0, ONE), 0);
+    /* under another key, or none, the bytes are compared: a new frame */
+    st[0].key = 2;
+    ck_assert_int_eq(ddl_profile_add(p, st, 1, NULL, 0, ONE), 0);
+    st[0].key = 0;
+    ck_assert_int_eq(ddl_profile_add(p, st, 1, NULL, 0, ONE), 0);
+    st[0].key = 2;
+    ck_assert_int_eq(ddl_profile_add(p, st, 1, NULL, 0, ONE), 0);
+    /* another line is another location, key or not */
+    st[0].line = 8;
+    ck_assert_int_eq(ddl_profile_add(p, st, 1, NULL, 0, ONE), 0);
+    s = ddl_profile_swap(p, 1);
+    ck_assert_uint_eq(ddl_snapshot_nsamples(s), 3);
+    {
+        ddl_frame a = {0}, b = {0}, c = {0};
+        a.name = (ddl_str){"fn_A", 4, 0};
+        a.filename = (ddl_str){"f_A.p", 5, 0};
+        a.line = 7;
+        b = a;
+        b.name = (ddl_str){"fn_B", 4, 0};
+        c = b;
+        c.line = 8;
+        long ia = find_sample(s, &a, 1, NULL, 0);
+        long ib = find_sample(s, &b, 1, NULL, 0);
+        long ic = find_sample(s, &c, 1, NULL, 0);
+        ck_assert_int_ge(ia, 0);
+        ck_assert_int_ge(ib, 0);
+        ck_assert_int_ge(ic, 0);
+        ck_assert_int_eq(s->samples[ia].values[0], 4); /* 3 + the broken one */
+        ck_assert_int_eq(s->samples[ib].values[0], 3);
+        ck_assert_int_eq(s->samples[ic].values[0], 1);
+    }
+    assert_strings_unique(s);
+    ddl_snapshot_free(s);
+    ddl_profile_free(p);
+}
+END_TEST
+
 /* Thousands of keys: index rebuilds keep every key findable and strings,
  * functions and locations unique. */
 START_TEST(test_many_keys)
@@ -436,7 +500,7 @@ START_TEST(test_many_keys)
     enum { NKEYS = 3000, DEPTH = 12 };
     ddl_profile *p = ddl_profile_new(NKEYS, 0);
     static char names[DEPTH][32], files[DEPTH][32], lock[32];
-    ddl_frame st[DEPTH];
+    ddl_frame st[DEPTH] = {0};
     ddl_label lb[2];
     ddl_snapshot *s;
     int k, pass, d;
@@ -493,7 +557,7 @@ END_TEST
 START_TEST(test_cap_and_dropped)
 {
     ddl_profile *p = ddl_profile_new(3, 0);
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_profile_stats stats;
     ddl_snapshot *s;
     char *big = malloc(10000);
@@ -554,7 +618,7 @@ END_TEST
 START_TEST(test_swap)
 {
     ddl_profile *p = ddl_profile_new(10, 1000);
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_profile_stats stats;
     ddl_snapshot *s1, *s2, *s3;
 
@@ -598,7 +662,7 @@ END_TEST
 START_TEST(test_clear)
 {
     ddl_profile *p = ddl_profile_new(2, 0);
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_profile_stats stats;
     ddl_snapshot *s;
     int i;
@@ -632,10 +696,10 @@ START_TEST(test_binary_and_large_strings)
     static const char bytes[] = {'\xff', '\x00', '\x80', 'z', '\xc3'};
     size_t big_len = 1024 * 1024;
     char *big = malloc(big_len), *big2 = malloc(big_len);
-    ddl_frame st[2];
+    ddl_frame st[2] = {0};
     ddl_label lb[1];
     ddl_snapshot *s;
-    ddl_frame f;
+    ddl_frame f = {0};
     ddl_label l;
     size_t i;
     long si;
@@ -696,7 +760,7 @@ START_TEST(test_deep_stack_heap_scratch)
     enum { DEPTH = 300, NLAB = 40 };
     ddl_profile *p = ddl_profile_new(10, 0);
     static char names[DEPTH][16], keys[NLAB][16];
-    ddl_frame st[DEPTH];
+    ddl_frame st[DEPTH] = {0};
     ddl_label lb[NLAB];
     ddl_snapshot *s;
     int i;
@@ -793,7 +857,7 @@ check_against_model(ddl_snapshot *s, model_entry *model, size_t *nmodel,
     size_t i, j, k;
     ck_assert_uint_eq(ddl_snapshot_nsamples(s), *nmodel);
     for (i = 0; i < ddl_snapshot_nsamples(s); i++) {
-        ddl_frame fr[8];
+        ddl_frame fr[8] = {0};
         ddl_label lb[4];
         size_t len;
         const ddl_ssample *smp = &s->samples[i];
@@ -872,7 +936,7 @@ START_TEST(test_randomized_against_model)
     pool_len[8] = pool_len[9] = 3; /* the ones with a NUL */
     rng_state = 0x5eed;
     for (i = 0; i < ADDS; i++) {
-        ddl_frame fr[8];
+        ddl_frame fr[8] = {0};
         ddl_label lb[4];
         size_t nf = rnd(5) + (rnd(4) == 0 ? 3 : 0), nl = rnd(4), j;
         int64_t v[DDL_NVALUES] = {1, rnd(100), rnd(2), rnd(1000)};
@@ -991,7 +1055,7 @@ adder(void *arg)
     for (i = 0; i < PER_THREAD; i++) {
         int k = (i * 7 + a->id) % CKEYS;
         int64_t v[DDL_NVALUES] = {1, i % 13, 1, a->id + 1};
-        ddl_frame st[3];
+        ddl_frame st[3] = {0};
         ddl_label lb[2];
         snprintf(name, sizeof name, "fn_%d", k);
         snprintf(lock, sizeof lock, "lock_%d", k % 7);
@@ -1095,7 +1159,7 @@ END_TEST
 START_TEST(test_fork_child_clears)
 {
     ddl_profile *p = ddl_profile_new(100, 0);
-    ddl_frame st[1];
+    ddl_frame st[1] = {0};
     ddl_snapshot *s;
     pid_t pid;
     int status = -1;
@@ -1108,7 +1172,7 @@ START_TEST(test_fork_child_clears)
     if (pid == 0) {
         /* child: no Check assertions (exit code reports) */
         ddl_profile_stats stats;
-        ddl_frame cst[1];
+        ddl_frame cst[1] = {0};
         int rc = 0;
         ddl_profile_fork_child(p, 555);
         ddl_profile_get_stats(p, &stats);
@@ -1170,6 +1234,7 @@ profile_suite(void)
     tcase_add_test(tc, test_label_order);
     tcase_add_test(tc, test_frame_order_and_depth);
     tcase_add_test(tc, test_reused_buffer);
+    tcase_add_test(tc, test_frame_keys);
     tcase_add_test(tc, test_many_keys);
     tcase_add_test(tc, test_cap_and_dropped);
     tcase_add_test(tc, test_swap);
