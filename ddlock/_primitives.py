@@ -228,18 +228,21 @@ def _threading_semaphore(kind, original):
     now = _native._now
     bounded = kind == "BoundedSemaphore"
 
+    # (Returning from inside the `with` and reading attributes rather than
+    # keeping locals is what makes these as cheap as threading.py's own on
+    # 3.13, measured with callgrind.)
     def acquire(self, blocking=True, timeout=None):
         if blocking is True and timeout is None:
             with self._cond:
-                free = self._value != 0
-                if free:
+                if self._value:
                     self._value -= 1
-                    # the countdown (Tracker.__bool__), under the semaphore's lock
-                    cd = self._ddl_cd
-                    sample = not cd
-            if free:
-                if sample:
-                    cd._tick(self)
+                    if self._ddl_cd:  # the countdown (Tracker.__bool__)
+                        return True
+                    sample = True
+                else:
+                    sample = False
+            if sample:
+                self._ddl_cd._tick(self)  # falsy: the Tracker
                 return True
         tracker = self._ddl_tracker
         if tracker is None:
@@ -254,28 +257,32 @@ def _threading_semaphore(kind, original):
         def release(self, n=1):
             if n is _ONE:
                 with self._cond:
-                    over = self._value + 1 > self._initial_value
-                    if not over:
+                    if self._value < self._initial_value:
                         self._value += 1
                         self._cond.notify(1)  # as threading.py: notify(n)
+                        if self._ddl_hold is None:
+                            return
+                        over = False
+                    else:
+                        over = True
                 if over:
                     orig_release(self, n)  # raises threading.py's ValueError
             else:
                 orig_release(self, n)
-            hold = self._ddl_hold
-            if hold is not None:
-                hold._release_hold(self)
+            if self._ddl_hold is not None:
+                self._ddl_hold._release_hold(self)
     else:
         def release(self, n=1):
             if n is _ONE:
                 with self._cond:
                     self._value += 1
                     self._cond.notify(1)  # as threading.py: notify(n)
+                    if self._ddl_hold is None:
+                        return
             else:
                 orig_release(self, n)
-            hold = self._ddl_hold
-            if hold is not None:
-                hold._release_hold(self)
+            if self._ddl_hold is not None:
+                self._ddl_hold._release_hold(self)
 
     cls = _build(kind, original)
     cls.acquire = _rename(acquire, orig_acquire.__qualname__)
@@ -386,9 +393,8 @@ def _asyncio_methods(kind, original):
         async def acquire(self):
             if not self._locked and not self._waiters:
                 self._locked = True
-                cd = self._ddl_cd
-                if not cd:  # the countdown (Tracker.__bool__): sample
-                    cd._tick(self)
+                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
+                    self._ddl_cd._tick(self)
                 return True
             return await timed_acquire(self)
 
@@ -397,16 +403,14 @@ def _asyncio_methods(kind, original):
                 self._locked = False
             else:
                 orig_release(self)
-            hold = self._ddl_hold
-            if hold is not None:
-                hold._release_hold(self)
+            if self._ddl_hold is not None:
+                self._ddl_hold._release_hold(self)
 
         async def __aenter__(self):
             if type(self) is exact and not self._locked and not self._waiters:
                 self._locked = True
-                cd = self._ddl_cd
-                if not cd:  # the countdown (Tracker.__bool__): sample
-                    cd._tick(self)
+                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
+                    self._ddl_cd._tick(self)
                 return None
             await self.acquire()
             return None
@@ -414,9 +418,8 @@ def _asyncio_methods(kind, original):
         async def __aexit__(self, exc_type, exc, tb):
             if type(self) is exact and self._locked and not self._waiters:
                 self._locked = False
-                hold = self._ddl_hold
-                if hold is not None:
-                    hold._release_hold(self)
+                if self._ddl_hold is not None:
+                    self._ddl_hold._release_hold(self)
             else:
                 self.release()
     else:
@@ -426,9 +429,8 @@ def _asyncio_methods(kind, original):
             if self._value > 0 and not self._waiters and not (
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
-                cd = self._ddl_cd
-                if not cd:  # the countdown (Tracker.__bool__): sample
-                    cd._tick(self)
+                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
+                    self._ddl_cd._tick(self)
                 return True
             return await timed_acquire(self)
 
@@ -436,9 +438,8 @@ def _asyncio_methods(kind, original):
             if type(self) is exact and self._value > 0 and not self._waiters and not (
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
-                cd = self._ddl_cd
-                if not cd:  # the countdown (Tracker.__bool__): sample
-                    cd._tick(self)
+                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
+                    self._ddl_cd._tick(self)
                 return None
             await self.acquire()
             return None
@@ -449,17 +450,15 @@ def _asyncio_methods(kind, original):
                     self._value += 1
                 else:
                     orig_release(self)  # raises, or wakes a waiter
-                hold = self._ddl_hold
-                if hold is not None:
-                    hold._release_hold(self)
+                if self._ddl_hold is not None:
+                    self._ddl_hold._release_hold(self)
 
             async def __aexit__(self, exc_type, exc, tb):
                 if type(self) is exact and self._value < self._bound_value and \
                         not self._waiters:
                     self._value += 1
-                    hold = self._ddl_hold
-                    if hold is not None:
-                        hold._release_hold(self)
+                    if self._ddl_hold is not None:
+                        self._ddl_hold._release_hold(self)
                 else:
                     self.release()
         else:
@@ -468,16 +467,14 @@ def _asyncio_methods(kind, original):
                     self._value += 1
                 else:
                     orig_release(self)
-                hold = self._ddl_hold
-                if hold is not None:
-                    hold._release_hold(self)
+                if self._ddl_hold is not None:
+                    self._ddl_hold._release_hold(self)
 
             async def __aexit__(self, exc_type, exc, tb):
                 if type(self) is exact and not self._waiters:
                     self._value += 1
-                    hold = self._ddl_hold
-                    if hold is not None:
-                        hold._release_hold(self)
+                    if self._ddl_hold is not None:
+                        self._ddl_hold._release_hold(self)
                 else:
                     self.release()
 
@@ -590,9 +587,8 @@ def _asyncio_condition(original):
         if type(self) is cls and type(lock) is lock_cls and not lock._locked and \
                 not lock._waiters:
             lock._locked = True
-            cd = lock._ddl_cd
-            if not cd:
-                cd._tick(lock)
+            if not lock._ddl_cd:  # the countdown (Tracker.__bool__): sample
+                lock._ddl_cd._tick(lock)
             return None
         await self.acquire()
         return None
@@ -602,9 +598,8 @@ def _asyncio_condition(original):
         if type(self) is cls and type(lock) is lock_cls and lock._locked and \
                 not lock._waiters:
             lock._locked = False
-            hold = lock._ddl_hold
-            if hold is not None:
-                hold._release_hold(lock)
+            if lock._ddl_hold is not None:
+                lock._ddl_hold._release_hold(lock)
         else:
             self.release()
 
