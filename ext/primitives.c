@@ -1095,50 +1095,34 @@ hook_dispatch(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     return PyObject_Vectorcall(h->orig, args, nargsf, kwnames);
 }
 
-/* New reference to the RLock a profiled threading.Condition() made for
- * itself (ddl_condition_rlock) when that is what `self._lock` is, else NULL
- * (no exception). Read without running any code of the user's: only for
- * classes with the generic getattr and no class attribute `_lock`, where
- * the instance's value is what self._lock gives. */
+/* New reference to `self._lock` when it can be read without running code
+ * of the user's, else NULL (no exception): only for classes with the
+ * generic getattr and no class attribute `_lock`, where the instance's
+ * value is what self._lock gives. */
 static PyObject *
-condition_own_rlock(ddl_state *st, ddl_hook *h, PyObject *self)
+plain_lock_attr(ddl_state *st, PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     if (tp->tp_getattro != PyObject_GenericGetAttr ||
-        !PyType_IsSubtype(tp, h->cls) ||
         _PyType_Lookup(tp, st->str__lock) != NULL) {
         return NULL;
     }
     PyObject *lk = NULL;
     if (ddl_getattr_optional(self, st->str__lock, &lk) <= 0) {
         PyErr_Clear();
-        return NULL;
-    }
-    if (!Py_IS_TYPE(lk, st->rlock_type) ||
-        ((ddl_rlock *)lk)->cond_ref == NULL ||
-        ddl_weakref_peek(((ddl_rlock *)lk)->cond_ref) != self) {
-        Py_DECREF(lk);
         return NULL;
     }
     return lk;
 }
 
-/* Is `self._lock` (read without running code of the user's) still lock? */
+/* Is lk the RLock a profiled threading.Condition() made for cond
+ * (ddl_condition_rlock)? */
 static int
-lock_is_still(ddl_state *st, PyObject *self, PyObject *lock)
+is_condition_own_rlock(ddl_state *st, PyObject *lk, PyObject *cond)
 {
-    PyTypeObject *tp = Py_TYPE(self);
-    if (lock == NULL || tp->tp_getattro != PyObject_GenericGetAttr ||
-        _PyType_Lookup(tp, st->str__lock) != NULL) {
-        return 0;
-    }
-    PyObject *lk = NULL;
-    if (ddl_getattr_optional(self, st->str__lock, &lk) <= 0) {
-        PyErr_Clear();
-        return 0;
-    }
-    Py_DECREF(lk); /* compared by identity only */
-    return lk == lock;
+    return lk != NULL && Py_IS_TYPE(lk, st->rlock_type) &&
+           ((ddl_rlock *)lk)->cond_ref != NULL &&
+           ddl_weakref_peek(((ddl_rlock *)lk)->cond_ref) == cond;
 }
 
 static PyObject *
@@ -1148,25 +1132,25 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     ddl_hook *h = (ddl_hook *)callable;
     ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(callable));
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if ((h->op == H_ENTER || h->op == H_EXIT) && h->cls != NULL &&
-        nargs >= 1 && kwnames == NULL) {
-        /* `with cond:` -- Condition.__enter__/__exit__ are
-         * self._lock.__enter__()/__exit__(*args): the RLock's, in C */
-        PyObject *rl = condition_own_rlock(st, h, args[0]);
-        if (rl != NULL) {
-            PyObject *r =
-                h->op == H_ENTER ? ddl_rlock_enter(rl) : ddl_rlock_exit(rl);
-            Py_DECREF(rl);
-            return r;
-        }
+    /* Condition.__enter__/__exit__ are self._lock.__enter__()/__exit__(...):
+     * read self._lock once, for both paths below */
+    int with_op = (h->op == H_ENTER || h->op == H_EXIT) && h->cls != NULL &&
+                  nargs >= 1 && PyObject_TypeCheck(args[0], h->cls);
+    PyObject *lk = with_op ? plain_lock_attr(st, args[0]) : NULL;
+    if (kwnames == NULL && is_condition_own_rlock(st, lk, args[0])) {
+        /* `with cond:` on a Condition() ddlock made the RLock of: in C */
+        PyObject *r =
+            h->op == H_ENTER ? ddl_rlock_enter(lk) : ddl_rlock_exit(lk);
+        Py_DECREF(lk);
+        return r;
     }
     ddl_tracker *t = nargs >= 1 ? hook_tracker(st, h, args[0]) : NULL;
-    if (t != NULL && h->cls != NULL && (h->op == H_ENTER || h->op == H_EXIT) &&
-        !lock_is_still(st, args[0], t->inner)) {
+    if (t != NULL && with_op && (lk == NULL || lk != t->inner)) {
         /* self._lock was replaced (or cannot be read without running
          * code of the user's): Condition's own method decides */
         Py_CLEAR(t);
     }
+    Py_XDECREF(lk); /* compared by identity only */
     PyObject *r = hook_dispatch(st, h, t, args, nargsf, kwnames);
     Py_XDECREF(t); /* held for the call: user code may drop the attribute */
     return r;

@@ -636,6 +636,23 @@ loc_find(const ddl_snapshot *t, uint32_t func, int64_t line, uint64_t h,
  * which the cache is sized for (caches_fit), while callers with unstable
  * buffers would otherwise grow it without bound. */
 
+/* A hot-path cache (mask + 1 entries of entry_size bytes, *used of them
+ * taken) is about to be written at a slot that is free (is_new) or already
+ * holds the key. A new entry that would pass half full empties the cache
+ * first and counts itself: then 1 is returned and the caller writes at its
+ * key's own slot of the empty cache. */
+static inline int
+cache_emptied(void *cache, size_t *used, size_t mask, size_t entry_size,
+              int is_new)
+{
+    if (is_new && ++*used > (mask + 1) / 2) {
+        memset(cache, 0, (mask + 1) * entry_size);
+        *used = 1;
+        return 1;
+    }
+    return 0;
+}
+
 /* resolve_str's miss: the string index, then a cache entry for next time
  * (e: the free or matching slot the probe ended on, NULL without cache). */
 #if defined(__GNUC__)
@@ -648,9 +665,8 @@ resolve_str_slow(ddl_snapshot *t, const ddl_str *in, ddl_str_cache *e)
     int64_t i = str_find(t, in->ptr, in->len, hash_str(in), NULL);
 
     if (i > 0 && e != NULL) {
-        if (e->str1 == 0 && ++t->str_cache_used > (mask + 1) / 2) {
-            memset(t->str_cache, 0, (mask + 1) * sizeof *e);
-            t->str_cache_used = 1;
+        if (cache_emptied(t->str_cache, &t->str_cache_used, mask, sizeof *e,
+                          e->str1 == 0)) {
             e = &t->str_cache[str_slot(in, mask)];
         }
         e->ptr = in->ptr;
@@ -714,9 +730,8 @@ resolve_frame_slow(ddl_snapshot *t, const ddl_frame *f, ddl_frame_cache *e)
                    NULL);
     if (loc >= 0 && e != NULL && f->name.len <= UINT32_MAX &&
         f->filename.len <= UINT32_MAX) {
-        if (e->loc1 == 0 && ++t->frame_cache_used > (mask + 1) / 2) {
-            memset(t->frame_cache, 0, (mask + 1) * sizeof *e);
-            t->frame_cache_used = 1;
+        if (cache_emptied(t->frame_cache, &t->frame_cache_used, mask,
+                          sizeof *e, e->loc1 == 0)) {
             e = &t->frame_cache[frame_slot(f, mask)];
         }
         e->name_ptr = f->name.ptr;
