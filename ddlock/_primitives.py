@@ -140,12 +140,29 @@ def _build(kind, original, init=None):
     tracker_of = _native._prim_tracker_of
     obj_new = object.__new__
     is_condition = kind in ("Condition", "asyncio.Condition")
+    own_rlock = kind == "Condition"
+    condition_lock = _native._prim_condition_lock
     holder = []
 
     def __new__(cls, *args, **kwargs):
-        if is_condition and (args or kwargs) and \
-                tracker_of(_lock_arg(args, kwargs)) is not None:
+        lock = _lock_arg(args, kwargs) if is_condition else None
+        if lock is not None and tracker_of(lock) is not None:
             tracker = None  # the lock is profiled: count nothing twice
+        elif own_rlock and lock is None and not _state["gevent"]:
+            # threading.Condition() makes its own RLock: make it here, one
+            # of ddlock's created at this site whose samples are the
+            # Condition's; __init__ hands it to the Condition (_ddl_cd
+            # names it until then)
+            self = obj_new(cls)
+            try:
+                tracker = condition_lock(None, self)
+            except Exception:  # never break the application: stays native
+                tracker = None
+            if tracker is not None or cls is not holder[0]:
+                self._ddl_tracker = tracker
+                self._ddl_hold = None
+                self._ddl_cd = True if tracker is None else tracker
+                return self
         else:
             tracker = new_tracker(kind_id)
         if tracker is None:
@@ -320,27 +337,49 @@ def _threading_condition(original):
         tracker._attach(lock, self, hooks_for(type(lock)))
 
     condition_lock = _native._prim_condition_lock
+    new_tracker = _native._prim_tracker
+    tracker_of = _native._prim_tracker_of
+    tracker_type = _native.Tracker
 
     def init(holder):
         def __init__(self, *args, **kwargs):
             try:
                 tracker = self._ddl_tracker
+                premade = self._ddl_cd
             except AttributeError:
-                tracker = None
+                tracker = premade = None
+            if premade is tracker and tracker is not None:
+                self._ddl_cd = True  # the RLock __new__ made: used once
+            lock = _lock_arg(args, kwargs)
             if tracker is not None and len(args) <= 1 and set(kwargs) <= {"lock"} and \
-                    _lock_arg(args, kwargs) is None and not _state["gevent"]:
-                # Condition() makes its own RLock: make it one of ours whose
-                # samples are the Condition's; acquire, release and wait then
-                # run its C methods as natively they run _thread.RLock's
-                lock = None
-                try:
-                    lock = condition_lock(tracker, self)
-                except Exception:  # never break the application: stays native
-                    pass
-                if lock is not None:
-                    super(holder[0], self).__init__(lock)
-                    self._ddl_tracker = lock
+                    lock is None and not _state["gevent"]:
+                # Condition() makes its own RLock: one of ours whose samples
+                # are the Condition's; acquire, release and wait then run
+                # its C methods as natively they run _thread.RLock's. A new
+                # one each time, as natively, at the same creation site.
+                own = tracker if premade is tracker else None
+                if own is None:
+                    try:
+                        own = condition_lock(tracker, self)
+                    except Exception:  # never break the application: stays native
+                        pass
+                if own is not None:
+                    super(holder[0], self).__init__(own)
+                    self._ddl_tracker = own
                     return
+            if tracker is not None and type(tracker) is not tracker_type:
+                # an RLock of ours, but the Condition is given a lock after
+                # all (a subclass's __init__): profile that lock, at the
+                # same creation site, unless it is ddlock's
+                try:
+                    tracker = None if lock is not None and tracker_of(lock) is not None \
+                        else new_tracker(kind, tracker)
+                    if tracker is not None:
+                        tracker._bind(self)
+                except Exception:  # never break the application: stays native
+                    tracker = None
+                self._ddl_tracker = tracker
+                self._ddl_cd = True if tracker is None else tracker
             super(holder[0], self).__init__(*args, **kwargs)
             if tracker is not None:
                 try:

@@ -162,10 +162,11 @@ typedef struct {
 int ddl_lock_types_init(PyObject *module, ddl_state *st);
 int ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
                     int64_t hold_ns, int is_release, double weight);
-/* A profiled RLock that is cond's lock (threading.Condition()): created at
- * site's creation site, its samples labelled as the Condition's. */
-PyObject *ddl_condition_rlock(ddl_state *st, ddl_lockbase *site,
-                              PyObject *cond);
+/* A profiled RLock that is cond's lock (threading.Condition()), created at
+ * the creation site (site_code: borrowed, may be NULL; site_lasti), its
+ * samples labelled as the Condition's. */
+PyObject *ddl_condition_rlock(ddl_state *st, PyObject *site_code,
+                              int site_lasti, PyObject *cond);
 /* `with` on a ddlock RLock, from C: __enter__() and __exit__(...). */
 PyObject *ddl_rlock_enter(PyObject *rlock);
 PyObject *ddl_rlock_exit(PyObject *rlock);

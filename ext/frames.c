@@ -450,11 +450,10 @@ code_lookup(ddl_state *st, PyCodeObject *co, ddl_frame *fr, PyObject **refs,
  * Entries hold a reference to their code object, so a key never outlives
  * the code it names; the cache is bounded (DDL_LINE_CACHE_SIZE entries). */
 static int64_t
-ddl_cached_line(ddl_state *st, PyCodeObject *co, PyFrameObject *f)
+ddl_cached_line(ddl_state *st, PyCodeObject *co, int lasti)
 {
-    int lasti = ddl_frame_lasti(f);
     if (st->line_cache == NULL || lasti < 0) {
-        return PyFrame_GetLineNumber(f);
+        return PyCode_Addr2Line(co, lasti);
     }
     uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)lasti * 0x9e3779b1u);
     h ^= h >> 13;
@@ -462,7 +461,7 @@ ddl_cached_line(ddl_state *st, PyCodeObject *co, PyFrameObject *f)
     if (e->code == (PyObject *)co && e->lasti == lasti) {
         return e->line;
     }
-    int line = PyFrame_GetLineNumber(f);
+    int line = PyCode_Addr2Line(co, lasti);
     PyObject *old = e->code;
     e->code = Py_NewRef(co);
     e->lasti = lasti;
@@ -494,38 +493,26 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
     if (max + 1 > cap) {
         max = cap - 1;
     }
-    PyFrameObject *f = PyEval_GetFrame();
-    Py_XINCREF(f);
+    /* borrowed frames and codes (ddl_walk_top); each code kept in refs */
+    ddl_walk_frame *f = ddl_walk_top();
     /* leading threading.py / ddlock frames (Condition.__enter__, ...) are
      * not the user's: the leaf is the user's code */
-    while (f != NULL) {
-        PyCodeObject *co = PyFrame_GetCode(f);
-        int internal = code_lookup(st, co, NULL, NULL, NULL);
-        Py_DECREF(co);
-        if (!internal) {
-            break;
-        }
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
+    while (f != NULL && code_lookup(st, ddl_walk_code(f), NULL, NULL, NULL)) {
+        f = ddl_walk_back(f);
     }
     size_t omitted = 0;
-    while (f != NULL) {
+    for (; f != NULL; f = ddl_walk_back(f)) {
         if (stack->nframes < max) {
-            PyCodeObject *co = PyFrame_GetCode(f);
-            refs[stack->nrefs++] = (PyObject *)co;
+            PyCodeObject *co = ddl_walk_code(f);
+            refs[stack->nrefs++] = Py_NewRef(co);
             ddl_frame *fr = &frames[stack->nframes++];
             code_lookup(st, co, fr, refs, &stack->nrefs);
-            fr->line = ddl_cached_line(st, co, f);
+            fr->line = ddl_cached_line(st, co, ddl_walk_lasti(f));
         }
         else if (++omitted > 100000) {
             break;
         }
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
     }
-    Py_XDECREF(f);
     if (omitted > 0) {
         ddl_frame *fr = &frames[stack->nframes++];
         int n = snprintf(stack->omitted_buf, sizeof(stack->omitted_buf),

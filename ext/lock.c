@@ -418,14 +418,15 @@ lockbase_dealloc(PyObject *op)
 }
 
 PyObject *
-ddl_condition_rlock(ddl_state *st, ddl_lockbase *site, PyObject *cond)
+ddl_condition_rlock(ddl_state *st, PyObject *site_code, int site_lasti,
+                    PyObject *cond)
 {
     PyObject *ref = PyWeakref_NewRef(cond, NULL);
     if (ref == NULL) {
         return NULL;
     }
-    PyObject *rl = lockbase_new_instance(st, st->rlock_type, site->site_code,
-                                         site->site_lasti);
+    PyObject *rl =
+        lockbase_new_instance(st, st->rlock_type, site_code, site_lasti);
     if (rl == NULL) {
         Py_DECREF(ref);
         return NULL;

@@ -1377,13 +1377,53 @@ ddl_label_refs_release(ddl_label_refs *refs)
 /* ---- module functions -----------------------------------------------------
  */
 
-/* _prim_tracker(kind) -> Tracker or None: None when not profiling or when
- * the primitive is created by an excluded module (it stays native). */
+/* The site a new profiled primitive is created at. source: None (walk the
+ * creation site of the caller: returns 0 when not profiling or when the
+ * primitive is made by an excluded module, so it stays native), or a
+ * Tracker, Lock or RLock of ddlock's whose site it shares (returns 1).
+ * *code: a new reference or NULL. -1: an exception is set. */
+static int
+site_of(ddl_state *st, PyObject *source, PyObject **code, int *lasti)
+{
+    *code = NULL;
+    *lasti = -1;
+    if (source == Py_None) {
+        if (!st->running) {
+            return 0;
+        }
+        int profile = ddl_creation_site_outside_ddlock(st, code, lasti);
+        if (profile < 0) {
+            PyErr_Clear(); /* never let the profiler break creation */
+            profile = 1;
+        }
+        return profile;
+    }
+    if (!Py_IS_TYPE(source, st->tracker_type) &&
+        !Py_IS_TYPE(source, st->lock_type) &&
+        !Py_IS_TYPE(source, st->rlock_type)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "site source: None, a Tracker, Lock or RLock");
+        return -1;
+    }
+    ddl_lockbase *lk = (ddl_lockbase *)source;
+    *code = Py_XNewRef(lk->site_code);
+    *lasti = lk->site_lasti;
+    return 1;
+}
+
+/* _prim_tracker(kind[, source]) -> Tracker or None: None when not
+ * profiling or when the primitive is created by an excluded module (it
+ * stays native). source: the object whose creation site it takes instead of
+ * walking the caller's (see site_of). */
 static PyObject *
-mod_prim_tracker(PyObject *module, PyObject *arg)
+mod_prim_tracker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     ddl_state *st = (ddl_state *)PyModule_GetState(module);
-    long kind = PyLong_AsLong(arg);
+    if (nargs < 1 || nargs > 2) {
+        PyErr_SetString(PyExc_TypeError, "_prim_tracker(kind[, source])");
+        return NULL;
+    }
+    long kind = PyLong_AsLong(args[0]);
     if (kind == -1 && PyErr_Occurred()) {
         return NULL;
     }
@@ -1394,12 +1434,11 @@ mod_prim_tracker(PyObject *module, PyObject *arg)
     if (!st->running) {
         Py_RETURN_NONE;
     }
-    PyObject *code = NULL;
-    int lasti = -1;
-    int profile = ddl_creation_site_outside_ddlock(st, &code, &lasti);
+    PyObject *code;
+    int lasti;
+    int profile = site_of(st, nargs == 2 ? args[1] : Py_None, &code, &lasti);
     if (profile < 0) {
-        PyErr_Clear(); /* never let the profiler break creation */
-        profile = 1;
+        return NULL;
     }
     if (!profile) {
         Py_RETURN_NONE;
@@ -1419,7 +1458,6 @@ mod_prim_tracker(PyObject *module, PyObject *arg)
     return (PyObject *)t;
 }
 
-/* _prim_setup(acquire_wrapper, native_lock_type, native_rlock_type) */
 static PyObject *
 mod_prim_setup(PyObject *module, PyObject *args)
 {
@@ -1527,22 +1565,36 @@ mod_prim_tracker_of(PyObject *module, PyObject *obj)
     Py_RETURN_NONE;
 }
 
-/* _prim_condition_lock(tracker, cond) -> the lock of a profiled
- * threading.Condition() made without one: a ddlock RLock created at the
- * Condition's creation site whose samples are the Condition's (its name,
- * `lock type` Condition). cond.acquire/release/wait then run the RLock's C
- * methods directly, as natively they run _thread.RLock's. */
+/* _prim_condition_lock(source, cond) -> the lock of a profiled
+ * threading.Condition() made without one, or None when cond stays native
+ * (source None: see site_of): a ddlock RLock created at the Condition's
+ * creation site (walked, or source's) whose samples are the Condition's (its
+ * name, `lock type` Condition). cond.acquire/release/wait then run the
+ * RLock's C methods directly, as natively they run _thread.RLock's. */
 static PyObject *
 mod_prim_condition_lock(PyObject *module, PyObject *const *args,
                         Py_ssize_t nargs)
 {
     ddl_state *st = (ddl_state *)PyModule_GetState(module);
-    if (nargs != 2 || !Py_IS_TYPE(args[0], st->tracker_type)) {
-        PyErr_SetString(PyExc_TypeError,
-                        "_prim_condition_lock(tracker, cond)");
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_prim_condition_lock(source, cond)");
         return NULL;
     }
-    return ddl_condition_rlock(st, (ddl_lockbase *)args[0], args[1]);
+    PyObject *code;
+    int lasti;
+    int profile = site_of(st, args[0], &code, &lasti);
+    if (profile <= 0) {
+        if (profile < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    PyObject *rl = ddl_condition_rlock(st, code, lasti, args[1]);
+    Py_XDECREF(code);
+    if (rl != NULL && args[0] == Py_None) {
+        st->primitives_created++;
+    }
+    return rl;
 }
 
 /* _now(): the monotonic clock of waits and holds, in ns. */
@@ -1554,7 +1606,8 @@ mod_prim_now(PyObject *module, PyObject *unused)
 
 static PyMethodDef prim_functions[] = {
     {"_now", mod_prim_now, METH_NOARGS, NULL},
-    {"_prim_tracker", mod_prim_tracker, METH_O, NULL},
+    {"_prim_tracker", (PyCFunction)(void (*)(void))mod_prim_tracker,
+     METH_FASTCALL, NULL},
     {"_prim_setup", mod_prim_setup, METH_VARARGS, NULL},
     {"_prim_set_asyncio", mod_prim_set_asyncio, METH_VARARGS, NULL},
     {"_prim_set_gevent", mod_prim_set_gevent, METH_O, NULL},

@@ -15,6 +15,112 @@
 
 /* ---- frames ------------------------------------------------------------ */
 
+/* Walking the running Python frames for a sampled stack, without making
+ * frame objects. On 3.11+ PyEval_GetFrame()/PyFrame_GetBack() wrap each
+ * interpreter frame record in a new frame object the first time it is
+ * asked for -- for a sampled acquire, the short-lived frame of the method
+ * that sampled it, every time -- so the walk reads the records themselves
+ * (the interpreter's internal layout, which is why this lives here), as
+ * PyFrame_GetBack does: incomplete frames (still starting, or the C-stack
+ * shims of 3.12+) are skipped. Before 3.11 every frame is an object and the
+ * walk follows f_back. Everything returned is borrowed: valid while the
+ * caller does not return to the interpreter (frames below the current one
+ * cannot finish meanwhile, whatever a finalizer run from here does). */
+#if PY_VERSION_HEX >= 0x030B0000
+#ifndef Py_BUILD_CORE
+#define Py_BUILD_CORE 1
+#define DDL_DEFINED_PY_BUILD_CORE
+#endif
+#include <internal/pycore_frame.h>
+#ifdef DDL_DEFINED_PY_BUILD_CORE
+#undef Py_BUILD_CORE
+#undef DDL_DEFINED_PY_BUILD_CORE
+#endif
+typedef _PyInterpreterFrame ddl_walk_frame;
+
+static inline ddl_walk_frame *
+ddl_walk_complete(ddl_walk_frame *f)
+{
+    while (f != NULL && (
+#if PY_VERSION_HEX >= 0x030C0000
+                            f->owner == FRAME_OWNED_BY_CSTACK ||
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+                            !PyCode_Check(f->f_executable) ||
+#endif
+                            _PyFrame_IsIncomplete(f))) {
+        f = f->previous;
+    }
+    return f;
+}
+
+/* The innermost complete frame of the running thread, or NULL. */
+static inline ddl_walk_frame *
+ddl_walk_top(void)
+{
+    PyThreadState *ts = PyThreadState_Get();
+#if PY_VERSION_HEX >= 0x030D0000
+    return ddl_walk_complete(ts->current_frame);
+#else
+    return ddl_walk_complete(ts->cframe->current_frame);
+#endif
+}
+
+static inline ddl_walk_frame *
+ddl_walk_back(ddl_walk_frame *f)
+{
+    return ddl_walk_complete(f->previous);
+}
+
+static inline PyCodeObject *
+ddl_walk_code(ddl_walk_frame *f)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return (PyCodeObject *)f->f_executable;
+#else
+    return f->f_code;
+#endif
+}
+
+/* What PyFrame_GetLasti() would say: a byte offset, -1 when unknown. */
+static inline int
+ddl_walk_lasti(ddl_walk_frame *f)
+{
+    int lasti = _PyInterpreterFrame_LASTI(f);
+    return lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT);
+}
+#else
+typedef PyFrameObject ddl_walk_frame;
+
+static inline ddl_walk_frame *
+ddl_walk_top(void)
+{
+    return PyEval_GetFrame();
+}
+
+static inline ddl_walk_frame *
+ddl_walk_back(ddl_walk_frame *f)
+{
+    return f->f_back;
+}
+
+static inline PyCodeObject *
+ddl_walk_code(ddl_walk_frame *f)
+{
+    return f->f_code;
+}
+
+static inline int
+ddl_walk_lasti(ddl_walk_frame *f)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    return f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#else
+    return f->f_lasti;
+#endif
+}
+#endif
+
 /* Byte offset of the frame's last instruction (what PyCode_Addr2Line takes),
  * -1 when unknown. */
 static inline int

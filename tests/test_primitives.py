@@ -291,6 +291,19 @@ out["event_internal"] = [type(ev._cond) is ORIG["Condition"], tracked(ev._cond)]
 cond = threading.Condition()
 out["cond_lock"] = [type(cond._lock).__module__ + "." + type(cond._lock).__name__, tracked(cond),
                     cond.acquire == cond._lock.acquire]
+# Condition() is profiled through its RLock alone: no Tracker is made for it
+import gc
+def trackers():
+    return sum(1 for o in gc.get_objects() if type(o) is ddlock._ddlock.Tracker)
+before = [trackers(), ddlock.stats()["primitives_created"]]
+conds = [threading.Condition() for _ in range(5)]
+out["conds_without_tracker"] = [trackers() - before[0],
+                                ddlock.stats()["primitives_created"] - before[1],
+                                all(vars(c)["_ddl_tracker"] is c._lock and
+                                    vars(c)["_ddl_cd"] is True for c in conds)]
+cond.__init__()  # a new RLock, as natively, still ddlock's
+out["reinit"] = [type(cond._lock) is type(conds[0]._lock), cond._lock is not conds[0]._lock,
+                 cond.acquire == cond._lock.acquire]
 samples_before = ddlock.stats()["events_sampled"]
 for _ in range(10):
     with cond:
@@ -335,6 +348,8 @@ emit(out)
     # the Condition is profiled through its own RLock, one of ddlock's whose
     # samples are the Condition's: its acquire is the RLock's, as natively
     assert res["cond_lock"] == ["ddlock._ddlock.RLock", True, True]
+    assert res["conds_without_tracker"] == [0, 5, True]
+    assert res["reinit"] == [True, True, True]
     assert res["events_per_cond_pair"] == 2
     assert res["over_profiled_lock"] == [True, False, "ddlock._ddlock"]
     assert res["over_profiled_rlock_kw"] == [True, False]
@@ -670,6 +685,17 @@ def test_condition_explicit_acquire_and_orphaned_lock(prefix):
     assert profile.total("lock-release", leftover) == 1
 
 
+def test_condition_subclass_given_a_native_lock(prefix):
+    """A Condition subclass whose __init__ hands threading.Condition a lock
+    ddlock does not profile (made before start) is profiled through that
+    lock, named and sited as the Condition, as any Condition(native_lock)."""
+    profile = run_scenario(HERE, "scenario_condition_subclass", prefix)
+    check(profile, "orders_pending", "orders_pending", "scenario_condition_subclass", "Condition")
+    assert profile.total("lock-acquire", [s for s in profile.samples
+                                          if s.labels.get("lock name", "").endswith(
+                                              ":orders_pending")]) == 1
+
+
 def test_lock_and_rlock_samples_have_lock_type(prefix):
     profile = run_scenario(HERE, "scenario_lock_rlock", prefix)
     check(profile, "plain_lock", "plain_lock", "scenario_lock_rlock", "Lock")
@@ -774,6 +800,22 @@ def scenario_condition_explicit(prefix):
     gc.collect()
     leftover_lock.acquire()
     leftover_lock.release()
+    _stop()
+
+
+def scenario_condition_subclass(prefix):
+    early = threading.Lock()  # made before start(): native
+
+    _start(prefix)
+
+    class Orders(threading.Condition):
+        def __init__(self):
+            super().__init__(early)
+
+    orders_pending = Orders()  # !CREATE! orders_pending
+    assert type(orders_pending._lock) is type(early)
+    orders_pending.acquire()  # !ACQUIRE! orders_pending
+    orders_pending.release()  # !RELEASE! orders_pending
     _stop()
 
 
