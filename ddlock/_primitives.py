@@ -5,17 +5,20 @@ threading.Lock/RLock under gevent.
 While ddlock runs, each of these names is bound to a subclass of the original
 class (built once per original and reused, so objects made in one profiling
 session are instances of the class the next one patches in). Its objects
-have three more attributes: ``_ddl_tracker``, their ``ddlock._ddlock.Tracker``
-(ext/primitives.c: creation site, name, lock type, the sampled hold),
-``_ddl_hold`` (the tracker while a sampled hold is pending, else None) and
-``_ddl_cd`` (the countdown to the next sampled uncontended acquire).
+have two more attributes: ``_ddl_tracker``, their ``ddlock._ddlock.Tracker``
+(ext/primitives.c: creation site, name, lock type, the sampled hold) and
+``_ddl_hold`` (the tracker while a sampled hold is pending, else None).
 
 * Semaphores and asyncio's locks (pure Python in the stdlib): their methods
   are redefined here. An uncontended acquire and a release with nobody to
-  wake do exactly what the stdlib's do then, plus the countdown (small ints,
-  so nothing is allocated) and a look at ``_ddl_hold``; every other call
-  runs the stdlib's own method, an acquire timed around it. This is as fast
-  as the native methods or faster (one Python call instead of two).
+  wake do exactly what the stdlib's do then, plus the truth of one C
+  countdown shared by all of them (``_ddlock._prim_countdown``: false when
+  the event is to be sampled) and, only while some sampled hold is pending
+  (the shared list ``_ddlock._prim_holds`` is not empty), a look at
+  ``_ddl_hold``; every other call runs the stdlib's own method, an acquire
+  timed around it. No attribute of the object is read beyond the stdlib's
+  own: as fast as the native methods or faster (one Python call instead of
+  two).
 * threading.Condition: ``__enter__``/``__exit__`` and the instance's
   ``acquire``/``release``/``_release_save``/``_acquire_restore`` are
   ``ddlock._ddlock.Hook``s, method descriptors written in C around the
@@ -63,6 +66,14 @@ _bound_hooks = {}     # (op, kind, original function) -> Hook bound to trackers
 _installed = {}       # (module name, attribute) -> (value before us, our value)
 _state = {"types": (), "watcher": None, "subscriber": None, "gevent": False}
 _ONE = 1
+
+
+def _sample(obj):
+    """The shared countdown chose this uncontended acquire of obj: sample it
+    (if obj is profiled)."""
+    tracker = obj._ddl_tracker
+    if tracker is not None:
+        tracker._tick(obj)
 
 
 async def _acquire_wrapper(tracker, coro, t0):
@@ -151,7 +162,7 @@ def _build(kind, original, init=None):
         elif own_rlock and lock is None and not _state["gevent"]:
             # threading.Condition() makes its own RLock: make it here, one
             # of ddlock's created at this site whose samples are the
-            # Condition's; __init__ hands it to the Condition (_ddl_cd
+            # Condition's; __init__ hands it to the Condition (_ddl_own
             # names it until then)
             self = obj_new(cls)
             try:
@@ -161,7 +172,7 @@ def _build(kind, original, init=None):
             if tracker is not None or cls is not holder[0]:
                 self._ddl_tracker = tracker
                 self._ddl_hold = None
-                self._ddl_cd = True if tracker is None else tracker
+                self._ddl_own = tracker
                 return self
         else:
             tracker = new_tracker(kind_id)
@@ -170,12 +181,10 @@ def _build(kind, original, init=None):
                 return original(*args, **kwargs)
             self = obj_new(cls)
             self._ddl_tracker = self._ddl_hold = None
-            self._ddl_cd = True  # never counts down
             return self
         self = obj_new(cls)
         self._ddl_tracker = tracker
         self._ddl_hold = None
-        self._ddl_cd = tracker
         tracker._bind(self)
         return self
 
@@ -191,9 +200,9 @@ def _build(kind, original, init=None):
             return copyreg.__newobj__, (target,), state
         return copyreg._reconstructor, (target, object, None), state
 
-    # Instances get three attributes: _ddl_tracker, _ddl_hold (the tracker
-    # while a sampled hold is pending) and _ddl_cd (the countdown). Not
-    # __slots__: on 3.9 and 3.13 a subclass with __slots__ loses the fast
+    # Instances get two attributes: _ddl_tracker and _ddl_hold (the tracker
+    # while a sampled hold is pending; threading.Condition's own RLock also
+    # _ddl_own, see __new__). Not __slots__: on 3.9 and 3.13 a subclass with __slots__ loses the fast
     # access to the instance attributes of the stdlib class it extends.
     ns = {
         "__module__": original.__module__,
@@ -243,6 +252,8 @@ def _threading_semaphore(kind, original):
     orig_acquire = original.acquire
     orig_release = original.release
     now = _native._now
+    countdown = _native._prim_countdown
+    holds = _native._prim_holds
     bounded = kind == "BoundedSemaphore"
 
     # (Returning from inside the `with` and reading attributes rather than
@@ -253,13 +264,13 @@ def _threading_semaphore(kind, original):
             with self._cond:
                 if self._value:
                     self._value -= 1
-                    if self._ddl_cd:  # the countdown (Tracker.__bool__)
+                    if countdown:  # the shared countdown
                         return True
                     sample = True
                 else:
                     sample = False
             if sample:
-                self._ddl_cd._tick(self)  # falsy: the Tracker
+                _sample(self)
                 return True
         tracker = self._ddl_tracker
         if tracker is None:
@@ -277,7 +288,7 @@ def _threading_semaphore(kind, original):
                     if self._value < self._initial_value:
                         self._value += 1
                         self._cond.notify(1)  # as threading.py: notify(n)
-                        if self._ddl_hold is None:
+                        if not holds or self._ddl_hold is None:
                             return
                         over = False
                     else:
@@ -286,7 +297,7 @@ def _threading_semaphore(kind, original):
                     orig_release(self, n)  # raises threading.py's ValueError
             else:
                 orig_release(self, n)
-            if self._ddl_hold is not None:
+            if holds and self._ddl_hold is not None:
                 self._ddl_hold._release_hold(self)
     else:
         def release(self, n=1):
@@ -294,11 +305,11 @@ def _threading_semaphore(kind, original):
                 with self._cond:
                     self._value += 1
                     self._cond.notify(1)  # as threading.py: notify(n)
-                    if self._ddl_hold is None:
+                    if not holds or self._ddl_hold is None:
                         return
             else:
                 orig_release(self, n)
-            if self._ddl_hold is not None:
+            if holds and self._ddl_hold is not None:
                 self._ddl_hold._release_hold(self)
 
     cls = _build(kind, original)
@@ -345,11 +356,14 @@ def _threading_condition(original):
         def __init__(self, *args, **kwargs):
             try:
                 tracker = self._ddl_tracker
-                premade = self._ddl_cd
             except AttributeError:
-                tracker = premade = None
-            if premade is tracker and tracker is not None:
-                self._ddl_cd = True  # the RLock __new__ made: used once
+                tracker = None
+            premade = None
+            if tracker is not None and type(tracker) is not tracker_type:
+                # an RLock of ours: _ddl_own is set with it, to that RLock
+                # when __new__ made it for this __init__ (used once)
+                premade = self._ddl_own
+                self._ddl_own = None
             lock = _lock_arg(args, kwargs)
             if tracker is not None and len(args) <= 1 and set(kwargs) <= {"lock"} and \
                     lock is None and not _state["gevent"]:
@@ -366,6 +380,7 @@ def _threading_condition(original):
                 if own is not None:
                     super(holder[0], self).__init__(own)
                     self._ddl_tracker = own
+                    self._ddl_own = None
                     return
             if tracker is not None and type(tracker) is not tracker_type:
                 # an RLock of ours, but the Condition is given a lock after
@@ -379,7 +394,6 @@ def _threading_condition(original):
                 except Exception:  # never break the application: stays native
                     tracker = None
                 self._ddl_tracker = tracker
-                self._ddl_cd = True if tracker is None else tracker
             super(holder[0], self).__init__(*args, **kwargs)
             if tracker is not None:
                 try:
@@ -413,6 +427,8 @@ def _asyncio_methods(kind, original):
     orig_acquire = original.acquire
     orig_release = original.release
     now = _native._now
+    countdown = _native._prim_countdown
+    holds = _native._prim_holds
     exact = None
 
     def bind(cls):
@@ -432,8 +448,8 @@ def _asyncio_methods(kind, original):
         async def acquire(self):
             if not self._locked and not self._waiters:
                 self._locked = True
-                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
-                    self._ddl_cd._tick(self)
+                if not countdown:  # the shared countdown: sample
+                    _sample(self)
                 return True
             return await timed_acquire(self)
 
@@ -442,14 +458,14 @@ def _asyncio_methods(kind, original):
                 self._locked = False
             else:
                 orig_release(self)
-            if self._ddl_hold is not None:
+            if holds and self._ddl_hold is not None:
                 self._ddl_hold._release_hold(self)
 
         async def __aenter__(self):
             if type(self) is exact and not self._locked and not self._waiters:
                 self._locked = True
-                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
-                    self._ddl_cd._tick(self)
+                if not countdown:  # the shared countdown: sample
+                    _sample(self)
                 return None
             await self.acquire()
             return None
@@ -457,7 +473,7 @@ def _asyncio_methods(kind, original):
         async def __aexit__(self, exc_type, exc, tb):
             if type(self) is exact and self._locked and not self._waiters:
                 self._locked = False
-                if self._ddl_hold is not None:
+                if holds and self._ddl_hold is not None:
                     self._ddl_hold._release_hold(self)
             else:
                 self.release()
@@ -468,8 +484,8 @@ def _asyncio_methods(kind, original):
             if self._value > 0 and not self._waiters and not (
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
-                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
-                    self._ddl_cd._tick(self)
+                if not countdown:  # the shared countdown: sample
+                    _sample(self)
                 return True
             return await timed_acquire(self)
 
@@ -477,8 +493,8 @@ def _asyncio_methods(kind, original):
             if type(self) is exact and self._value > 0 and not self._waiters and not (
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
-                if not self._ddl_cd:  # the countdown (Tracker.__bool__): sample
-                    self._ddl_cd._tick(self)
+                if not countdown:  # the shared countdown: sample
+                    _sample(self)
                 return None
             await self.acquire()
             return None
@@ -489,14 +505,14 @@ def _asyncio_methods(kind, original):
                     self._value += 1
                 else:
                     orig_release(self)  # raises, or wakes a waiter
-                if self._ddl_hold is not None:
+                if holds and self._ddl_hold is not None:
                     self._ddl_hold._release_hold(self)
 
             async def __aexit__(self, exc_type, exc, tb):
                 if type(self) is exact and self._value < self._bound_value and \
                         not self._waiters:
                     self._value += 1
-                    if self._ddl_hold is not None:
+                    if holds and self._ddl_hold is not None:
                         self._ddl_hold._release_hold(self)
                 else:
                     self.release()
@@ -506,13 +522,13 @@ def _asyncio_methods(kind, original):
                     self._value += 1
                 else:
                     orig_release(self)
-                if self._ddl_hold is not None:
+                if holds and self._ddl_hold is not None:
                     self._ddl_hold._release_hold(self)
 
             async def __aexit__(self, exc_type, exc, tb):
                 if type(self) is exact and not self._waiters:
                     self._value += 1
-                    if self._ddl_hold is not None:
+                    if holds and self._ddl_hold is not None:
                         self._ddl_hold._release_hold(self)
                 else:
                     self.release()
@@ -602,7 +618,6 @@ def _asyncio_condition(original):
                 lock = object.__new__(lock_cls)
                 lock._ddl_tracker = tracker
                 lock._ddl_hold = None
-                lock._ddl_cd = tracker
                 lock_init(lock)
                 super(holder[0], self).__init__(lock)
                 return
@@ -621,13 +636,16 @@ def _asyncio_condition(original):
 
     # `async with condition:` -- the stdlib's awaits self.acquire(), its
     # lock's: take the lock's own fast paths directly
+    countdown = _native._prim_countdown
+    holds = _native._prim_holds
+
     async def __aenter__(self):
         lock = self._lock
         if type(self) is cls and type(lock) is lock_cls and not lock._locked and \
                 not lock._waiters:
             lock._locked = True
-            if not lock._ddl_cd:  # the countdown (Tracker.__bool__): sample
-                lock._ddl_cd._tick(lock)
+            if not countdown:  # the shared countdown: sample
+                _sample(lock)
             return None
         await self.acquire()
         return None
@@ -637,7 +655,7 @@ def _asyncio_condition(original):
         if type(self) is cls and type(lock) is lock_cls and lock._locked and \
                 not lock._waiters:
             lock._locked = False
-            if lock._ddl_hold is not None:
+            if holds and lock._ddl_hold is not None:
                 lock._ddl_hold._release_hold(lock)
         else:
             self.release()

@@ -117,8 +117,11 @@ typedef struct {
     /* primitives.c: Semaphore, Condition, asyncio locks, gevent */
     PyTypeObject *tracker_type;
     PyTypeObject *hook_type;
-    PyObject *acquire_wrapper;    /* ddlock._primitives._acquire_wrapper */
-    PyObject *native_lock_type;   /* _thread.lock */
+    PyTypeObject *countdown_type;
+    PyObject *prim_countdown;   /* the Python-level primitives' countdown */
+    PyObject *prim_holds;       /* list: one item per published sampled hold */
+    PyObject *acquire_wrapper;  /* ddlock._primitives._acquire_wrapper */
+    PyObject *native_lock_type; /* _thread.lock */
     PyObject *native_rlock_type;  /* _thread.RLock */
     PyObject *asyncio_locks_file; /* co_filename of asyncio/locks.py */
     PyObject *get_running_loop;   /* asyncio.events._get_running_loop */

@@ -11,9 +11,11 @@
  *
  * - Semaphores and asyncio's locks have Python-level methods that count
  *   down to the next sampled uncontended acquire by testing the truth of
- *   their Tracker (tracker_bool, the skips geometric as in lock.c) and call
- *   the Tracker's methods only to sample, to time a wait
- *   (_acquired) or to end a sampled hold (_release_hold).
+ *   one Countdown shared by all of them (the skips geometric as in lock.c),
+ *   look at their `_ddl_hold` only while some sampled hold is pending (the
+ *   shared list _prim_holds is not empty), and call the Tracker's methods
+ *   only to sample (_tick), to time a wait (_acquired) or to end a sampled
+ *   hold (_release_hold).
  * - A threading.Condition's methods, and gevent's locks, are Hooks: method
  *   descriptors written in C (called like functions, no bound method on
  *   `obj.m()`) around the original methods or the Condition's lock. The
@@ -98,11 +100,13 @@ typedef struct {
     /* semaphores: sampled holds in progress, by holder (allocated lazily) */
     pending_hold *ring;
     int nring;
-    /* the Python-level primitives' countdown (tracker_bool): the events
-     * still to skip, drawn in the profiling session skip_gen */
-    int64_t skip_rest;
-    uint64_t skip_gen;
 } ddl_tracker;
+
+/* The countdown of the Python-level primitives (one, module state). */
+typedef struct {
+    PyObject_HEAD int64_t rest; /* events still to skip */
+    uint64_t gen;               /* profiling session rest was drawn in */
+} ddl_countdown;
 
 PyObject *
 ddl_name_target(ddl_lockbase *lk)
@@ -440,7 +444,10 @@ hold_pending(ddl_tracker *t)
 }
 
 /* Set holder._ddl_hold to this tracker while a sampled hold is pending,
- * else None: the Python-level release looks at that attribute only. */
+ * else None: the Python-level release looks at that attribute, and only
+ * while the shared list st->prim_holds is not empty: it has one item per
+ * holder whose _ddl_hold is set (one more if a holder dies with it set,
+ * which only costs the releases that look). */
 static void
 publish_hold(ddl_tracker *t, PyObject *holder)
 {
@@ -448,9 +455,39 @@ publish_hold(ddl_tracker *t, PyObject *holder)
         return;
     }
     ddl_state *st = tracker_state(t);
-    if (PyObject_SetAttr(holder, st->str__ddl_hold,
-                         hold_pending(t) ? (PyObject *)t : Py_None) < 0) {
+    PyObject *old = ddl_get_instance_attr(holder, st->str__ddl_hold);
+    int was = old != NULL && old != Py_None;
+    int now = hold_pending(t);
+    Py_XDECREF(old);
+    if (ddl_set_instance_attr(holder, st->str__ddl_hold,
+                              now ? (PyObject *)t : Py_None) < 0) {
         PyErr_Clear();
+        return;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(st->prim_holds);
+    if (now && !was) {
+        if (PyList_Append(st->prim_holds, Py_None) < 0) {
+            /* out of memory: the release would not look, so the hold just
+             * begun (the last one) is dropped */
+            PyErr_Clear();
+            if (ddl_set_instance_attr(holder, st->str__ddl_hold, Py_None) <
+                0) {
+                PyErr_Clear();
+            }
+            if (kind_exclusive(t->kind)) {
+                t->base.sampled = 0;
+                t->depth = 0;
+            }
+            else if (t->nring > 0) {
+                t->nring--;
+            }
+        }
+    }
+    else if (!now && was && n > 0) {
+        /* the last item goes (a list may be shorter than its allocation) */
+        PyObject *last = PyList_GET_ITEM(st->prim_holds, n - 1);
+        Py_SET_SIZE(st->prim_holds, n - 1);
+        Py_DECREF(last);
     }
 }
 
@@ -477,15 +514,15 @@ tracker_acquired_py(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-/* The countdown of the Python-level primitives: their `_ddl_cd` attribute is
- * their Tracker (True when untracked), and `if not self._ddl_cd:` in their
- * acquire is this nb_bool: true while the current skip goes on (one event
- * counted), false when this acquire is to be sampled or the object's first
- * of this profiling session, and the method then calls _tick(holder). One
- * C slot call, no allocation, no Python frame: cheaper than any countdown
- * kept in an attribute. The skips are geometric with parameter
- * capture_pct / 100, so that every event is sampled with that probability,
- * as with the locks' countdown (lock.c). */
+/* The countdown of the Python-level primitives: one Countdown object (the
+ * module's _prim_countdown) for all of them, and `if not countdown:` in
+ * their uncontended acquire is this nb_bool: true while the current skip
+ * goes on (one event counted), false when this event is to be sampled (the
+ * method then calls its Tracker's _tick). One C slot call on a closure
+ * variable, no attribute of the object read. The skips are geometric with
+ * parameter capture_pct / 100, drawn again in each profiling session, so
+ * that every event is sampled with that probability, whichever object it
+ * is on, as with the locks' countdown (lock.c). */
 #define SKIP_NEVER ((int64_t)1 << 40)
 
 static int64_t
@@ -503,41 +540,53 @@ draw_skip(ddl_state *st)
 }
 
 static int
-tracker_bool(PyObject *self)
+countdown_bool(PyObject *self)
 {
-    ddl_tracker *t = (ddl_tracker *)self;
-    if (t->skip_rest > 0 && t->skip_gen == tracker_state(t)->generation) {
-        t->skip_rest--;
+    ddl_countdown *c = (ddl_countdown *)self;
+    ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(self));
+    if (c->gen != st->generation) {
+        c->gen = st->generation;
+        c->rest = draw_skip(st);
+    }
+    if (c->rest > 0) {
+        c->rest--;
         return 1;
     }
-    return 0;
+    c->rest = draw_skip(st);
+    return 0; /* sample this one */
 }
 
-/* _tick(holder): the countdown said false on an uncontended acquire of
- * holder. Either this is the object's first event of this profiling session
- * (its skip is drawn, and this event may be skipped too), or this event is
- * sampled and the next skip drawn. */
+static void
+countdown_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyType_Slot countdown_slots[] = {
+    {Py_tp_dealloc, countdown_dealloc},
+    {Py_nb_bool, countdown_bool},
+    {Py_tp_doc, "The sampling countdown of the Python-level primitives."},
+    {0, NULL},
+};
+
+static PyType_Spec countdown_spec = {
+    .name = "ddlock._ddlock.Countdown",
+    .basicsize = sizeof(ddl_countdown),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE |
+             Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = countdown_slots,
+};
+
+/* _tick(holder): the countdown chose this uncontended acquire of holder:
+ * sample it. */
 static PyObject *
 tracker_tick_py(PyObject *self, PyObject *holder)
 {
     ddl_tracker *t = (ddl_tracker *)self;
-    ddl_state *st = tracker_state(t);
-    if (t->skip_gen != st->generation) {
-        t->skip_gen = st->generation;
-        t->skip_rest = draw_skip(st);
-        if (t->skip_rest > 0) {
-            t->skip_rest--; /* this event is skipped too */
-            Py_RETURN_NONE;
-        }
-    }
-    if (t->skip_rest > 0) {
-        /* counted down by someone other than __bool__ in between */
-        t->skip_rest--;
-        Py_RETURN_NONE;
-    }
-    tracker_acquired(st, t, ACQ_SAMPLED, 0, 0);
+    tracker_acquired(tracker_state(t), t, ACQ_SAMPLED, 0, 0);
     publish_hold(t, holder);
-    t->skip_rest = draw_skip(st);
     Py_RETURN_NONE;
 }
 
@@ -638,7 +687,6 @@ static PyType_Slot tracker_slots[] = {
     {Py_tp_repr, tracker_repr},
     {Py_tp_methods, tracker_methods},
     {Py_tp_getset, tracker_getset},
-    {Py_nb_bool, tracker_bool},
     {Py_tp_doc, "Profiling state of one Semaphore, Condition, asyncio lock."},
     {0, NULL},
 };
@@ -1631,6 +1679,22 @@ ddl_primitives_init(PyObject *module, ddl_state *st)
     if (st->hook_type == NULL) {
         return -1;
     }
+    st->countdown_type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &countdown_spec, NULL);
+    if (st->countdown_type == NULL) {
+        return -1;
+    }
+    ddl_countdown *cd = PyObject_New(ddl_countdown, st->countdown_type);
+    if (cd == NULL) {
+        return -1;
+    }
+    cd->rest = 0;
+    cd->gen = st->generation - 1; /* drawn at the first event */
+    st->prim_countdown = (PyObject *)cd;
+    st->prim_holds = PyList_New(0);
+    if (st->prim_holds == NULL) {
+        return -1;
+    }
     st->str__locked = PyUnicode_InternFromString("_locked");
     st->str__value = PyUnicode_InternFromString("_value");
     st->str__waiters = PyUnicode_InternFromString("_waiters");
@@ -1659,6 +1723,9 @@ ddl_primitives_init(PyObject *module, ddl_state *st)
     }
     if (PyModule_AddObjectRef(module, "Tracker",
                               (PyObject *)st->tracker_type) < 0 ||
+        PyModule_AddObjectRef(module, "_prim_countdown", st->prim_countdown) <
+            0 ||
+        PyModule_AddObjectRef(module, "_prim_holds", st->prim_holds) < 0 ||
         PyModule_AddObjectRef(module, "Hook", (PyObject *)st->hook_type) < 0 ||
         PyModule_AddFunctions(module, prim_functions) < 0) {
         return -1;
@@ -1671,6 +1738,9 @@ ddl_primitives_traverse(ddl_state *st, visitproc visit, void *arg)
 {
     Py_VISIT(st->tracker_type);
     Py_VISIT(st->hook_type);
+    Py_VISIT(st->countdown_type);
+    Py_VISIT(st->prim_countdown);
+    Py_VISIT(st->prim_holds);
     Py_VISIT(st->acquire_wrapper);
     Py_VISIT(st->native_lock_type);
     Py_VISIT(st->native_rlock_type);
@@ -1689,6 +1759,9 @@ ddl_primitives_clear(ddl_state *st)
 {
     Py_CLEAR(st->tracker_type);
     Py_CLEAR(st->hook_type);
+    Py_CLEAR(st->prim_countdown);
+    Py_CLEAR(st->countdown_type);
+    Py_CLEAR(st->prim_holds);
     Py_CLEAR(st->acquire_wrapper);
     Py_CLEAR(st->native_lock_type);
     Py_CLEAR(st->native_rlock_type);

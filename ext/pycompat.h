@@ -295,6 +295,47 @@ ddl_member_is_object(int type)
 #endif
 }
 
+/* Set an attribute that belongs to the profiler on an instance (the
+ * `_ddl_hold` of a profiled primitive): an instance value, never through a
+ * user's __setattr__. Before 3.11 that is a store into the instance dict
+ * (what the generic setattr ends with, without its type lookup); from 3.11
+ * the generic setattr keeps inline values as they are (reaching for the
+ * dict would make one). */
+static inline int
+ddl_set_instance_attr(PyObject *obj, PyObject *name, PyObject *value)
+{
+#if PY_VERSION_HEX < 0x030B0000
+    PyObject **dictptr = _PyObject_GetDictPtr(obj);
+    if (dictptr != NULL && *dictptr != NULL && PyDict_CheckExact(*dictptr)) {
+        return PyDict_SetItem(*dictptr, name, value);
+    }
+#endif
+    return PyObject_GenericSetAttr(obj, name, value);
+}
+
+/* New reference to such an attribute, NULL (no exception) when unset. */
+static inline PyObject *
+ddl_get_instance_attr(PyObject *obj, PyObject *name)
+{
+    PyObject *v;
+#if PY_VERSION_HEX < 0x030B0000
+    PyObject **dictptr = _PyObject_GetDictPtr(obj);
+    if (dictptr != NULL && *dictptr != NULL && PyDict_CheckExact(*dictptr)) {
+        v = PyDict_GetItemWithError(*dictptr, name);
+        if (v == NULL) {
+            PyErr_Clear();
+        }
+        Py_XINCREF(v);
+        return v;
+    }
+#endif
+    v = PyObject_GenericGetAttr(obj, name);
+    if (v == NULL) {
+        PyErr_Clear();
+    }
+    return v;
+}
+
 /* ---- GC pause while the profiler allocates ------------------------------ */
 
 /* Returns whether the collector was enabled (to pass to ddl_gc_resume). On

@@ -300,7 +300,7 @@ conds = [threading.Condition() for _ in range(5)]
 out["conds_without_tracker"] = [trackers() - before[0],
                                 ddlock.stats()["primitives_created"] - before[1],
                                 all(vars(c)["_ddl_tracker"] is c._lock and
-                                    vars(c)["_ddl_cd"] is True for c in conds)]
+                                    vars(c)["_ddl_own"] is None for c in conds)]
 cond.__init__()  # a new RLock, as natively, still ddlock's
 out["reinit"] = [type(cond._lock) is type(conds[0]._lock), cond._lock is not conds[0]._lock,
                  cond.acquire == cond._lock.acquire]
@@ -494,10 +494,55 @@ def test_primitives_mix_with_abcs():
     assert res["dispatch_after_stop"] == []
 
 
+def test_pending_holds_are_counted_for_the_releases():
+    """The Python-level releases look at their object only while the shared
+    list of pending sampled holds is not empty: it holds exactly one item
+    per object with a sampled hold pending, whoever releases it."""
+    res = run_snippet(r'''
+start(capture_pct=100)
+holds = ddlock._ddlock._prim_holds
+out = {}
+sem = threading.BoundedSemaphore(2)
+sem.acquire()
+sem.acquire()
+out["two_on_one"] = [len(holds), vars(sem)["_ddl_hold"] is ddlock._primitives.tracker_of(sem)]
+sem.release()
+out["one_left"] = len(holds)
+# a release by another thread ends no hold of this one: still pending
+worker = threading.Thread(target=sem.release)
+worker.start()
+worker.join()
+out["other_thread"] = [len(holds), vars(sem)["_ddl_hold"] is ddlock._primitives.tracker_of(sem)]
+
+
+async def main():
+    alock = asyncio.Lock()
+    await alock.acquire()
+    pending = len(holds)
+    async with asyncio.Semaphore(1):
+        nested = len(holds)
+    alock.release()
+    return [pending, nested, len(holds)]
+
+out["asyncio"] = asyncio.run(main())
+dropped = threading.Semaphore(1)
+dropped.acquire()
+del dropped  # dies with its hold pending: the count stays over, never under
+out["dropped"] = len(holds)
+ddlock.stop()
+emit(out)
+''')
+    assert res["two_on_one"] == [1, True]
+    assert res["one_left"] == 1
+    assert res["other_thread"] == [1, True]
+    assert res["asyncio"] == [2, 3, 1]
+    assert res["dropped"] == 2
+
+
 def test_sampling_is_unbiased_at_10_percent(prefix):
-    """The Python-level primitives' countdown (per object, geometric skips)
-    samples every event with probability capture_pct: the weighted counts
-    estimate the true ones."""
+    """The Python-level primitives' countdown (one for all of them, geometric
+    skips) samples every event with probability capture_pct, whichever
+    object it is on: the weighted counts estimate the true ones."""
     run_snippet(r'''
 start(output_pprof=PREFIX, capture_pct=10, max_samples=100000)
 sampled_sem = threading.Semaphore(1)
