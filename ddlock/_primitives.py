@@ -68,14 +68,6 @@ _state = {"types": (), "watcher": None, "subscriber": None, "gevent": False}
 _ONE = 1
 
 
-def _sample(obj):
-    """The shared countdown chose this uncontended acquire of obj: sample it
-    (if obj is profiled)."""
-    tracker = obj._ddl_tracker
-    if tracker is not None:
-        tracker._tick(obj)
-
-
 async def _acquire_wrapper(tracker, coro, t0):
     """What an asyncio acquire returns when it is sampled or may wait: the
     original coroutine, then the sample (t0 == 0: uncontended)."""
@@ -270,7 +262,7 @@ def _threading_semaphore(kind, original):
                 else:
                     sample = False
             if sample:
-                _sample(self)
+                countdown._sample(self)
                 return True
         tracker = self._ddl_tracker
         if tracker is None:
@@ -449,7 +441,7 @@ def _asyncio_methods(kind, original):
             if not self._locked and not self._waiters:
                 self._locked = True
                 if not countdown:  # the shared countdown: sample
-                    _sample(self)
+                    countdown._sample(self)
                 return True
             return await timed_acquire(self)
 
@@ -465,7 +457,7 @@ def _asyncio_methods(kind, original):
             if type(self) is exact and not self._locked and not self._waiters:
                 self._locked = True
                 if not countdown:  # the shared countdown: sample
-                    _sample(self)
+                    countdown._sample(self)
                 return None
             await self.acquire()
             return None
@@ -485,7 +477,7 @@ def _asyncio_methods(kind, original):
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
                 if not countdown:  # the shared countdown: sample
-                    _sample(self)
+                    countdown._sample(self)
                 return True
             return await timed_acquire(self)
 
@@ -494,7 +486,7 @@ def _asyncio_methods(kind, original):
                     wakeup_flag and self._wakeup_scheduled):
                 self._value -= 1
                 if not countdown:  # the shared countdown: sample
-                    _sample(self)
+                    countdown._sample(self)
                 return None
             await self.acquire()
             return None
@@ -645,7 +637,7 @@ def _asyncio_condition(original):
                 not lock._waiters:
             lock._locked = True
             if not countdown:  # the shared countdown: sample
-                _sample(lock)
+                countdown._sample(lock)
             return None
         await self.acquire()
         return None

@@ -13,9 +13,9 @@
  *   down to the next sampled uncontended acquire by testing the truth of
  *   one Countdown shared by all of them (the skips geometric as in lock.c),
  *   look at their `_ddl_hold` only while some sampled hold is pending (the
- *   shared list _prim_holds is not empty), and call the Tracker's methods
- *   only to sample (_tick), to time a wait (_acquired) or to end a sampled
- *   hold (_release_hold).
+ *   shared list _prim_holds is not empty), and call C only to sample
+ *   (Countdown._sample), to time a wait (Tracker._acquired) or to end a
+ *   sampled hold (Tracker._release_hold).
  * - A threading.Condition's methods, and gevent's locks, are Hooks: method
  *   descriptors written in C (called like functions, no bound method on
  *   `obj.m()`) around the original methods or the Condition's lock. The
@@ -100,6 +100,9 @@ typedef struct {
     /* semaphores: sampled holds in progress, by holder (allocated lazily) */
     pending_hold *ring;
     int nring;
+    /* its holder's _ddl_hold is this tracker, and st->prim_holds has an
+     * item for it (publish_hold) */
+    int published;
 } ddl_tracker;
 
 /* The countdown of the Python-level primitives (one, module state). */
@@ -320,6 +323,20 @@ tracker_released(ddl_state *st, ddl_tracker *t, int full)
     ddl_lock_record(st, &t->base, 0, hold < 0 ? 0 : hold, 1, weight);
 }
 
+/* One item of the shared list of published holds goes (the last). */
+static void
+holds_pop(ddl_state *st)
+{
+    Py_ssize_t n =
+        st->prim_holds != NULL ? PyList_GET_SIZE(st->prim_holds) : 0;
+    if (n > 0) {
+        /* a list may be shorter than its allocation */
+        PyObject *last = PyList_GET_ITEM(st->prim_holds, n - 1);
+        Py_SET_SIZE(st->prim_holds, n - 1);
+        Py_DECREF(last);
+    }
+}
+
 static int
 tracker_traverse(PyObject *op, visitproc visit, void *arg)
 {
@@ -356,6 +373,9 @@ tracker_dealloc(PyObject *op)
     ddl_tracker *t = (ddl_tracker *)op;
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
+    if (t->published) {
+        holds_pop(tracker_state(t)); /* its holder died with a hold pending */
+    }
     tracker_clear(op);
     Py_CLEAR(t->base.site_code);
     Py_CLEAR(t->base.name);
@@ -443,11 +463,11 @@ hold_pending(ddl_tracker *t)
     return kind_exclusive(t->kind) ? t->base.sampled : t->nring > 0;
 }
 
-/* Set holder._ddl_hold to this tracker while a sampled hold is pending,
- * else None: the Python-level release looks at that attribute, and only
- * while the shared list st->prim_holds is not empty: it has one item per
- * holder whose _ddl_hold is set (one more if a holder dies with it set,
- * which only costs the releases that look). */
+/* Set holder._ddl_hold (holder: the one object whose tracker t is) to t
+ * while a sampled hold is pending, else None: the Python-level release
+ * looks at that attribute, and only while the shared list st->prim_holds
+ * is not empty: it has one item per tracker whose holder's _ddl_hold is
+ * set (t->published), so a release never misses a pending hold. */
 static void
 publish_hold(ddl_tracker *t, PyObject *holder)
 {
@@ -455,25 +475,12 @@ publish_hold(ddl_tracker *t, PyObject *holder)
         return;
     }
     ddl_state *st = tracker_state(t);
-    PyObject *old = ddl_get_instance_attr(holder, st->str__ddl_hold);
-    int was = old != NULL && old != Py_None;
     int now = hold_pending(t);
-    Py_XDECREF(old);
-    if (ddl_set_instance_attr(holder, st->str__ddl_hold,
-                              now ? (PyObject *)t : Py_None) < 0) {
-        PyErr_Clear();
-        return;
-    }
-    Py_ssize_t n = PyList_GET_SIZE(st->prim_holds);
-    if (now && !was) {
+    if (now && !t->published) {
         if (PyList_Append(st->prim_holds, Py_None) < 0) {
             /* out of memory: the release would not look, so the hold just
              * begun (the last one) is dropped */
             PyErr_Clear();
-            if (ddl_set_instance_attr(holder, st->str__ddl_hold, Py_None) <
-                0) {
-                PyErr_Clear();
-            }
             if (kind_exclusive(t->kind)) {
                 t->base.sampled = 0;
                 t->depth = 0;
@@ -481,13 +488,17 @@ publish_hold(ddl_tracker *t, PyObject *holder)
             else if (t->nring > 0) {
                 t->nring--;
             }
+            return;
         }
+        t->published = 1;
     }
-    else if (!now && was && n > 0) {
-        /* the last item goes (a list may be shorter than its allocation) */
-        PyObject *last = PyList_GET_ITEM(st->prim_holds, n - 1);
-        Py_SET_SIZE(st->prim_holds, n - 1);
-        Py_DECREF(last);
+    if (ddl_set_instance_attr(holder, st->str__ddl_hold,
+                              now ? (PyObject *)t : Py_None) < 0) {
+        PyErr_Clear();
+    }
+    if (!now && t->published) {
+        t->published = 0;
+        holds_pop(st);
     }
 }
 
@@ -518,7 +529,7 @@ tracker_acquired_py(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * module's _prim_countdown) for all of them, and `if not countdown:` in
  * their uncontended acquire is this nb_bool: true while the current skip
  * goes on (one event counted), false when this event is to be sampled (the
- * method then calls its Tracker's _tick). One C slot call on a closure
+ * method then calls countdown._sample(self)). One C slot call on a closure
  * variable, no attribute of the object read. The skips are geometric with
  * parameter capture_pct / 100, drawn again in each profiling session, so
  * that every event is sampled with that probability, whichever object it
@@ -564,8 +575,34 @@ countdown_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
+/* _sample(holder): the countdown chose this uncontended acquire of holder
+ * (a profiled primitive, or one made while stopped or by an excluded
+ * module, whose _ddl_tracker is None): sample it. */
+static PyObject *
+countdown_sample(PyObject *self, PyObject *holder)
+{
+    ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(self));
+    PyObject *t = PyObject_GenericGetAttr(holder, st->str__ddl_tracker);
+    if (t == NULL) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (Py_IS_TYPE(t, st->tracker_type)) {
+        tracker_acquired(st, (ddl_tracker *)t, ACQ_SAMPLED, 0, 0);
+        publish_hold((ddl_tracker *)t, holder);
+    }
+    Py_DECREF(t);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef countdown_methods[] = {
+    {"_sample", countdown_sample, METH_O, NULL},
+    {NULL},
+};
+
 static PyType_Slot countdown_slots[] = {
     {Py_tp_dealloc, countdown_dealloc},
+    {Py_tp_methods, countdown_methods},
     {Py_nb_bool, countdown_bool},
     {Py_tp_doc, "The sampling countdown of the Python-level primitives."},
     {0, NULL},
@@ -578,17 +615,6 @@ static PyType_Spec countdown_spec = {
              Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = countdown_slots,
 };
-
-/* _tick(holder): the countdown chose this uncontended acquire of holder:
- * sample it. */
-static PyObject *
-tracker_tick_py(PyObject *self, PyObject *holder)
-{
-    ddl_tracker *t = (ddl_tracker *)self;
-    tracker_acquired(tracker_state(t), t, ACQ_SAMPLED, 0, 0);
-    publish_hold(t, holder);
-    Py_RETURN_NONE;
-}
 
 /* _release_hold(holder): holder (whose _ddl_hold is this tracker) was
  * released: ends the releasing holder's sampled hold. */
@@ -664,7 +690,6 @@ static PyMethodDef tracker_methods[] = {
      NULL},
     {"_acquired", (PyCFunction)(void (*)(void))tracker_acquired_py,
      METH_FASTCALL, NULL},
-    {"_tick", tracker_tick_py, METH_O, NULL},
     {"_release_hold", tracker_release_hold_py, METH_O, NULL},
     {"_ddlock_name", tracker_name, METH_NOARGS,
      "The profile label, resolving it now if needed."},

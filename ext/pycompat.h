@@ -313,29 +313,6 @@ ddl_set_instance_attr(PyObject *obj, PyObject *name, PyObject *value)
     return PyObject_GenericSetAttr(obj, name, value);
 }
 
-/* New reference to such an attribute, NULL (no exception) when unset. */
-static inline PyObject *
-ddl_get_instance_attr(PyObject *obj, PyObject *name)
-{
-    PyObject *v;
-#if PY_VERSION_HEX < 0x030B0000
-    PyObject **dictptr = _PyObject_GetDictPtr(obj);
-    if (dictptr != NULL && *dictptr != NULL && PyDict_CheckExact(*dictptr)) {
-        v = PyDict_GetItemWithError(*dictptr, name);
-        if (v == NULL) {
-            PyErr_Clear();
-        }
-        Py_XINCREF(v);
-        return v;
-    }
-#endif
-    v = PyObject_GenericGetAttr(obj, name);
-    if (v == NULL) {
-        PyErr_Clear();
-    }
-    return v;
-}
-
 /* ---- GC pause while the profiler allocates ------------------------------ */
 
 /* Returns whether the collector was enabled (to pass to ddl_gc_resume). On
