@@ -109,6 +109,7 @@ typedef struct {
 typedef struct {
     PyObject_HEAD int64_t rest; /* events still to skip */
     uint64_t gen;               /* profiling session rest was drawn in */
+    ddl_state *st; /* its module's (alive while its type, hence it, is) */
 } ddl_countdown;
 
 PyObject *
@@ -554,7 +555,7 @@ static int
 countdown_bool(PyObject *self)
 {
     ddl_countdown *c = (ddl_countdown *)self;
-    ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(self));
+    ddl_state *st = c->st;
     if (c->gen != st->generation) {
         c->gen = st->generation;
         c->rest = draw_skip(st);
@@ -1715,6 +1716,7 @@ ddl_primitives_init(PyObject *module, ddl_state *st)
     }
     cd->rest = 0;
     cd->gen = st->generation - 1; /* drawn at the first event */
+    cd->st = st;
     st->prim_countdown = (PyObject *)cd;
     st->prim_holds = PyList_New(0);
     if (st->prim_holds == NULL) {
