@@ -193,9 +193,10 @@ def _build(kind, original, init=None):
         return copyreg._reconstructor, (target, object, None), state
 
     # Instances get two attributes: _ddl_tracker and _ddl_hold (the tracker
-    # while a sampled hold is pending; threading.Condition's own RLock also
-    # _ddl_own, see __new__). Not __slots__: on 3.9 and 3.13 a subclass with __slots__ loses the fast
-    # access to the instance attributes of the stdlib class it extends.
+    # while a sampled hold is pending; a threading.Condition with its own
+    # RLock also _ddl_own, see __new__). Not __slots__: on 3.9 and 3.13 a
+    # subclass with __slots__ loses the fast access to the instance
+    # attributes of the stdlib class it extends.
     ns = {
         "__module__": original.__module__,
         "__qualname__": original.__qualname__,
@@ -350,8 +351,9 @@ def _threading_condition(original):
                 tracker = self._ddl_tracker
             except AttributeError:
                 tracker = None
+            own_lock = tracker is not None and type(tracker) is not tracker_type
             premade = None
-            if tracker is not None and type(tracker) is not tracker_type:
+            if own_lock:
                 # an RLock of ours: _ddl_own is set with it, to that RLock
                 # when __new__ made it for this __init__ (used once)
                 premade = self._ddl_own
@@ -374,7 +376,7 @@ def _threading_condition(original):
                     self._ddl_tracker = own
                     self._ddl_own = None
                     return
-            if tracker is not None and type(tracker) is not tracker_type:
+            if own_lock:
                 # an RLock of ours, but the Condition is given a lock after
                 # all (a subclass's __init__): profile that lock, at the
                 # same creation site, unless it is ddlock's

@@ -582,7 +582,7 @@ countdown_dealloc(PyObject *op)
 static PyObject *
 countdown_sample(PyObject *self, PyObject *holder)
 {
-    ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(self));
+    ddl_state *st = ((ddl_countdown *)self)->st;
     PyObject *t = PyObject_GenericGetAttr(holder, st->str__ddl_tracker);
     if (t == NULL) {
         PyErr_Clear();
@@ -1532,6 +1532,7 @@ mod_prim_tracker(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return (PyObject *)t;
 }
 
+/* _prim_setup(acquire_wrapper, native_lock_type, native_rlock_type) */
 static PyObject *
 mod_prim_setup(PyObject *module, PyObject *args)
 {

@@ -15,6 +15,21 @@
 
 /* ---- frames ------------------------------------------------------------ */
 
+/* Byte offset of the frame's last instruction (what PyCode_Addr2Line takes),
+ * -1 when unknown. */
+static inline int
+ddl_frame_lasti(PyFrameObject *f)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(f);
+#elif PY_VERSION_HEX >= 0x030A0000
+    /* 3.10 counts code units */
+    return f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#else
+    return f->f_lasti;
+#endif
+}
+
 /* Walking the running Python frames for a sampled stack, without making
  * frame objects. On 3.11+ PyEval_GetFrame()/PyFrame_GetBack() wrap each
  * interpreter frame record in a new frame object the first time it is
@@ -113,28 +128,9 @@ ddl_walk_code(ddl_walk_frame *f)
 static inline int
 ddl_walk_lasti(ddl_walk_frame *f)
 {
-#if PY_VERSION_HEX >= 0x030A0000
-    return f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
-#else
-    return f->f_lasti;
-#endif
+    return ddl_frame_lasti(f);
 }
 #endif
-
-/* Byte offset of the frame's last instruction (what PyCode_Addr2Line takes),
- * -1 when unknown. */
-static inline int
-ddl_frame_lasti(PyFrameObject *f)
-{
-#if PY_VERSION_HEX >= 0x030B0000
-    return PyFrame_GetLasti(f);
-#elif PY_VERSION_HEX >= 0x030A0000
-    /* 3.10 counts code units */
-    return f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
-#else
-    return f->f_lasti;
-#endif
-}
 
 /* Borrowed globals of a frame. */
 static inline PyObject *
