@@ -25,6 +25,37 @@ typedef struct {
 
 #define DDL_CODE_CACHE_SIZE 1024 /* power of two */
 
+/* One frame of a raw stack (frames.c's ddl_stack_raw): borrowed. */
+typedef struct {
+    PyObject *code;
+    PyObject *filename; /* the code's co_filename when walked */
+    int lasti;
+} ddl_raw_frame;
+
+/* The record memo (lock.c): for the last keys recorded, the raw stack and
+ * the labels they were made from, and the ticket of the profile sample
+ * they went to. An event whose raw stack and labels are the same as an
+ * entry's goes to that sample without capturing and resolving its stack
+ * again. Entries hold references to everything whose identity they
+ * compare (codes, filenames, the label strings' owners): the same
+ * pointers then mean the same bytes. */
+#define DDL_MEMO_SIZE 128  /* entries, power of two */
+#define DDL_MEMO_FRAMES 48 /* deeper raw stacks are not memoized */
+#define DDL_MEMO_LABELS 8
+#define DDL_MEMO_OWNERS 8
+typedef struct {
+    uint64_t hash;       /* of the key; entries with nframes < 0 are empty */
+    uint64_t generation; /* st->generation it was filled in */
+    uint64_t ticket;
+    int nframes;
+    int nlabels;
+    int nowners;
+    int is_release;
+    ddl_raw_frame frames[DDL_MEMO_FRAMES]; /* code, filename: strong */
+    ddl_label labels[DDL_MEMO_LABELS];
+    PyObject *owners[DDL_MEMO_OWNERS]; /* strong */
+} ddl_memo_entry;
+
 /* What a sampled stack needs from a code object (frames.c). */
 typedef struct {
     PyObject *code;       /* strong reference, NULL when empty */
@@ -68,6 +99,7 @@ typedef struct {
     PyObject *ddlock_dir; /* directory prefix of the ddlock package */
     PyObject *name_cache; /* (site code, site lasti, user code) -> name */
     ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
+    ddl_memo_entry *memo;       /* DDL_MEMO_SIZE entries, made on first use */
     ddl_site_entry *site_cache; /* DDL_SITE_CACHE_SIZE entries */
     ddl_code_entry *code_cache; /* DDL_CODE_CACHE_SIZE entries */
     uint64_t code_serial;       /* last ddl_code_entry.serial handed out */
@@ -246,6 +278,11 @@ void ddl_stack_release(ddl_stack *stack);
 PyObject *ddl_lock_name(ddl_state *st, ddl_lockbase *lk);
 /* Site label "file:line" for a code/lasti pair, new ref or NULL. */
 PyObject *ddl_site_label(PyObject *code, int lasti);
+/* The raw stack from the top frame: code, filename and lasti of each
+ * frame, borrowed. Returns how many (<= cap), or -1 when there are more. */
+int ddl_stack_raw(ddl_raw_frame *out, int cap);
+/* Empty the record memo (drops its references); may run Python code. */
+void ddl_memo_clear(ddl_state *st);
 /* Empty the (code, lasti) -> line cache (drops its references). */
 void ddl_line_cache_clear(ddl_state *st);
 /* Empty the per-code-object cache (what counts as internal changed). */

@@ -336,8 +336,10 @@ ddl_str_from_unicode(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
 /* Per-code-object cache: whether a code object is internal and the views
  * of its function name and filename with their profile hashes, so a frame
  * of a sampled stack costs a lookup instead of file name matching, two
- * UTF-8 conversions and the profile hashing the bytes. Direct-mapped, keyed
- * by the code's identity; bounded (DDL_CODE_CACHE_SIZE entries). Entries
+ * UTF-8 conversions and the profile hashing the bytes. Two-way set
+ * associative (the set's first entry is its most recently used: two hot
+ * code objects whose sets collide do not evict each other on every sample),
+ * keyed by the code's identity; bounded (DDL_CODE_CACHE_SIZE entries). Entries
  * hold references to the code and to the two str objects the views were
  * made from (and to the escaped bytes behind a view, if any), and a hit
  * also checks the code still names those str objects: a view never
@@ -347,7 +349,7 @@ code_slot(PyCodeObject *co)
 {
     uintptr_t h = (uintptr_t)co >> 4;
     h ^= h >> 10;
-    return (size_t)(h & (DDL_CODE_CACHE_SIZE - 1));
+    return (size_t)(h & (DDL_CODE_CACHE_SIZE - 2));
 }
 
 static void
@@ -389,9 +391,10 @@ code_entry_views(const ddl_code_entry *e, ddl_frame *fr, PyObject **refs,
     }
 }
 
-/* Refill e for co (a miss); the views go to fr when not NULL. */
+/* Fill set[0] for co (a miss): the entry there moves to set[1], whose
+ * entry goes; the views go to fr when not NULL. */
 static int
-code_fill(ddl_state *st, ddl_code_entry *e, PyCodeObject *co, ddl_frame *fr,
+code_fill(ddl_state *st, ddl_code_entry *set, PyCodeObject *co, ddl_frame *fr,
           PyObject **refs, size_t *nrefs)
 {
     PyObject *name = ddl_code_name(co), *file = co->co_filename;
@@ -408,15 +411,23 @@ code_fill(ddl_state *st, ddl_code_entry *e, PyCodeObject *co, ddl_frame *fr,
     /* never reused: the profile may trust a frame with this key to have
      * these name and filename bytes (ddl_frame.key) */
     fresh.serial = ++st->code_serial;
-    ddl_code_entry old = *e;
-    *e = fresh; /* the references move to the entry */
+    ddl_code_entry old = set[1];
+    set[1] = set[0];
+    set[0] = fresh; /* the references move to the entry */
     if (fr != NULL) {
         code_entry_views(&fresh, fr, refs, nrefs);
     }
     /* released last: dropping the old code may run a weakref callback,
-     * which may even refill e */
+     * which may even refill the set */
     code_entry_clear(&old);
     return fresh.internal;
+}
+
+static inline int
+code_entry_hit(const ddl_code_entry *e, PyCodeObject *co)
+{
+    return e->code == (PyObject *)co && e->name == ddl_code_name(co) &&
+           e->filename == co->co_filename;
 }
 
 /* Is co internal? With fr != NULL, also fill fr's name and filename views
@@ -434,10 +445,16 @@ code_lookup(ddl_state *st, PyCodeObject *co, ddl_frame *fr, PyObject **refs,
         }
         return is_internal_code(st, co);
     }
-    ddl_code_entry *e = &st->code_cache[code_slot(co)];
-    if (e->code != (PyObject *)co || e->name != ddl_code_name(co) ||
-        e->filename != co->co_filename) {
-        return code_fill(st, e, co, fr, refs, nrefs);
+    ddl_code_entry *set = &st->code_cache[code_slot(co)];
+    ddl_code_entry *e = &set[0];
+    if (!code_entry_hit(e, co)) {
+        if (!code_entry_hit(&set[1], co)) {
+            return code_fill(st, set, co, fr, refs, nrefs);
+        }
+        /* most recently used first (the references move with the entries) */
+        ddl_code_entry hit = set[1];
+        set[1] = set[0];
+        set[0] = hit;
     }
     if (fr != NULL) {
         code_entry_views(e, fr, refs, nrefs);
@@ -445,10 +462,13 @@ code_lookup(ddl_state *st, PyCodeObject *co, ddl_frame *fr, PyObject **refs,
     return e->internal;
 }
 
-/* Line of a frame, through a direct-mapped cache keyed by (code, lasti):
- * computing it scans the code's line table, which dominated sampled events.
- * Entries hold a reference to their code object, so a key never outlives
- * the code it names; the cache is bounded (DDL_LINE_CACHE_SIZE entries). */
+/* Line of a frame, through a cache keyed by (code, lasti): computing it
+ * scans the code's line table, which dominated sampled events. Two-way set
+ * associative, most recently used first: with a direct-mapped cache, two
+ * frames of a hot stack whose slots collided (a matter of addresses, so of
+ * the run) rescanned both line tables on every sample. Entries hold a
+ * reference to their code object, so a key never outlives the code it
+ * names; the cache is bounded (DDL_LINE_CACHE_SIZE entries). */
 static int64_t
 ddl_cached_line(ddl_state *st, PyCodeObject *co, int lasti)
 {
@@ -457,15 +477,20 @@ ddl_cached_line(ddl_state *st, PyCodeObject *co, int lasti)
     }
     uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)lasti * 0x9e3779b1u);
     h ^= h >> 13;
-    ddl_line_entry *e = &st->line_cache[h & (DDL_LINE_CACHE_SIZE - 1)];
-    if (e->code == (PyObject *)co && e->lasti == lasti) {
-        return e->line;
+    ddl_line_entry *set = &st->line_cache[h & (DDL_LINE_CACHE_SIZE - 2)];
+    if (set[0].code == (PyObject *)co && set[0].lasti == lasti) {
+        return set[0].line;
+    }
+    if (set[1].code == (PyObject *)co && set[1].lasti == lasti) {
+        ddl_line_entry hit = set[1]; /* the reference moves with it */
+        set[1] = set[0];
+        set[0] = hit;
+        return hit.line;
     }
     int line = PyCode_Addr2Line(co, lasti);
-    PyObject *old = e->code;
-    e->code = Py_NewRef(co);
-    e->lasti = lasti;
-    e->line = line;
+    PyObject *old = set[1].code;
+    set[1] = set[0];
+    set[0] = (ddl_line_entry){Py_NewRef(co), lasti, line};
     Py_XDECREF(old);
     return line;
 }
@@ -523,6 +548,23 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
         fr->key = 0;
     }
     return 0;
+}
+
+int
+ddl_stack_raw(ddl_raw_frame *out, int cap)
+{
+    int n = 0;
+    for (ddl_walk_frame *f = ddl_walk_top(); f != NULL; f = ddl_walk_back(f)) {
+        if (n == cap) {
+            return -1;
+        }
+        PyCodeObject *co = ddl_walk_code(f);
+        out[n].code = (PyObject *)co;
+        out[n].filename = co->co_filename;
+        out[n].lasti = ddl_walk_lasti(f);
+        n++;
+    }
+    return n;
 }
 
 void

@@ -1259,6 +1259,162 @@ cached_native_id(ddl_state *st)
 
 #define STACK_ON_C_STACK 65
 
+/* ---- the record memo (ddlock.h) ------------------------------------------
+ * Most sampled events of a program repeat a few keys: the same lock taken
+ * at the same line of the same stack by the same thread. Capturing the
+ * stack (a code and line cache lookup per frame) and resolving the key in
+ * the profile (a cache probe per frame and label, a sample lookup) is then
+ * work done again for the same answer, and on a rarely sampled path most
+ * of its cost is cold caches. An entry remembers the raw stack and the
+ * labels of a key it recorded, and the profile's ticket for its sample: an
+ * event with the same raw stack (code, filename and instruction of every
+ * frame: what the captured frames are computed from, with the state's
+ * configuration, fixed within a generation) and the same labels (strings
+ * compared by pointer: the entry owns what they point into) adds its
+ * values by ticket. Any difference, a stale ticket (the profile was
+ * exported) or a stack deeper than DDL_MEMO_FRAMES takes the full path. */
+
+static uint64_t
+memo_mix(uint64_t h, uint64_t v)
+{
+    h = (h ^ v) * 0x9e3779b97f4a7c15ULL;
+    return h ^ (h >> 29);
+}
+
+/* The slot of a key: from its leaf-most parts only (memo_match compares
+ * the whole key). */
+static uint64_t
+memo_hash(const ddl_raw_frame *raw, int nraw, const ddl_label *labels,
+          size_t nl, int is_release)
+{
+    uint64_t h = memo_mix(0x243f6a8885a308d3ULL,
+                          (uint64_t)is_release << 32 | (uint32_t)nraw);
+    if (nraw > 0) {
+        h = memo_mix(h, (uint64_t)(uintptr_t)raw[0].code ^
+                            (uint64_t)(uint32_t)raw[0].lasti << 40);
+    }
+    if (nl > 1) {
+        h = memo_mix(h, (uint64_t)(uintptr_t)labels[0].str.ptr ^
+                            (uint64_t)labels[1].num << 20);
+    }
+    return h;
+}
+
+static int
+memo_match(ddl_state *st, const ddl_memo_entry *e, uint64_t h,
+           const ddl_raw_frame *raw, int nraw, const ddl_label *labels,
+           size_t nl, int is_release)
+{
+    if (e->hash != h || e->nframes != nraw || e->nlabels != (int)nl ||
+        e->is_release != is_release || e->generation != st->generation) {
+        return 0;
+    }
+    for (int i = 0; i < nraw; i++) {
+        if (e->frames[i].code != raw[i].code ||
+            e->frames[i].lasti != raw[i].lasti ||
+            e->frames[i].filename != raw[i].filename) {
+            return 0;
+        }
+    }
+    for (size_t i = 0; i < nl; i++) {
+        const ddl_label *a = &e->labels[i], *b = &labels[i];
+        if (a->key.ptr != b->key.ptr || a->key.len != b->key.len ||
+            a->str.ptr != b->str.ptr || a->str.len != b->str.len ||
+            a->num != b->num) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Empty entry e into refs (room for its references); returns how many. */
+static size_t
+memo_take(ddl_memo_entry *e, PyObject **refs)
+{
+    size_t n = 0;
+    for (int i = 0; i < e->nframes; i++) {
+        refs[n++] = e->frames[i].code;
+        refs[n++] = e->frames[i].filename;
+    }
+    for (int i = 0; i < e->nowners; i++) {
+        refs[n++] = e->owners[i];
+    }
+    e->nframes = -1;
+    e->nowners = 0;
+    e->hash = 0;
+    return n;
+}
+
+#define MEMO_REFS (2 * DDL_MEMO_FRAMES + DDL_MEMO_OWNERS)
+
+/* Fill e (the references it takes are new ones; the entry's old ones are
+ * dropped last, since that may run Python code). */
+static void
+memo_fill(ddl_state *st, ddl_memo_entry *e, uint64_t h,
+          const ddl_raw_frame *raw, int nraw, const ddl_label *labels,
+          size_t nl, int is_release, PyObject *const *owners, size_t nowners,
+          uint64_t ticket)
+{
+    PyObject *old[MEMO_REFS];
+    size_t nold;
+    if (nl > DDL_MEMO_LABELS || nowners > DDL_MEMO_OWNERS || ticket == 0) {
+        return;
+    }
+    nold = memo_take(e, old);
+    for (int i = 0; i < nraw; i++) {
+        e->frames[i].code = Py_NewRef(raw[i].code);
+        e->frames[i].filename = Py_NewRef(raw[i].filename);
+        e->frames[i].lasti = raw[i].lasti;
+    }
+    for (size_t i = 0; i < nowners; i++) {
+        e->owners[i] = Py_NewRef(owners[i]);
+    }
+    memcpy(e->labels, labels, nl * sizeof(ddl_label));
+    e->nowners = (int)nowners;
+    e->nlabels = (int)nl;
+    e->is_release = is_release;
+    e->generation = st->generation;
+    e->ticket = ticket;
+    e->hash = h;
+    e->nframes = nraw;
+    for (size_t i = 0; i < nold; i++) {
+        Py_DECREF(old[i]);
+    }
+}
+
+static ddl_memo_entry *
+memo_table(ddl_state *st)
+{
+    if (st->memo == NULL) {
+        st->memo = PyMem_Calloc(DDL_MEMO_SIZE, sizeof(ddl_memo_entry));
+        if (st->memo == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        for (size_t i = 0; i < DDL_MEMO_SIZE; i++) {
+            st->memo[i].nframes = -1;
+        }
+    }
+    return st->memo;
+}
+
+void
+ddl_memo_clear(ddl_state *st)
+{
+    PyObject *refs[MEMO_REFS];
+    if (st->memo == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < DDL_MEMO_SIZE; i++) {
+        /* each entry is empty before its references go (they may run
+         * code that records, even here) */
+        size_t n = memo_take(&st->memo[i], refs);
+        for (size_t j = 0; j < n; j++) {
+            Py_DECREF(refs[j]);
+        }
+    }
+}
+
 /* Record one sampled event with the current stack and the lock's labels.
  * Never raises and never lets an exception escape (the caller's pending
  * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
@@ -1281,35 +1437,22 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
     PyErr_Fetch(&et, &ev, &etb);
 
     int rc = -1;
-    ddl_frame frames_local[STACK_ON_C_STACK];
-    PyObject *refs_local[STACK_ON_C_STACK * DDL_REFS_PER_FRAME + 4];
-    ddl_frame *frames = frames_local;
-    PyObject **refs = refs_local;
-    size_t cap = (size_t)st->max_frames + 1;
-    if (cap > STACK_ON_C_STACK) {
-        frames = PyMem_Malloc(cap * sizeof(ddl_frame));
-        refs =
-            PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) * sizeof(PyObject *));
-        if (frames == NULL || refs == NULL) {
-            goto done;
-        }
-    }
-    else {
-        cap = STACK_ON_C_STACK;
-    }
-    ddl_stack stack;
-    ddl_stack_capture(st, &stack, frames, refs, cap);
-
     PyObject *name = ddl_lock_name(st, lk);
     unsigned long ident = PyThread_get_thread_ident();
     PyObject *tname = ddl_thread_name(st, ident);
 
+    /* the labels, and the objects their strings point into: own (name,
+     * tname and escaped bytes made for them: references of this function)
+     * and extra_refs */
     ddl_label labels[4 + DDL_EXTRA_LABELS];
     ddl_label_refs extra_refs;
+    PyObject *own[4];
+    size_t nown = 0;
     size_t nl = 0;
     ddl_str name_s = {"<unknown>", 9};
     if (name != NULL) {
-        ddl_str_of(&name_s, name, stack.refs, &stack.nrefs);
+        own[nown++] = name;
+        ddl_str_of(&name_s, name, own, &nown);
     }
     labels[nl++] = (ddl_label){{"lock name", 9}, name_s, 0};
     labels[nl++] = (ddl_label){{"thread id", 9}, {NULL, 0}, (int64_t)ident};
@@ -1317,7 +1460,8 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
         {"thread native id", 16}, {NULL, 0}, (int64_t)cached_native_id(st)};
     if (tname != NULL) {
         ddl_str tname_s;
-        ddl_str_of(&tname_s, tname, stack.refs, &stack.nrefs);
+        own[nown++] = tname;
+        ddl_str_of(&tname_s, tname, own, &nown);
         labels[nl++] = (ddl_label){{"thread name", 11}, tname_s, 0};
     }
     nl += ddl_sample_extra_labels(st, lk, &labels[nl], &extra_refs);
@@ -1331,20 +1475,84 @@ ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
         values[DDL_V_ACQUIRE] = weighted(1.0, weight);
         values[DDL_V_WAIT] = weighted((double)wait_ns, weight);
     }
-    if (ddl_profile_add(st->profile, stack.frames, stack.nframes, labels, nl,
-                        values) == 0) {
+
+    ddl_raw_frame raw[DDL_MEMO_FRAMES];
+    int nraw = -1;
+    uint64_t h = 0;
+    ddl_memo_entry *entry = NULL;
+    /* the memo keeps the strings (and escaped bytes) the labels point
+     * into, nothing else: not the task object (its id is a number) */
+    PyObject *owners[DDL_MEMO_OWNERS];
+    size_t nowners = 0;
+    int memo_ok = 1;
+    for (size_t i = 0; i < nown + extra_refs.n && memo_ok; i++) {
+        PyObject *o = i < nown ? own[i] : extra_refs.refs[i - nown];
+        if (PyUnicode_CheckExact(o) || PyBytes_CheckExact(o)) {
+            memo_ok = nowners < DDL_MEMO_OWNERS;
+            if (memo_ok) {
+                owners[nowners++] = o;
+            }
+        }
+        else if (i < nown || PyUnicode_Check(o) || PyBytes_Check(o)) {
+            memo_ok = 0; /* a subclass: its instance may own anything */
+        }
+    }
+    if (memo_ok && memo_table(st) != NULL) {
+        nraw = ddl_stack_raw(raw, DDL_MEMO_FRAMES);
+    }
+    if (nraw >= 0) {
+        h = memo_hash(raw, nraw, labels, nl, is_release);
+        entry = &st->memo[h & (DDL_MEMO_SIZE - 1)];
+        if (memo_match(st, entry, h, raw, nraw, labels, nl, is_release) &&
+            ddl_profile_add_ticket(st->profile, entry->ticket, values) == 0) {
+            st->events_sampled++;
+            rc = 0;
+            goto labels_done;
+        }
+    }
+
+    ddl_frame frames_local[STACK_ON_C_STACK];
+    PyObject *refs_local[STACK_ON_C_STACK * DDL_REFS_PER_FRAME + 4];
+    ddl_frame *frames = frames_local;
+    PyObject **refs = refs_local;
+    size_t cap = (size_t)st->max_frames + 1;
+    if (cap > STACK_ON_C_STACK) {
+        frames = PyMem_Malloc(cap * sizeof(ddl_frame));
+        refs =
+            PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) * sizeof(PyObject *));
+        if (frames == NULL || refs == NULL) {
+            goto frames_done;
+        }
+    }
+    else {
+        cap = STACK_ON_C_STACK;
+    }
+    ddl_stack stack;
+    ddl_stack_capture(st, &stack, frames, refs, cap);
+    uint64_t ticket = 0;
+    /* (the capture may have run a weakref callback, even one that stopped
+     * the profiler) */
+    if (st->profile != NULL &&
+        ddl_profile_add_ex(st->profile, stack.frames, stack.nframes, labels,
+                           nl, values, &ticket) == 0) {
         st->events_sampled++;
         rc = 0;
+        if (entry != NULL) {
+            memo_fill(st, entry, h, raw, nraw, labels, nl, is_release, owners,
+                      nowners, ticket);
+        }
     }
     ddl_stack_release(&stack);
-    ddl_label_refs_release(&extra_refs);
-    Py_XDECREF(name);
-    Py_XDECREF(tname);
-done:
+frames_done:
     if (frames != frames_local) {
         PyMem_Free(frames);
         PyMem_Free(refs);
     }
+labels_done:
+    for (size_t i = 0; i < nown; i++) {
+        Py_DECREF(own[i]);
+    }
+    ddl_label_refs_release(&extra_refs);
     PyErr_Clear();
     PyErr_Restore(et, ev, etb);
     ddl_gc_resume(gc_was_enabled);

@@ -152,6 +152,7 @@ stop_collecting(ddl_state *st, int final_export)
         st->last_exporter_stats = es;
         st->has_last_stats = 1;
     }
+    ddl_memo_clear(st); /* its tickets name the profile just freed */
 }
 
 static PyObject *
@@ -405,6 +406,7 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_XSETREF(st->threading_file, Py_NewRef(tfile));
     Py_XSETREF(st->ddlock_dir, Py_NewRef(ddir));
     ddl_code_cache_clear(st); /* which code is internal may have changed */
+    ddl_memo_clear(st);       /* so may the stacks its keys stand for */
     Py_RETURN_NONE;
 }
 
@@ -769,6 +771,7 @@ static int
 module_clear(PyObject *module)
 {
     ddl_state *st = get_state(module);
+    ddl_memo_clear(st);
     ddl_line_cache_clear(st);
     ddl_site_cache_clear(st);
     ddl_code_cache_clear(st);
@@ -801,6 +804,8 @@ module_free(void *module)
     module_clear((PyObject *)module);
     PyMem_Free(st->line_cache);
     st->line_cache = NULL;
+    PyMem_Free(st->memo);
+    st->memo = NULL;
     PyMem_Free(st->site_cache);
     st->site_cache = NULL;
     PyMem_Free(st->code_cache);

@@ -1589,6 +1589,7 @@ mod_prim_set_asyncio(PyObject *module, PyObject *args)
     Py_XSETREF(st->asyncio_lock_cls, (PyTypeObject *)Py_NewRef(lock_cls));
     Py_XSETREF(st->asyncio_locks_file, Py_NewRef(file));
     ddl_code_cache_clear(st); /* asyncio's lock code is internal */
+    ddl_memo_clear(st);
     Py_XSETREF(st->get_running_loop, Py_NewRef(grl));
     Py_XSETREF(st->current_task, Py_NewRef(ct));
     Py_RETURN_NONE;

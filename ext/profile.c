@@ -45,6 +45,8 @@ struct ddl_profile {
     uint64_t samples_added;
     uint64_t samples_dropped;
     uint64_t snapshots;
+    uint32_t epoch; /* of the live table: bumped when it is swapped out,
+                       cleared or reset (tickets name it), never 0 */
 };
 
 /* ------------------------------------------------------------------ */
@@ -1082,6 +1084,7 @@ ddl_profile_new(size_t max_samples, int64_t start_ns)
         goto error;
     }
     p->max_samples = max_samples > MAX_IDS - 1 ? MAX_IDS - 1 : max_samples;
+    p->epoch = 1;
     return p;
 
 error:
@@ -1105,10 +1108,51 @@ ddl_profile_free(ddl_profile *p)
 #define STACK_FRAMES 128
 #define STACK_LABELS 32
 
+/* The next table's epoch (0 is skipped: no ticket is 0). */
+static void
+next_epoch(ddl_profile *p)
+{
+    if (++p->epoch == 0) {
+        p->epoch = 1;
+    }
+}
+
 int
 ddl_profile_add(ddl_profile *p, const ddl_frame *frames, size_t nframes,
                 const ddl_label *labels, size_t nlabels,
                 const int64_t values[DDL_NVALUES])
+{
+    uint64_t ticket;
+    return ddl_profile_add_ex(p, frames, nframes, labels, nlabels, values,
+                              &ticket);
+}
+
+int
+ddl_profile_add_ticket(ddl_profile *p, uint64_t ticket,
+                       const int64_t values[DDL_NVALUES])
+{
+    uint64_t index1 = ticket & 0xffffffffu;
+    int rc = 1;
+
+    pthread_mutex_lock(&p->mutex);
+    ddl_snapshot *t = p->table;
+    if (index1 != 0 && (uint32_t)(ticket >> 32) == p->epoch &&
+        index1 <= t->nsamples) {
+        int64_t *v = t->samples[index1 - 1].values;
+        for (size_t j = 0; j < DDL_NVALUES; j++) {
+            v[j] = (int64_t)((uint64_t)v[j] + (uint64_t)values[j]);
+        }
+        p->samples_added++;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&p->mutex);
+    return rc;
+}
+
+int
+ddl_profile_add_ex(ddl_profile *p, const ddl_frame *frames, size_t nframes,
+                   const ddl_label *labels, size_t nlabels,
+                   const int64_t values[DDL_NVALUES], uint64_t *ticket)
 {
     uint32_t stack_locs[STACK_FRAMES];
     ddl_slabel stack_lbl[STACK_LABELS];
@@ -1160,9 +1204,12 @@ ddl_profile_add(ddl_profile *p, const ddl_frame *frames, size_t nframes,
     }
     else {
         rc = sample_insert(t, frames, nframes, labels, nlabels, values, sh);
+        found = (int64_t)t->nsamples - 1; /* inserted last (when rc == 0) */
     }
+    *ticket = 0;
     if (rc == 0) {
         p->samples_added++;
+        *ticket = (uint64_t)p->epoch << 32 | (uint64_t)(found + 1);
     }
     else {
         t->dropped++;
@@ -1187,6 +1234,7 @@ ddl_profile_swap(ddl_profile *p, int64_t now_ns)
     old = p->table;
     p->table = fresh;
     p->snapshots++;
+    next_epoch(p);
     pthread_mutex_unlock(&p->mutex);
     old->end_ns = now_ns;
     /* the hot-path caches are of no use to a snapshot */
@@ -1209,11 +1257,13 @@ ddl_profile_clear(ddl_profile *p, int64_t now_ns)
     if (fresh == NULL) {
         /* out of memory: empty the live table in place (rare, slow) */
         table_reset(p->table, now_ns);
+        next_epoch(p);
         pthread_mutex_unlock(&p->mutex);
         return;
     }
     old = p->table;
     p->table = fresh;
+    next_epoch(p);
     pthread_mutex_unlock(&p->mutex);
     ddl_snapshot_free(old);
 }
@@ -1248,6 +1298,7 @@ ddl_profile_fork_child(ddl_profile *p, int64_t now_ns)
      * held by it (prepare): start over with a fresh one */
     pthread_mutex_init(&p->mutex, NULL);
     table_reset(p->table, now_ns);
+    next_epoch(p);
 }
 
 int64_t

@@ -74,6 +74,21 @@ int ddl_profile_add(ddl_profile *p, const ddl_frame *frames, size_t nframes,
                     const ddl_label *labels, size_t nlabels,
                     const int64_t values[DDL_NVALUES]);
 
+/* ddl_profile_add() that also hands out a ticket naming the sample the
+ * values went to (*ticket is 0 when they went nowhere): a caller that sees
+ * the very same key again (same frames and labels, by content) may add to
+ * that sample with ddl_profile_add_ticket() instead of resolving the key.
+ * A ticket is valid until the live table is swapped out or cleared. */
+int ddl_profile_add_ex(ddl_profile *p, const ddl_frame *frames, size_t nframes,
+                       const ddl_label *labels, size_t nlabels,
+                       const int64_t values[DDL_NVALUES], uint64_t *ticket);
+
+/* Add values to the sample a ticket names. Returns 0 when added, 1 when the
+ * ticket is stale or 0 (nothing added, nothing counted: the caller adds
+ * with the full key instead). Thread-safe. */
+int ddl_profile_add_ticket(ddl_profile *p, uint64_t ticket,
+                           const int64_t values[DDL_NVALUES]);
+
 /* Take the current table out and start a new, empty one at now_ns.
  * The snapshot covers [previous start, now_ns). Never returns NULL unless
  * allocation failed (then the current table is kept and NULL returned).

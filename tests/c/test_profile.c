@@ -659,6 +659,92 @@ START_TEST(test_swap)
 }
 END_TEST
 
+/* Tickets: add_ex names the sample its values went to; add_ticket adds to
+ * exactly that sample while its table is live, and refuses (adding and
+ * counting nothing) once the table was swapped out, cleared or reset. */
+START_TEST(test_tickets)
+{
+    ddl_profile *p = ddl_profile_new(2, 0);
+    ddl_frame a[2] = {{0}}, b[1] = {{0}}, c[1] = {{0}};
+    ddl_label l[1];
+    ddl_profile_stats stats;
+    uint64_t ta = 0, tb = 0, tc = 7, ta2 = 0;
+    ddl_snapshot *s;
+    static const int64_t TWO[DDL_NVALUES] = {2, 20, 0, 0};
+
+    a[0] = frame("leaf", "/a.py", 1);
+    a[1] = frame("root", "/a.py", 9);
+    b[0] = frame("other", "/b.py", 2);
+    c[0] = frame("third", "/c.py", 3);
+    l[0] = str_label("lock name", "a.py:1:x");
+    ck_assert_int_eq(ddl_profile_add_ex(p, a, 2, l, 1, ONE, &ta), 0);
+    ck_assert_int_eq(ddl_profile_add_ex(p, b, 1, NULL, 0, ONE, &tb), 0);
+    ck_assert_uint_ne(ta, 0);
+    ck_assert_uint_ne(tb, 0);
+    ck_assert_uint_ne(ta, tb);
+    /* the same key again: the same ticket */
+    ck_assert_int_eq(ddl_profile_add_ex(p, a, 2, l, 1, ONE, &ta2), 0);
+    ck_assert_uint_eq(ta2, ta);
+    /* dropped by the cap: no ticket */
+    ck_assert_int_eq(ddl_profile_add_ex(p, c, 1, NULL, 0, ONE, &tc), 1);
+    ck_assert_uint_eq(tc, 0);
+    ck_assert_int_eq(ddl_profile_add_ticket(p, 0, ONE), 1);
+
+    ck_assert_int_eq(ddl_profile_add_ticket(p, tb, TWO), 0);
+    ck_assert_int_eq(ddl_profile_add_ticket(p, ta, TWO), 0);
+    /* an index past the table's samples is refused */
+    ck_assert_int_eq(ddl_profile_add_ticket(p, (ta & ~0xffffffffULL) | 3, ONE),
+                     1);
+    ddl_profile_get_stats(p, &stats);
+    ck_assert_uint_eq(stats.samples_added, 5);
+    ck_assert_uint_eq(stats.samples_dropped, 1);
+
+    s = ddl_profile_swap(p, 10);
+    ck_assert_uint_eq(ddl_snapshot_nsamples(s), 2);
+    long ia = find_sample(s, a, 2, l, 1), ib = find_sample(s, b, 1, NULL, 0);
+    ck_assert_int_ge(ia, 0);
+    ck_assert_int_ge(ib, 0);
+    ck_assert_int_eq(s->samples[ia].values[0], 4);
+    ck_assert_int_eq(s->samples[ia].values[1], 40);
+    ck_assert_int_eq(s->samples[ia].values[2], 2);
+    ck_assert_int_eq(s->samples[ib].values[0], 3);
+    ck_assert_int_eq(s->samples[ib].values[3], 100);
+
+    /* the live table is a new one: old tickets are stale, even though the
+     * new table has a sample at the same index */
+    ck_assert_int_eq(ddl_profile_add_ex(p, b, 1, NULL, 0, ONE, &tc), 0);
+    ck_assert_uint_ne(tc, 0);
+    ck_assert_uint_ne(tc, tb);
+    ck_assert_int_eq(ddl_profile_add_ticket(p, ta, ONE), 1);
+    ck_assert_int_eq(ddl_profile_add_ticket(p, tc, ONE), 0);
+    ddl_profile_get_stats(p, &stats);
+    ck_assert_uint_eq(stats.samples_added, 7);
+    ck_assert_uint_eq(stats.current_keys, 1);
+
+    ddl_profile_clear(p, 20);
+    ck_assert_int_eq(ddl_profile_add_ticket(p, tc, ONE), 1);
+    ck_assert_int_eq(ddl_profile_add_ex(p, b, 1, NULL, 0, ONE, &tb), 0);
+    ck_assert_int_eq(ddl_profile_add_ticket(p, tb, ONE), 0);
+    ddl_profile_fork_prepare(p);
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        /* child (exit code reports): the parent's tickets are stale */
+        ddl_profile_fork_child(p, 30);
+        _exit(ddl_profile_add_ticket(p, tb, ONE) == 1 ? 0 : 1);
+    }
+    ddl_profile_fork_parent(p);
+    int status = -1;
+    ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* the parent's ticket still holds */
+    ck_assert_int_eq(ddl_profile_add_ticket(p, tb, ONE), 0);
+
+    ddl_snapshot_free(s);
+    ddl_profile_free(p);
+}
+END_TEST
+
 START_TEST(test_clear)
 {
     ddl_profile *p = ddl_profile_new(2, 0);
@@ -1239,6 +1325,7 @@ profile_suite(void)
     tcase_add_test(tc, test_cap_and_dropped);
     tcase_add_test(tc, test_swap);
     tcase_add_test(tc, test_clear);
+    tcase_add_test(tc, test_tickets);
     tcase_add_test(tc, test_binary_and_large_strings);
     tcase_add_test(tc, test_deep_stack_heap_scratch);
     tcase_add_test(tc, test_randomized_against_model);
