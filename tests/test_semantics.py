@@ -1053,6 +1053,13 @@ def test_fork_with_locks_held_in_other_threads(kind):
                                               "stats": "dict"}
 
 
+# Not under ASan: the churning threads start and exit (freeing their memory
+# without the GIL) all the time, and GCC 12's ASan allocator takes no lock
+# around fork(), so a child forked at the wrong moment deadlocks in malloc
+# (under ASan a child hung in 5 of 100 runs of this test at b2659e6 and in
+# about 1 of 50 after it; in the one looked at, the child that hung was the
+# native-lock scenario's). The regular builds run it on every Python version.
+@pytest.mark.no_sanitize
 @pytest.mark.parametrize("kind", KINDS)
 def test_fork_with_threading_internals_profiled(kind):
     """With nothing excluded, threading's own locks (a Thread's Event, ...) are
