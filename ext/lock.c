@@ -1346,6 +1346,9 @@ memo_take(ddl_memo_entry *e, PyObject **refs)
 }
 
 #define MEMO_REFS (2 * DDL_MEMO_FRAMES + DDL_MEMO_OWNERS)
+/* a record's labels always fit an entry (ddl_lock_record checks the owners
+ * and the stack depth; its ticket is never 0 once added) */
+_Static_assert(4 + DDL_EXTRA_LABELS <= DDL_MEMO_LABELS, "memo labels");
 
 /* Fill e (the references it takes are new ones; the entry's old ones are
  * dropped last, since that may run Python code). */
@@ -1356,11 +1359,7 @@ memo_fill(ddl_state *st, ddl_memo_entry *e, uint64_t h,
           uint64_t ticket)
 {
     PyObject *old[MEMO_REFS];
-    size_t nold;
-    if (nl > DDL_MEMO_LABELS || nowners > DDL_MEMO_OWNERS || ticket == 0) {
-        return;
-    }
-    nold = memo_take(e, old);
+    size_t nold = memo_take(e, old);
     for (int i = 0; i < nraw; i++) {
         e->frames[i].code = Py_NewRef(raw[i].code);
         e->frames[i].filename = Py_NewRef(raw[i].filename);

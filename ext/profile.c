@@ -1108,6 +1108,15 @@ ddl_profile_free(ddl_profile *p)
 #define STACK_FRAMES 128
 #define STACK_LABELS 32
 
+/* Add values to a sample's (wrapping, never undefined). */
+static inline void
+values_add(int64_t *v, const int64_t values[DDL_NVALUES])
+{
+    for (size_t j = 0; j < DDL_NVALUES; j++) {
+        v[j] = (int64_t)((uint64_t)v[j] + (uint64_t)values[j]);
+    }
+}
+
 /* The next table's epoch (0 is skipped: no ticket is 0). */
 static void
 next_epoch(ddl_profile *p)
@@ -1138,10 +1147,7 @@ ddl_profile_add_ticket(ddl_profile *p, uint64_t ticket,
     ddl_snapshot *t = p->table;
     if (index1 != 0 && (uint32_t)(ticket >> 32) == p->epoch &&
         index1 <= t->nsamples) {
-        int64_t *v = t->samples[index1 - 1].values;
-        for (size_t j = 0; j < DDL_NVALUES; j++) {
-            v[j] = (int64_t)((uint64_t)v[j] + (uint64_t)values[j]);
-        }
+        values_add(t->samples[index1 - 1].values, values);
         p->samples_added++;
         rc = 0;
     }
@@ -1164,7 +1170,6 @@ ddl_profile_add_ex(ddl_profile *p, const ddl_frame *frames, size_t nframes,
     ddl_snapshot *t;
     int64_t found = -1;
     int rc;
-    size_t j;
 
     if (nframes > STACK_FRAMES || nlabels > STACK_LABELS) {
         /* one block: hashes, then labels, then location ids */
@@ -1193,10 +1198,7 @@ ddl_profile_add_ex(ddl_profile *p, const ddl_frame *frames, size_t nframes,
                             nframes, lbl, nlabels);
     }
     if (found >= 0) {
-        int64_t *v = t->samples[found].values;
-        for (j = 0; j < DDL_NVALUES; j++) {
-            v[j] = (int64_t)((uint64_t)v[j] + (uint64_t)values[j]);
-        }
+        values_add(t->samples[found].values, values);
         rc = 0;
     }
     else if (t->nsamples >= p->max_samples) {

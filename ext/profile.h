@@ -78,7 +78,8 @@ int ddl_profile_add(ddl_profile *p, const ddl_frame *frames, size_t nframes,
  * values went to (*ticket is 0 when they went nowhere): a caller that sees
  * the very same key again (same frames and labels, by content) may add to
  * that sample with ddl_profile_add_ticket() instead of resolving the key.
- * A ticket is valid until the live table is swapped out or cleared. */
+ * A ticket is valid until the live table is swapped out, cleared or reset
+ * in a forked child. */
 int ddl_profile_add_ex(ddl_profile *p, const ddl_frame *frames, size_t nframes,
                        const ddl_label *labels, size_t nlabels,
                        const int64_t values[DDL_NVALUES], uint64_t *ticket);

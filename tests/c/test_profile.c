@@ -665,7 +665,7 @@ END_TEST
 START_TEST(test_tickets)
 {
     ddl_profile *p = ddl_profile_new(2, 0);
-    ddl_frame a[2] = {{0}}, b[1] = {{0}}, c[1] = {{0}};
+    ddl_frame a[2] = {0}, b[1] = {0}, c[1] = {0};
     ddl_label l[1];
     ddl_profile_stats stats;
     uint64_t ta = 0, tb = 0, tc = 7, ta2 = 0;
