@@ -18,7 +18,7 @@ import os
 import threading
 
 __version__ = "0.1.0"
-__all__ = ["start", "stop", "flush", "stats", "is_running", "__version__"]
+__all__ = ["start", "stop", "flush", "stats", "is_running", "build_info", "__version__"]
 
 log = logging.getLogger("ddlock")
 
@@ -213,6 +213,20 @@ def flush():
 def stats():
     """Counters of the running profiler (samples, drops, files, uploads)."""
     return _native().stats()
+
+
+def build_info():
+    """Which paths this build of ddlock uses: ``frame_walk`` is 'internal'
+    (the interpreter's own structures, on the CPython minors ddlock was
+    tested on) or 'public' (the public C API only: any other version, or a
+    build with DDLOCK_PORTABLE=1), plus the versions it was built for and
+    runs on."""
+    import platform
+
+    info = dict(_native().build_info())
+    info["python"] = platform.python_version()
+    info["implementation"] = platform.python_implementation()
+    return info
 
 
 def is_running():

@@ -43,25 +43,15 @@ is_internal_code(ddl_state *st, PyCodeObject *co)
 static inline int code_lookup(ddl_state *st, PyCodeObject *co, ddl_frame *fr,
                               PyObject **refs, size_t *nrefs);
 
-/* New reference to the first frame at or above start (borrowed) whose code is
- * outside threading.py and ddlock; NULL if none. */
-static PyFrameObject *
-user_frame(ddl_state *st, PyFrameObject *start)
+/* The first frame at or above start (borrowed, as the walk's frames are)
+ * whose code is outside threading.py and ddlock; NULL if none. */
+static ddl_walk_frame *
+user_frame(ddl_state *st, ddl_walk_frame *f)
 {
-    PyFrameObject *f = start;
-    Py_XINCREF(f);
-    while (f != NULL) {
-        PyCodeObject *co = PyFrame_GetCode(f);
-        int internal = code_lookup(st, co, NULL, NULL, NULL);
-        Py_DECREF(co);
-        if (!internal) {
-            return f;
-        }
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
+    while (f != NULL && code_lookup(st, ddl_walk_code(f), NULL, NULL, NULL)) {
+        f = ddl_walk_back(f);
     }
-    return NULL;
+    return f;
 }
 
 /* ---- creation site --------------------------------------------------------
@@ -125,7 +115,7 @@ is_dataclass_init(PyCodeObject *co)
 }
 
 static int
-creation_site_from(ddl_state *st, PyFrameObject *caller, PyObject **code,
+creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject **code,
                    int *lasti)
 {
     *code = NULL;
@@ -133,29 +123,24 @@ creation_site_from(ddl_state *st, PyFrameObject *caller, PyObject **code,
     if (caller == NULL) {
         return 1; /* made from C with no Python frame: profile it */
     }
-    if (module_excluded(st, ddl_frame_globals_borrowed(caller))) {
+    if (module_excluded(st, ddl_walk_globals(caller))) {
         return 0;
     }
-    PyFrameObject *f = user_frame(st, caller);
+    ddl_walk_frame *f = user_frame(st, caller);
     if (f == NULL) {
         return 1;
     }
     for (;;) {
-        PyCodeObject *co = PyFrame_GetCode(f);
-        int generated = is_dataclass_init(co);
-        Py_DECREF(co);
-        PyFrameObject *back = generated ? PyFrame_GetBack(f) : NULL;
-        PyFrameObject *outer = back != NULL ? user_frame(st, back) : NULL;
-        Py_XDECREF(back);
+        ddl_walk_frame *back =
+            is_dataclass_init(ddl_walk_code(f)) ? ddl_walk_back(f) : NULL;
+        ddl_walk_frame *outer = back != NULL ? user_frame(st, back) : NULL;
         if (outer == NULL) {
             break;
         }
-        Py_DECREF(f);
         f = outer;
     }
-    *code = (PyObject *)PyFrame_GetCode(f);
-    *lasti = ddl_frame_lasti(f);
-    Py_DECREF(f);
+    *code = Py_NewRef(ddl_walk_code(f));
+    *lasti = ddl_walk_lasti(f);
     return 1;
 }
 
@@ -175,23 +160,22 @@ site_slot(PyCodeObject *co, PyObject *globals)
 int
 ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
 {
-    PyFrameObject *caller = PyEval_GetFrame(); /* borrowed */
+    ddl_walk_frame *caller = ddl_walk_top();
     if (caller == NULL || st->site_cache == NULL) {
         return creation_site_from(st, caller, code, lasti);
     }
-    PyCodeObject *co = PyFrame_GetCode(caller);
-    PyObject *globals = ddl_frame_globals_borrowed(caller);
+    PyCodeObject *co = ddl_walk_code(caller);
+    PyObject *globals = ddl_walk_globals(caller);
     ddl_site_entry *e = &st->site_cache[site_slot(co, globals)];
     if (e->code == (PyObject *)co && e->globals == globals) {
         if (e->verdict == DDL_SITE_NATIVE) {
-            Py_DECREF(co);
             *code = NULL;
             *lasti = -1;
             return 0;
         }
         if (e->verdict == DDL_SITE_CALLER) {
-            *code = (PyObject *)co; /* the reference goes to the caller */
-            *lasti = ddl_frame_lasti(caller);
+            *code = Py_NewRef(co);
+            *lasti = ddl_walk_lasti(caller);
             return 1;
         }
     }
@@ -199,9 +183,11 @@ ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
     if (r >= 0 && globals != NULL) {
         int verdict =
             r == 0 ? DDL_SITE_NATIVE
-            : *code == (PyObject *)co && *lasti == ddl_frame_lasti(caller)
+            : *code == (PyObject *)co && *lasti == ddl_walk_lasti(caller)
                 ? DDL_SITE_CALLER
                 : DDL_SITE_WALK;
+        /* the references taken first: releasing the old ones may run code
+         * (a weakref callback) that reaches this cache again */
         PyObject *old_code = e->code, *old_globals = e->globals;
         e->code = Py_NewRef(co);
         e->globals = Py_NewRef(globals);
@@ -209,7 +195,6 @@ ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
         Py_XDECREF(old_code);
         Py_XDECREF(old_globals);
     }
-    Py_DECREF(co);
     return r;
 }
 
@@ -228,25 +213,19 @@ ddl_site_cache_clear(ddl_state *st)
 int
 ddl_creation_site_outside_ddlock(ddl_state *st, PyObject **code, int *lasti)
 {
-    PyFrameObject *f = PyEval_GetFrame();
-    Py_XINCREF(f);
+    ddl_walk_frame *f = ddl_walk_top();
     while (f != NULL) {
-        PyCodeObject *co = PyFrame_GetCode(f);
+        PyCodeObject *co = ddl_walk_code(f);
         int ours = st->ddlock_dir != NULL &&
                    PyUnicode_Check(co->co_filename) &&
                    PyUnicode_Tailmatch(co->co_filename, st->ddlock_dir, 0,
                                        PY_SSIZE_T_MAX, -1) == 1;
-        Py_DECREF(co);
         if (!ours) {
             break;
         }
-        PyFrameObject *back = PyFrame_GetBack(f);
-        Py_DECREF(f);
-        f = back;
+        f = ddl_walk_back(f);
     }
-    int r = creation_site_from(st, f, code, lasti);
-    Py_XDECREF(f);
-    return r;
+    return creation_site_from(st, f, code, lasti);
 }
 
 static PyObject *
@@ -732,93 +711,88 @@ visit_level1(search_ctx *c, PyObject *name, PyObject *value, void *arg,
     return visit_attrs(c, value, 0, visit_match, NULL, found) == 1;
 }
 
-/* Dict of a frame's locals (new ref), NULL when they cannot be read without
- * running user code. A dict subclass is fine: it is walked with
- * PyDict_Next. The other mapping ddl_frame_locals returns is 3.13's
- * FrameLocalsProxy, whose keys() and __getitem__ are C reading the frame. */
-static PyObject *
-locals_dict(PyFrameObject *f)
+/* One pass of the name search over a frame's variables (its locals, then
+ * its globals): what to do with each (name, value). */
+typedef struct {
+    search_ctx *c;
+    int level; /* 0: the value itself; 1: its attributes; 2: theirs */
+    int pass;  /* level 1: 0 objects, 1 modules */
+    PyObject *found;
+    int error; /* budget exhausted */
+} source_pass;
+
+static int
+source_visit(void *arg, PyObject *name, PyObject *value)
 {
-    PyObject *m = ddl_frame_locals(f);
-    if (m == NULL || PyDict_Check(m)) {
-        return m;
+    source_pass *sp = arg;
+    search_ctx *c = sp->c;
+    if (--c->budget < 0) {
+        sp->error = 1;
+        return 1;
     }
-    PyObject *d = PyDict_New();
-    if (d != NULL && PyDict_Update(d, m) < 0) {
-        Py_CLEAR(d);
+    int r = 0;
+    switch (sp->level) {
+    case 0:
+        r = visit_match(c, name, value, NULL, &sp->found);
+        break;
+    case 1:
+        if ((sp->pass == 0) == (PyModule_Check(value) != 0)) {
+            return 0;
+        }
+        r = visit_attrs(c, value, sp->pass == 1, visit_match, NULL,
+                        &sp->found);
+        break;
+    default:
+        r = visit_attrs(c, value, 0, visit_level1, NULL, &sp->found);
+        break;
     }
-    Py_DECREF(m);
-    return d;
+    if (r < 0) {
+        sp->error = 1;
+        return 1;
+    }
+    return sp->found != NULL;
+}
+
+/* Run one pass over f's locals, then over its globals (unless they are
+ * the same namespace). The variables are read in place: nothing is made,
+ * refreshed or changed (ddl_walk_visit_locals). */
+static void
+source_run(ddl_walk_frame *f, PyObject *globals, source_pass *sp)
+{
+    ddl_walk_visit_locals(f, source_visit, sp);
+    if (sp->found != NULL || sp->error || globals == NULL ||
+        !PyDict_Check(globals) || globals == ddl_walk_namespace(f)) {
+        return;
+    }
+    Py_INCREF(globals);
+    ddl_visit_dict(globals, source_visit, sp);
+    Py_DECREF(globals);
 }
 
 /* Search order: locals, globals, then one level into their values'
  * attributes (objects first, modules last), then a second level. Returns a
  * new reference to the name or NULL. */
 static PyObject *
-search_name(ddl_state *st, PyObject *target, PyFrameObject *f)
+search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f)
 {
     search_ctx c = {target, NAME_SEARCH_BUDGET};
-    PyObject *found = NULL;
-    PyObject *sources[2] = {NULL, NULL};
-    sources[0] = locals_dict(f);
-    if (sources[0] == NULL) {
-        PyErr_Clear();
-    }
-    PyObject *g = ddl_frame_globals_borrowed(f);
-    if (g != NULL && PyDict_Check(g) && g != sources[0]) {
-        sources[1] = Py_NewRef(g);
-    }
-    int n = 2;
-    /* level 0 */
-    for (int i = 0; i < n && found == NULL; i++) {
-        if (sources[i] != NULL &&
-            visit_dict(&c, sources[i], visit_match, NULL, &found) < 0) {
-            goto done;
+    PyObject *globals = ddl_walk_globals(f);
+    static const struct {
+        int level, pass;
+    } passes[] = {{0, 0}, {1, 0}, {1, 1}, {2, 0}};
+    size_t npasses = st->inspect_dir ? 4 : 1;
+    for (size_t i = 0; i < npasses; i++) {
+        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, 0};
+        source_run(f, globals, &sp);
+        if (sp.found != NULL) {
+            return sp.found;
+        }
+        if (sp.error) {
+            break;
         }
     }
-    if (found != NULL || !st->inspect_dir) {
-        goto done;
-    }
-    /* level 1: objects, then modules */
-    for (int pass = 0; pass < 2 && found == NULL; pass++) {
-        for (int i = 0; i < n && found == NULL; i++) {
-            if (sources[i] == NULL) {
-                continue;
-            }
-            Py_ssize_t pos = 0;
-            PyObject *k, *v;
-            while (found == NULL && PyDict_Next(sources[i], &pos, &k, &v)) {
-                if (--c.budget < 0) {
-                    goto done;
-                }
-                if ((pass == 0) == (PyModule_Check(v) != 0)) {
-                    continue;
-                }
-                if (visit_attrs(&c, v, pass == 1, visit_match, NULL, &found) <
-                    0) {
-                    goto done;
-                }
-            }
-        }
-    }
-    /* level 2: attributes of attributes (self.pool.conn_lock) */
-    for (int i = 0; i < n && found == NULL; i++) {
-        if (sources[i] == NULL) {
-            continue;
-        }
-        Py_ssize_t pos = 0;
-        PyObject *k, *v;
-        while (found == NULL && PyDict_Next(sources[i], &pos, &k, &v)) {
-            if (--c.budget < 0 ||
-                visit_attrs(&c, v, 0, visit_level1, NULL, &found) < 0) {
-                goto done;
-            }
-        }
-    }
-done:
-    Py_XDECREF(sources[0]);
-    Py_XDECREF(sources[1]);
-    return found;
+    PyErr_Clear();
+    return NULL;
 }
 
 /* Key of the name cache: (creation code, creation offset, acquiring code),
@@ -857,7 +831,7 @@ ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
     }
     PyObject *label = NULL, *site = NULL, *key = NULL, *var = NULL;
     PyCodeObject *uco = NULL;
-    PyFrameObject *f = NULL;
+    ddl_walk_frame *f = NULL;
     if (!st->resolve_names) {
         label = ddl_site_label(lk->site_code, lk->site_lasti);
         if (label == NULL) {
@@ -865,9 +839,9 @@ ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
         }
         goto done;
     }
-    f = user_frame(st, PyEval_GetFrame());
+    f = user_frame(st, ddl_walk_top());
     if (f != NULL && lk->site_code != NULL && st->name_cache != NULL) {
-        uco = PyFrame_GetCode(f);
+        uco = (PyCodeObject *)Py_NewRef(ddl_walk_code(f));
         key = cache_key(lk->site_code, lk->site_lasti, uco);
         if (key == NULL) {
             goto error;
@@ -933,7 +907,6 @@ done:
     Py_XDECREF(key);
     Py_XDECREF(var);
     Py_XDECREF(uco);
-    Py_XDECREF(f);
     return label;
 error:
     PyErr_Clear();
@@ -942,7 +915,6 @@ error:
     Py_XDECREF(key);
     Py_XDECREF(var);
     Py_XDECREF(uco);
-    Py_XDECREF(f);
     return NULL;
 }
 

@@ -674,6 +674,23 @@ error:
     return result;
 }
 
+/* Which paths this build compiled (ext/pycompat.h): the internal one of a
+ * tested minor, or the public API of any other version (or forced with
+ * DDLOCK_PORTABLE=1). ddlock.build_info() adds what Python knows. */
+static PyObject *
+mod_build_info(PyObject *module, PyObject *unused)
+{
+    return Py_BuildValue("{s:s,s:s,s:s,s:i}", "frame_walk", DDL_PATH_NAME,
+                         "python_built_for", PY_VERSION, "ddlock", DDL_VERSION,
+                         "portable_forced",
+#ifdef DDL_PORTABLE
+                         1
+#else
+                         0
+#endif
+    );
+}
+
 static PyMethodDef module_methods[] = {
     {"start", (PyCFunction)(void (*)(void))mod_start,
      METH_VARARGS | METH_KEYWORDS, "Start collecting (configured by ddlock)."},
@@ -686,6 +703,8 @@ static PyMethodDef module_methods[] = {
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"fork_child", mod_fork_child, METH_NOARGS, NULL},
     {"is_running", mod_is_running, METH_NOARGS, NULL},
+    {"build_info", mod_build_info, METH_NOARGS,
+     "Which internal or public-API paths this build uses."},
     {"lock_name", mod_lock_name, METH_O,
      "The profile label of a profiled lock (resolving it now)."},
     {"event_json", mod_event_json, METH_VARARGS, NULL},

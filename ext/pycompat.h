@@ -1,5 +1,7 @@
-/* Every CPython-version-specific branch of ddlock lives here (3.9–3.13).
- * Everything else calls these helpers and never tests PY_VERSION_HEX. */
+/* Every CPython-version-specific branch of ddlock lives here: the internal
+ * paths of the tested minors (3.9-3.13, see DDL_INTERNAL below) and the
+ * public-API path of every other version. Everything else calls these
+ * helpers and never tests PY_VERSION_HEX. */
 #ifndef DDLOCK_PYCOMPAT_H
 #define DDLOCK_PYCOMPAT_H
 
@@ -13,39 +15,52 @@
 #error "ddlock needs CPython 3.9 or newer"
 #endif
 
+/* ---- which path: interpreter internals or the public API ---------------
+ *
+ * Interpreter internals (struct layouts of frames and locks, Py_BUILD_CORE
+ * headers, private functions) are used only on the exact minor versions
+ * they were tested on: 3.9, 3.10, 3.11, 3.12 and 3.13, each gate closed on
+ * both sides. Every other CPython -- 3.14, 3.15 and later, which we cannot
+ * run here -- compiles the portable path: the public (or PyUnstable_) C
+ * API only. Building with DDLOCK_PORTABLE=1 (setup.py defines DDL_PORTABLE)
+ * forces the portable path on a tested version, which is how it is tested.
+ * DDL_INTERNAL_3X is 1 exactly when that minor's internals are compiled.
+ */
+#if !defined(DDL_PORTABLE) && PY_MAJOR_VERSION == 3 &&                        \
+    PY_MINOR_VERSION >= 9 && PY_MINOR_VERSION <= 13
+#define DDL_INTERNAL 1
+#else
+#define DDL_INTERNAL 0
+#endif
+#define DDL_INTERNAL_MINOR(m) (DDL_INTERNAL && PY_MINOR_VERSION == (m))
+/* 3.11-3.13: the _PyInterpreterFrame records of pycore_frame.h */
+#define DDL_INTERNAL_IFRAME                                                   \
+    (DDL_INTERNAL_MINOR(11) || DDL_INTERNAL_MINOR(12) ||                      \
+     DDL_INTERNAL_MINOR(13))
+#define DDL_PATH_NAME (DDL_INTERNAL ? "internal" : "public")
+
 /* ---- frames ------------------------------------------------------------ */
 
-/* Byte offset of the frame's last instruction (what PyCode_Addr2Line takes),
- * -1 when unknown. */
-static inline int
-ddl_frame_lasti(PyFrameObject *f)
-{
-#if PY_VERSION_HEX >= 0x030B0000
-    return PyFrame_GetLasti(f);
-#elif PY_VERSION_HEX >= 0x030A0000
-    /* 3.10 counts code units */
-    return f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
-#else
-    return f->f_lasti;
-#endif
-}
-
-/* Walking the running Python frames for a sampled stack, without making
- * frame objects. On 3.11+ PyEval_GetFrame()/PyFrame_GetBack() wrap each
- * interpreter frame record in a new frame object the first time it is
- * asked for -- for a sampled acquire, the short-lived frame of the method
- * that sampled it, every time -- so the walk reads the records themselves
- * (the interpreter's internal layout, which is why this lives here), as
- * PyFrame_GetBack does: incomplete frames (still starting, or the C-stack
- * shims of 3.12+) are skipped. Before 3.11 every frame is an object and the
- * walk follows f_back. Everything returned is borrowed: valid while the
- * caller does not return to the interpreter (frames below the current one
- * cannot finish meanwhile, whatever a finalizer run from here does). */
-#if PY_VERSION_HEX >= 0x030B0000
+/* Walking the running Python frames (sampled stacks, creation sites, lock
+ * names) without making frame objects where possible. On 3.11+
+ * PyEval_GetFrame()/PyFrame_GetBack() wrap each interpreter frame record in
+ * a new frame object the first time it is asked for -- for a sampled
+ * acquire, the short-lived frame of the method that sampled it, every time
+ * -- so on the internal path of 3.11-3.13 the walk reads the records
+ * themselves, as PyFrame_GetBack does: incomplete frames (still starting,
+ * or the C-stack shims of 3.12+) are skipped. Before 3.11 every frame is an
+ * object and the walk follows f_back (a field of the public frame struct).
+ * The portable path of 3.11+ walks frame objects with the public API.
+ * Everything returned is borrowed: valid while the caller does not return
+ * to the interpreter (frames below the current one cannot finish
+ * meanwhile, whatever a finalizer run from here does; a frame object made
+ * for a running frame is owned by that frame until it finishes). */
+#if DDL_INTERNAL_IFRAME
 #ifndef Py_BUILD_CORE
 #define Py_BUILD_CORE 1
 #define DDL_DEFINED_PY_BUILD_CORE
 #endif
+#include <internal/pycore_code.h> /* CO_FAST_CELL, CO_FAST_FREE */
 #include <internal/pycore_frame.h>
 #ifdef DDL_DEFINED_PY_BUILD_CORE
 #undef Py_BUILD_CORE
@@ -57,10 +72,10 @@ static inline ddl_walk_frame *
 ddl_walk_complete(ddl_walk_frame *f)
 {
     while (f != NULL && (
-#if PY_VERSION_HEX >= 0x030C0000
+#if PY_MINOR_VERSION >= 12
                             f->owner == FRAME_OWNED_BY_CSTACK ||
 #endif
-#if PY_VERSION_HEX >= 0x030D0000
+#if PY_MINOR_VERSION >= 13
                             !PyCode_Check(f->f_executable) ||
 #endif
                             _PyFrame_IsIncomplete(f))) {
@@ -74,7 +89,7 @@ static inline ddl_walk_frame *
 ddl_walk_top(void)
 {
     PyThreadState *ts = PyThreadState_Get();
-#if PY_VERSION_HEX >= 0x030D0000
+#if PY_MINOR_VERSION >= 13
     return ddl_walk_complete(ts->current_frame);
 #else
     return ddl_walk_complete(ts->cframe->current_frame);
@@ -90,7 +105,7 @@ ddl_walk_back(ddl_walk_frame *f)
 static inline PyCodeObject *
 ddl_walk_code(ddl_walk_frame *f)
 {
-#if PY_VERSION_HEX >= 0x030D0000
+#if PY_MINOR_VERSION >= 13
     return (PyCodeObject *)f->f_executable;
 #else
     return f->f_code;
@@ -104,7 +119,53 @@ ddl_walk_lasti(ddl_walk_frame *f)
     int lasti = _PyInterpreterFrame_LASTI(f);
     return lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT);
 }
+
+static inline PyObject *
+ddl_walk_globals(ddl_walk_frame *f)
+{
+    return f->f_globals;
+}
+#elif PY_VERSION_HEX >= 0x030B0000
+/* portable, 3.11+: frame objects through the public API */
+typedef PyFrameObject ddl_walk_frame;
+
+static inline ddl_walk_frame *
+ddl_walk_top(void)
+{
+    return PyEval_GetFrame();
+}
+
+static inline ddl_walk_frame *
+ddl_walk_back(ddl_walk_frame *f)
+{
+    PyFrameObject *back = PyFrame_GetBack(f);
+    Py_XDECREF(back); /* owned by its running frame */
+    return back;
+}
+
+static inline PyCodeObject *
+ddl_walk_code(ddl_walk_frame *f)
+{
+    PyCodeObject *co = PyFrame_GetCode(f);
+    Py_DECREF(co); /* the running frame holds it */
+    return co;
+}
+
+static inline int
+ddl_walk_lasti(ddl_walk_frame *f)
+{
+    return PyFrame_GetLasti(f);
+}
+
+static inline PyObject *
+ddl_walk_globals(ddl_walk_frame *f)
+{
+    PyObject *g = PyFrame_GetGlobals(f);
+    Py_XDECREF(g); /* the running frame holds it */
+    return g;
+}
 #else
+/* 3.9 and 3.10: the public frame struct (cpython/frameobject.h) */
 typedef PyFrameObject ddl_walk_frame;
 
 static inline ddl_walk_frame *
@@ -128,74 +189,206 @@ ddl_walk_code(ddl_walk_frame *f)
 static inline int
 ddl_walk_lasti(ddl_walk_frame *f)
 {
-    return ddl_frame_lasti(f);
-}
-#endif
-
-/* Borrowed globals of a frame. */
-static inline PyObject *
-ddl_frame_globals_borrowed(PyFrameObject *f)
-{
-#if PY_VERSION_HEX >= 0x030B0000
-    PyObject *g = PyFrame_GetGlobals(f); /* new ref; frame keeps it alive */
-    Py_XDECREF(g);
-    return g;
+#if PY_VERSION_HEX >= 0x030A0000
+    /* 3.10 counts code units */
+    return f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
 #else
+    return f->f_lasti;
+#endif
+}
+
+static inline PyObject *
+ddl_walk_globals(ddl_walk_frame *f)
+{
     return f->f_globals;
+}
 #endif
+
+/* Visit the local variables of a running frame: visit(ctx, name, value)
+ * for each bound one (borrowed; cells and free variables dereferenced),
+ * until it returns non-zero, which is then returned. Returns 0 when all
+ * were visited, DDL_LOCALS_UNREADABLE when the frame's variables cannot be
+ * read this way. Never creates, refreshes or changes an object the program
+ * can see: before 3.13 the locals() dict of an optimized frame is a
+ * snapshot that PyFrame_GetLocals()/FastToLocals refresh in place -- the
+ * very dict a program may hold -- so the variables are read from the
+ * frame's own storage instead. A module, class body or exec() frame is not
+ * "optimized": its locals are the namespace itself, read only when it is a
+ * dict (walked with PyDict_Next: no __prepare__ or exec() mapping of the
+ * user's runs). visit may not run Python code. */
+#define DDL_LOCALS_UNREADABLE (-2)
+typedef int (*ddl_local_visit)(void *ctx, PyObject *name, PyObject *value);
+
+static inline int
+ddl_visit_dict(PyObject *d, ddl_local_visit visit, void *ctx)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(d, &pos, &k, &v)) {
+        int r = visit(ctx, k, v);
+        if (r != 0) {
+            return r;
+        }
+    }
+    return 0;
 }
 
-/* New reference to a mapping of the frame's locals (cells and free variables
- * included) -- a dict (maybe a subclass: read it with PyDict_Next only) or,
- * on 3.13+, an optimized frame's read-only FrameLocalsProxy -- when getting
- * it cannot run user code; NULL otherwise (an exception may be set).
- *
- * A module, class body or exec() frame is not "optimized": its locals are
- * the namespace itself, which __prepare__ or exec() may have made a user
- * mapping. Before 3.13 reading an optimized frame's locals refreshes its
- * f_locals snapshot (a dict CPython made) with PyObject_SetItem/DelItem;
- * the same refresh on a namespace would call the mapping's methods. */
-static inline PyObject *
-ddl_frame_locals(PyFrameObject *f)
+static inline int
+ddl_visit_slot(ddl_local_visit visit, void *ctx, PyObject *name,
+               PyObject *value, int maybe_cell)
 {
-#if PY_VERSION_HEX >= 0x030D0000
-    PyObject *m = PyFrame_GetLocals(f); /* no refresh on 3.13 */
-    if (m != NULL && !PyDict_Check(m) && !PyFrameLocalsProxy_Check(m)) {
-        Py_CLEAR(m);
+    if (value != NULL && maybe_cell && PyCell_Check(value)) {
+        value = PyCell_GET(value);
     }
-    return m;
-#elif PY_VERSION_HEX >= 0x030B0000
-    /* the namespace is reachable only through the refresh: allow it when
-     * there is nothing to refresh (no cell or free variable, e.g. a class
-     * body with a __class__ cell is skipped) */
-    PyCodeObject *co = PyFrame_GetCode(f);
-    int safe = (co->co_flags & CO_OPTIMIZED) || co->co_nlocalsplus == 0;
-    Py_DECREF(co);
-    if (!safe) {
+    if (value == NULL || name == NULL) {
+        return 0;
+    }
+    return visit(ctx, name, value);
+}
+
+/* The namespace of a frame that is not "optimized" (a module, class body
+ * or exec() frame: its locals are the namespace itself), borrowed; NULL
+ * for an optimized frame, or when the namespace is not a dict (a user
+ * mapping of __prepare__ or exec(): its methods are the user's code), or
+ * cannot be had without changing it. */
+static inline PyObject *
+ddl_walk_namespace(ddl_walk_frame *f)
+{
+    PyCodeObject *co = ddl_walk_code(f);
+    if (co->co_flags & CO_OPTIMIZED) {
         return NULL;
     }
-    PyObject *m = PyFrame_GetLocals(f);
-    if (m != NULL && !PyDict_Check(m)) {
-        Py_CLEAR(m);
-    }
-    return m;
+#if DDL_INTERNAL_IFRAME || PY_VERSION_HEX < 0x030B0000
+    PyObject *ns = f->f_locals;
 #else
-    if (!(f->f_code->co_flags & CO_OPTIMIZED)) {
-        PyObject *ns = f->f_locals;
-        if (ns == NULL || !PyDict_Check(ns)) {
-            return NULL;
-        }
-        Py_INCREF(ns);
-        return ns;
-    }
-    if (PyFrame_FastToLocalsWithError(f) < 0) {
+#if PY_VERSION_HEX < 0x030D0000
+    /* before 3.13 getting the namespace also copies the frame's cells
+     * into it (PyObject_SetItem: a user mapping's code, a change the
+     * program sees): only when there is nothing to copy */
+    if (co->co_nlocalsplus != 0) {
         return NULL;
     }
-    if (f->f_locals == NULL) {
-        return PyDict_New();
+#endif
+    PyObject *ns = PyFrame_GetLocals(f);
+    if (ns == NULL) {
+        PyErr_Clear();
+        return NULL;
     }
-    Py_INCREF(f->f_locals);
-    return f->f_locals;
+    Py_DECREF(ns); /* the frame holds its namespace */
+#endif
+    return ns != NULL && PyDict_Check(ns) ? ns : NULL;
+}
+
+static inline int
+ddl_walk_visit_locals(ddl_walk_frame *f, ddl_local_visit visit, void *ctx)
+{
+    PyCodeObject *co = ddl_walk_code(f);
+    if (!(co->co_flags & CO_OPTIMIZED)) {
+        PyObject *ns = ddl_walk_namespace(f);
+        return ns != NULL ? ddl_visit_dict(ns, visit, ctx)
+                          : DDL_LOCALS_UNREADABLE;
+    }
+#if DDL_INTERNAL_IFRAME
+    PyObject *names = co->co_localsplusnames;
+    PyObject *kinds = co->co_localspluskinds;
+    if (!PyTuple_Check(names) || !PyBytes_Check(kinds)) {
+        return DDL_LOCALS_UNREADABLE;
+    }
+    Py_ssize_t n = co->co_nlocalsplus;
+    if (PyTuple_GET_SIZE(names) < n || PyBytes_GET_SIZE(kinds) < n) {
+        return DDL_LOCALS_UNREADABLE;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char kind = (unsigned char)PyBytes_AS_STRING(kinds)[i];
+        int r = ddl_visit_slot(visit, ctx, PyTuple_GET_ITEM(names, i),
+                               f->localsplus[i],
+                               (kind & (CO_FAST_CELL | CO_FAST_FREE)) != 0);
+        if (r != 0) {
+            return r;
+        }
+    }
+    return 0;
+#elif PY_VERSION_HEX < 0x030B0000
+    /* 3.9/3.10: fast locals, then cells, then free variables, in
+     * f_localsplus (the public frame struct) */
+    PyObject *groups[3] = {co->co_varnames, co->co_cellvars, co->co_freevars};
+    Py_ssize_t base = 0;
+    for (int g = 0; g < 3; g++) {
+        PyObject *names = groups[g];
+        if (names == NULL || !PyTuple_Check(names)) {
+            return DDL_LOCALS_UNREADABLE;
+        }
+        Py_ssize_t n = g == 0 ? co->co_nlocals : PyTuple_GET_SIZE(names);
+        if (PyTuple_GET_SIZE(names) < n) {
+            return DDL_LOCALS_UNREADABLE;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            int r = ddl_visit_slot(visit, ctx, PyTuple_GET_ITEM(names, i),
+                                   f->f_localsplus[base + i], g > 0);
+            if (r != 0) {
+                return r;
+            }
+        }
+        base += n;
+    }
+    return 0;
+#else
+    /* portable 3.11+ */
+#if PY_VERSION_HEX >= 0x030D0000
+    /* 3.13+ (PEP 667): a fresh write-through proxy, nothing refreshed; its
+     * items are read by its own C code */
+    PyObject *proxy = PyFrame_GetLocals(f);
+    if (proxy == NULL) {
+        PyErr_Clear();
+        return DDL_LOCALS_UNREADABLE;
+    }
+    PyObject *items = NULL;
+    int r = DDL_LOCALS_UNREADABLE;
+    if (PyFrameLocalsProxy_Check(proxy)) {
+        items = PyMapping_Items(proxy);
+    }
+    if (items == NULL) {
+        PyErr_Clear();
+    }
+    else {
+        r = 0;
+        for (Py_ssize_t i = 0; r == 0 && i < PyList_GET_SIZE(items); i++) {
+            PyObject *kv = PyList_GET_ITEM(items, i);
+            if (PyTuple_Check(kv) && PyTuple_GET_SIZE(kv) == 2) {
+                r = ddl_visit_slot(visit, ctx, PyTuple_GET_ITEM(kv, 0),
+                                   PyTuple_GET_ITEM(kv, 1), 0);
+            }
+        }
+        Py_DECREF(items);
+    }
+    Py_DECREF(proxy);
+    return r;
+#elif PY_VERSION_HEX >= 0x030C0000
+    /* 3.12: PyFrame_GetVar reads a variable from the frame's storage
+     * without refreshing the locals() snapshot */
+    PyObject *names = co->co_localsplusnames;
+    if (!PyTuple_Check(names)) {
+        return DDL_LOCALS_UNREADABLE;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        PyObject *value = PyFrame_GetVar(f, name);
+        if (value == NULL) {
+            PyErr_Clear(); /* unbound */
+            continue;
+        }
+        int r = visit(ctx, name, value);
+        Py_DECREF(value);
+        if (r != 0) {
+            return r;
+        }
+    }
+    return 0;
+#else
+    /* 3.11: the public API reads an optimized frame's variables only by
+     * refreshing the program's locals() dict: not read */
+    return DDL_LOCALS_UNREADABLE;
+#endif
 #endif
 }
 
@@ -265,7 +458,35 @@ ddl_type_dict(PyTypeObject *tp)
 static inline PyObject *
 ddl_type_lookup(PyTypeObject *tp, PyObject *name)
 {
+#if DDL_INTERNAL
     return _PyType_Lookup(tp, name);
+#else
+    /* the MRO's dicts in order, as _PyType_Lookup reads them */
+    PyObject *mro = tp->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro)) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mro); i++) {
+        PyObject *base = PyTuple_GET_ITEM(mro, i);
+        if (!PyType_Check(base)) {
+            continue;
+        }
+        PyObject *d = ddl_type_dict((PyTypeObject *)base);
+        if (d == NULL) {
+            continue;
+        }
+        PyObject *v = PyDict_GetItemWithError(d, name);
+        Py_DECREF(d); /* the type keeps its dict, the dict v */
+        if (v != NULL) {
+            return v;
+        }
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            return NULL;
+        }
+    }
+    return NULL;
+#endif
 }
 
 /* Does the instance have a real per-instance dict slot? */
@@ -300,7 +521,7 @@ ddl_member_is_object(int type)
 static inline int
 ddl_set_instance_attr(PyObject *obj, PyObject *name, PyObject *value)
 {
-#if PY_VERSION_HEX < 0x030B0000
+#if DDL_INTERNAL && PY_VERSION_HEX < 0x030B0000
     PyObject **dictptr = _PyObject_GetDictPtr(obj);
     if (dictptr != NULL && *dictptr != NULL && PyDict_CheckExact(*dictptr)) {
         return PyDict_SetItem(*dictptr, name, value);
@@ -432,8 +653,18 @@ ddl_getattr_optional(PyObject *obj, PyObject *name, PyObject **result)
 {
 #if PY_VERSION_HEX >= 0x030D0000
     return PyObject_GetOptionalAttr(obj, name, result);
-#else
+#elif DDL_INTERNAL
     return _PyObject_LookupAttr(obj, name, result);
+#else
+    *result = PyObject_GetAttr(obj, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+        return 0;
+    }
+    return -1;
 #endif
 }
 
