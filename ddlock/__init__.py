@@ -22,7 +22,8 @@ __all__ = ["start", "stop", "flush", "stats", "is_running", "build_info", "__ver
 
 log = logging.getLogger("ddlock")
 
-# Taken at import, before anything is patched: what "native" means.
+# Taken at import: what "native" means (ddlock profiles these objects in
+# place, it never replaces them).
 _ORIGINAL_LOCK = threading.Lock
 _ORIGINAL_RLOCK = threading.RLock
 _control = threading._allocate_lock() if hasattr(threading, "_allocate_lock") else None
@@ -31,9 +32,12 @@ if _control is None:  # pragma: no cover - every supported CPython has it
 
     _control = _thread.allocate_lock()
 
+# Modules whose locks are never profiled, whatever the exclusions say:
+# ddlock's own, and the import system's module locks.
+_ALWAYS_NATIVE = ("ddlock", "importlib", "_frozen_importlib")
+
 _state = {
     "config": None,        # Config of the running session
-    "factories": None,     # (LockFactory for Lock, for RLock), made once
     "atexit": False,
     "logged_kinds": set(),
     "pid": None,
@@ -52,53 +56,34 @@ def _ddlock_dir():
 
 
 def _threading_file():
-    return _ORIGINAL_RLOCK.__code__.co_filename if hasattr(_ORIGINAL_RLOCK, "__code__") \
-        else threading.__file__
+    return threading.Condition.__init__.__code__.co_filename
 
 
-class _ModuleRef(object):
-    """Pickles as "import this module": lets a patched factory pickle as
-    getattr(<module>, <name>) of its original, so unpickling yields the
-    original object and never needs ddlock."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name):
-        self.name = name
-
-    def __reduce__(self):
-        import importlib
-
-        return importlib.import_module, (self.name,)
+def _passthrough():
+    """Code of the functions that make a lock for their caller:
+    threading.RLock() (a Python function calling _thread.RLock)."""
+    rlock = getattr(threading, "RLock", None)
+    code = getattr(rlock, "__code__", None)
+    return (code,) if code is not None else ()
 
 
-def _reduce_factory(factory):
-    """copyreg reducer of LockFactory: pickle/copy behave as for the
-    original (pickled by reference to where the original lives)."""
+def _native_lock_types():
+    """_thread's lock types, as they were before anything replaced them in
+    the _thread module (gevent's monkey-patching does: its originals are
+    kept by gevent.monkey)."""
     import sys
+    import _thread
 
-    original = factory._ddlock_original
-    module = getattr(original, "__module__", None)
-    name = getattr(original, "__qualname__", None) or getattr(original, "__name__", None)
-    if module is None or name is None:
-        raise TypeError("cannot pickle %r" % (factory,))
-    if getattr(sys.modules.get(module), name, None) is factory:
-        return name  # e.g. threading.RLock while patched: by reference
-    return getattr, (_ModuleRef(module), name)
-
-
-def _factories(native):
-    if _state["factories"] is None:
-        import _thread
-        import copyreg
-
-        copyreg.pickle(native.LockFactory, _reduce_factory)
-
-        native_rlock = getattr(threading, "_CRLock", None) or _ORIGINAL_RLOCK
-        lock_f = native.LockFactory(native.Lock, _ORIGINAL_LOCK, _thread.allocate_lock)
-        rlock_f = native.LockFactory(native.RLock, _ORIGINAL_RLOCK, native_rlock)
-        _state["factories"] = (lock_f, rlock_f)
-    return _state["factories"]
+    allocate, rlock = _thread.allocate_lock, getattr(_thread, "RLock", None)
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None:
+        try:
+            allocate, rlock = monkey.get_original("_thread", ["allocate_lock", "RLock"])
+        except Exception:
+            pass
+    if not isinstance(rlock, type):
+        rlock = getattr(threading, "_CRLock", None)
+    return type(allocate()), rlock
 
 
 def _patch(native):
@@ -106,12 +91,7 @@ def _patch(native):
 
     cfg = _state["config"]
     types = cfg.lock_types if cfg is not None else _primitives.LOCK_TYPES
-    if not _primitives.gevent_active():  # under gevent: _primitives' wrappers
-        lock_f, rlock_f = _factories(native)
-        if "Lock" in types:
-            threading.Lock = lock_f
-        if "RLock" in types:
-            threading.RLock = rlock_f
+    native._hook_locks("Lock" in types, "RLock" in types)
     # Semaphore, BoundedSemaphore, Condition, asyncio's, gevent's
     _primitives.install(native, types)
 
@@ -122,25 +102,23 @@ def _unpatch():
     primitives = sys.modules.get(__name__ + "._primitives")
     if primitives is not None:
         primitives.uninstall()
-    factories = _state["factories"]
-    if factories is None:
-        return
-    if threading.Lock is factories[0]:
-        threading.Lock = _ORIGINAL_LOCK
-    if threading.RLock is factories[1]:
-        threading.RLock = _ORIGINAL_RLOCK
+    native = _loaded_native()
+    if native is not None:
+        native._unhook_locks()
 
 
 def _start_native(native, cfg):
     url, unix_socket, api_key = cfg.upload_target()
-    native._setup(threading._active, _threading_file(), _ddlock_dir())
+    lock_type, rlock_type = _native_lock_types()
+    native._setup(threading._active, _threading_file(), _ddlock_dir(), _passthrough(),
+                  lock_type, rlock_type)
     native.start(
         output_prefix=cfg.output_pprof,
         capture_pct=cfg.capture_pct,
         max_frames=cfg.max_frames,
         interval=cfg.upload_interval,
         inspect_dir=cfg.lock_name_inspect_dir,
-        exclude=cfg.lock_exclude_modules,
+        exclude=tuple(cfg.lock_exclude_modules) + _ALWAYS_NATIVE,
         max_samples=cfg.max_samples,
         wait_rate_ns=cfg.lock_wait_rate_ns,
         seed=cfg.sampling_seed,
@@ -192,8 +170,8 @@ def _start_with(cfg):
 
 
 def stop(flush=True):
-    """Stop profiling: restore threading.Lock/RLock and export once more
-    (unless ``flush=False``). Locks made while running keep working."""
+    """Stop profiling: remove the hooks and export once more (unless
+    ``flush=False``). Locks made while running keep working, natively."""
     native = _native()
     with _control:
         _unpatch()

@@ -43,8 +43,9 @@ import glob
 import os
 import re
 import sys
+import threading
 import tokenize
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from ._pprof import (
     DecodeError,
@@ -140,6 +141,24 @@ ANY = _AnyType()
 # ---------------------------------------------------------------------------
 
 _PROFILE_NAME_RE = re.compile(r"\.(\d+)\.(\d+)\.pprof\Z")
+
+
+def profiled_as(obj: Any) -> Optional[str]:
+    """The ``lock type`` ddlock profiles ``obj`` as ("Lock", "RLock",
+    "Condition", "asyncio.Lock", ...), or None when it is not profiled
+    (made before start(), by an excluded module, or not a lock)."""
+    from . import _ddlock
+
+    return _ddlock.profiled(obj)
+
+
+def unprofiled_lock(kind: str = "Lock") -> Any:
+    """A native ``threading.Lock()`` / ``threading.RLock()`` that ddlock does
+    not profile, even while it runs (made by ddlock itself, a module it
+    never profiles): what differential tests compare profiled locks with."""
+    if kind not in ("Lock", "RLock"):
+        raise ValueError("kind must be 'Lock' or 'RLock'")
+    return getattr(threading, kind)()
 
 
 def list_profile_files(prefix: str, pid: Optional[int] = None) -> List[str]:

@@ -1,5 +1,25 @@
-/* Internal declarations shared by module.c, lock.c and frames.c (the parts
- * of ddlock that include Python.h). */
+/* Internal declarations shared by the parts of ddlock that include Python.h.
+ *
+ * The files call downward only, in this order (docs/ARCHITECTURE.md):
+ *   pycompat.h  version branches: internal paths of the tested minors, the
+ *               public API everywhere else
+ *   frames.c    stacks, creation sites, lock names (the only frame reader)
+ *   tasks.c     who is running: thread, asyncio task, greenlet; their labels
+ *   record.c    sampling decisions and the record path into the profile
+ *   lock.c      the native _thread.lock / _thread.RLock, profiled in place
+ *   tracker.c   profiling state of the Python-level primitives
+ *   hooks.c     method hooks of the Python-level primitives' classes
+ *   module.c    module init and the Python-facing functions
+ *
+ * The GIL. ddlock is not free-threading safe and does not declare itself
+ * so: on a free-threaded build CPython turns the GIL back on when it loads
+ * (start() says so once). Everything below relies on the GIL: the module
+ * state and its caches, the lock and tracker tables, the pending holds, the
+ * hook installation (type dicts and slots are changed with the GIL held and
+ * no other thread running Python), and the per-thread countdown's
+ * generation check. The pure-C parts (profile, pprof, exporter) have their
+ * own mutexes and never need it.
+ */
 #ifndef DDLOCK_DDLOCK_H
 #define DDLOCK_DDLOCK_H
 
@@ -14,6 +34,55 @@
 #define DDL_VERSION "0.1.0"
 #define DDL_MAX_EXCLUDES 32
 #define DDL_NAME_CACHE_MAX 16384
+
+/* ---- what is profiled ------------------------------------------------- */
+
+/* The kinds of profiled objects: their `lock type` label. */
+enum {
+    DDL_K_LOCK = 0,
+    DDL_K_RLOCK,
+    DDL_K_SEMAPHORE,
+    DDL_K_BSEMAPHORE,
+    DDL_K_CONDITION,
+    DDL_K_ALOCK,
+    DDL_K_ASEMAPHORE,
+    DDL_K_ABSEMAPHORE,
+    DDL_K_ACONDITION,
+    DDL_K_COUNT
+};
+extern const char *const ddl_kind_names[DDL_K_COUNT];
+
+/* One holder at a time (a Lock, RLock, Condition, asyncio Lock or
+ * Condition) or a counting semaphore (holds tracked per holder). */
+static inline int
+ddl_kind_exclusive(int kind)
+{
+    return kind != DDL_K_SEMAPHORE && kind != DDL_K_BSEMAPHORE &&
+           kind != DDL_K_ASEMAPHORE && kind != DDL_K_ABSEMAPHORE;
+}
+
+static inline int
+ddl_kind_asyncio(int kind)
+{
+    return kind >= DDL_K_ALOCK;
+}
+
+/* The profiling identity of one profiled object (a native lock, kept off
+ * the object in lock.c's table; a Python-level primitive's Tracker): where
+ * it was made, what it is called, what it is. */
+typedef struct {
+    PyObject *site_code; /* strong, NULL when unknown */
+    PyObject *name;      /* strong: the "file:line:name" label once resolved */
+    int site_lasti;      /* byte offset in site_code, -1 unknown */
+    unsigned char kind;  /* DDL_K_* */
+    unsigned char name_done;
+    unsigned char has_target; /* labelled by another object's name (a
+                                 Condition for its lock), kept beside */
+} ddl_prof;
+
+void ddl_prof_clear(ddl_prof *p);
+
+/* ---- caches (frames.c, record.c) ------------------------------------- */
 
 #define DDL_LINE_CACHE_SIZE 4096 /* power of two */
 
@@ -32,7 +101,7 @@ typedef struct {
     int lasti;
 } ddl_raw_frame;
 
-/* The record memo (lock.c): for the last keys recorded, the raw stack and
+/* The record memo (record.c): for the last keys recorded, the raw stack and
  * the labels they were made from, and the ticket of the profile sample
  * they went to. An event whose raw stack and labels are the same as an
  * entry's goes to that sample without capturing and resolving its stack
@@ -71,7 +140,7 @@ typedef struct {
 
 #define DDL_IDENT_CACHE_SIZE 64 /* power of two */
 
-/* A thread ident as the int threading._active is keyed by (frames.c). */
+/* A thread ident as the int threading._active is keyed by (tasks.c). */
 typedef struct {
     unsigned long ident;
     PyObject *key; /* strong reference to an int equal to ident, or NULL */
@@ -86,17 +155,20 @@ typedef struct {
     int verdict;       /* DDL_SITE_* */
 } ddl_site_entry;
 
-/* Per-module state (one per interpreter that imports ddlock._ddlock). */
-typedef struct {
-    PyTypeObject *lock_type;
-    PyTypeObject *rlock_type;
-    PyTypeObject *factory_type;
+/* Creation functions whose frame is not where a lock is made: threading's
+ * RLock() (a Python function calling _thread.RLock). */
+#define DDL_PASSTHROUGH_MAX 4
 
-    PyObject *native_lock_factory;  /* _thread.allocate_lock */
-    PyObject *native_rlock_factory; /* _thread.RLock */
-    PyObject *threading_active;     /* threading._active (thread registry) */
-    PyObject *threading_file;       /* co_filename of threading.py */
-    PyObject *ddlock_dir; /* directory prefix of the ddlock package */
+typedef struct ddl_locktab ddl_locktab;       /* lock.c */
+typedef struct ddl_trackertab ddl_trackertab; /* tracker.c */
+
+/* Per-module state (one per interpreter that imports ddlock._ddlock; only
+ * the main interpreter's profiles). */
+typedef struct {
+    PyObject *threading_active; /* threading._active (thread registry) */
+    PyObject *threading_file;   /* co_filename of threading.py */
+    PyObject *ddlock_dir;       /* directory prefix of the ddlock package */
+    PyObject *passthrough[DDL_PASSTHROUGH_MAX]; /* code objects */
     PyObject *name_cache; /* (site code, site lasti, user code) -> name */
     ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
     ddl_memo_entry *memo;       /* DDL_MEMO_SIZE entries, made on first use */
@@ -140,97 +212,38 @@ typedef struct {
 
     /* counters (GIL held) */
     uint64_t locks_created;
+    uint64_t primitives_created;
     uint64_t events_sampled;
     uint64_t events_reentrant_skipped;
     uint64_t names_resolved;
     uint64_t names_cache_hits;
     uint64_t names_missed;
+    uint64_t holds_dropped; /* sampled holds not tracked (table full) */
 
-    /* primitives.c: Semaphore, Condition, asyncio locks, gevent */
+    /* lock.c: the profiled native locks */
+    ddl_locktab *locktab;
+    PyObject *native_lock_type;  /* _thread.LockType */
+    PyObject *native_rlock_type; /* _thread.RLock */
+
+    /* tracker.c, hooks.c: the Python-level primitives */
+    ddl_trackertab *trackertab;
     PyTypeObject *tracker_type;
     PyTypeObject *hook_type;
-    PyTypeObject *countdown_type;
-    PyObject *prim_countdown;   /* the Python-level primitives' countdown */
-    PyObject *prim_holds;       /* list: one item per published sampled hold */
-    PyObject *acquire_wrapper;  /* ddlock._primitives._acquire_wrapper */
-    PyObject *native_lock_type; /* _thread.lock */
-    PyObject *native_rlock_type;  /* _thread.RLock */
+    PyTypeObject *waiting_type;   /* an asyncio acquire being waited for */
     PyObject *asyncio_locks_file; /* co_filename of asyncio/locks.py */
     PyObject *get_running_loop;   /* asyncio.events._get_running_loop */
     PyObject *current_task;       /* asyncio.current_task */
     PyObject *current_tasks;      /* asyncio.tasks._current_tasks (dict) */
     PyObject *task_get_name[2];   /* get_name of asyncio's own Task types */
     PyObject *gevent_getcurrent;  /* gevent.getcurrent once gevent patched */
-    PyObject *str__locked, *str__value, *str__waiters;
+    PyObject *str__locked, *str__value, *str__waiters, *str__lock;
+    PyObject *str__owner, *str_acquire;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
-    PyObject *str__bound_value, *str__ddl_tracker, *str__ddl_hold, *str__lock;
-    PyObject *str_attach[6]; /* a Condition's lock methods, see _attach */
-    PyTypeObject *asyncio_lock_cls; /* asyncio.locks.Lock */
-    uint64_t primitives_created;
+    PyObject *str__bound_value;
 } ddl_state;
 
-/* Common header of the Lock and RLock wrappers. */
-typedef struct {
-    PyObject_HEAD PyThread_type_lock lock;
-    char locked;    /* Lock: held; RLock: unused (count says) */
-    char sampled;   /* the current hold comes from a sampled acquire */
-    char name_done; /* name resolved (name may still be NULL) */
-    char is_rlock;
-    int site_lasti;      /* byte offset in site_code, -1 unknown */
-    PyObject *site_code; /* creating code object, NULL when unknown */
-    PyObject *name;      /* "file:line:name" label once resolved */
-    int64_t acquired_ns; /* monotonic time of the sampled acquire */
-    double weight;       /* 1/p of the sampled acquire */
-    PyObject *weakreflist;
-} ddl_lockbase;
+/* ---- frames.c: the only code that reads frames ------------------------ */
 
-typedef struct {
-    ddl_lockbase base;
-    unsigned long owner; /* thread ident, 0 when free */
-    unsigned long count;
-    PyObject *cond_ref; /* weak reference to the threading.Condition this
-                           is the lock of (its samples are the Condition's),
-                           NULL for a plain RLock */
-} ddl_rlock;
-
-/* lock.c */
-int ddl_lock_types_init(PyObject *module, ddl_state *st);
-int ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
-                    int64_t hold_ns, int is_release, double weight);
-/* A profiled RLock that is cond's lock (threading.Condition()), created at
- * the creation site (site_code: borrowed, may be NULL; site_lasti), its
- * samples labelled as the Condition's. */
-PyObject *ddl_condition_rlock(ddl_state *st, PyObject *site_code,
-                              int site_lasti, PyObject *cond);
-/* `with` on a ddlock RLock, from C: __enter__() and __exit__(...). */
-PyObject *ddl_rlock_enter(PyObject *rlock);
-PyObject *ddl_rlock_exit(PyObject *rlock);
-/* Should this uncontended event be sampled (the per-thread countdown)? */
-int ddl_sample_uncontended(ddl_state *st);
-/* Probability of sampling a contended acquire that waited wait_ns. */
-double ddl_contended_p(ddl_state *st, int64_t wait_ns);
-
-/* primitives.c: a Tracker is a ddl_lockbase with lock == NULL that profiles
- * a Python-level primitive (its owner) */
-int ddl_primitives_init(PyObject *module, ddl_state *st);
-int ddl_primitives_traverse(ddl_state *st, visitproc visit, void *arg);
-void ddl_primitives_clear(ddl_state *st);
-/* The object whose name labels lk's samples (borrowed): lk, a Tracker's
- * owner, or the Condition an RLock is the lock of. */
-PyObject *ddl_name_target(ddl_lockbase *lk);
-/* Labels after thread name: lock type, then task id and task name when an
- * asyncio task or gevent greenlet runs. refs keeps their strings alive
- * until ddl_label_refs_release(). Never raises. */
-#define DDL_EXTRA_LABELS 3
-typedef struct {
-    PyObject *refs[4];
-    size_t n;
-} ddl_label_refs;
-size_t ddl_sample_extra_labels(ddl_state *st, ddl_lockbase *lk, ddl_label *out,
-                               ddl_label_refs *refs);
-void ddl_label_refs_release(ddl_label_refs *refs);
-
-/* frames.c: the only code that reads frames */
 typedef struct {
     ddl_frame *frames; /* leaf first */
     PyObject **refs;   /* references keeping strings alive
@@ -260,39 +273,59 @@ ddl_str_of(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
 }
 /* References a stack capture may hold per frame (code + 2 escaped strings) */
 #define DDL_REFS_PER_FRAME 3
-/* Creation site of a lock being created now: new ref to code + lasti; and
- * the top-level module name check against the exclusions. Returns 1 when
- * the lock should be profiled, 0 when it must stay native, -1 on error. */
-int ddl_creation_site(ddl_state *st, PyObject **code, int *lasti);
-/* The same for a primitive ddlock's Python layer creates for its caller:
- * frames of the ddlock package are skipped before the exclusion check. */
-int ddl_creation_site_outside_ddlock(ddl_state *st, PyObject **code,
-                                     int *lasti);
+/* Creation site of an object being created now by the running frame's
+ * code: new ref to code + lasti; and the module check against the
+ * exclusions. obj, when not NULL, is the object being initialised:
+ * __init__ frames whose first argument it is are constructors, not the
+ * site. Returns 1 when the object should be profiled, 0 when it must stay
+ * native, -1 on error. */
+int ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code,
+                      int *lasti);
 /* Capture the current stack (leaf first, skipping leading threading.py
  * frames). Returns 0, or -1 with no exception set (sample skipped). */
 int ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
                       PyObject **refs, size_t cap);
 void ddl_stack_release(ddl_stack *stack);
-/* Label for the lock ("file:line:name" or "file:line"), new ref; resolves
- * the variable name on first use. NULL (no exception) when unknown. */
-PyObject *ddl_lock_name(ddl_state *st, ddl_lockbase *lk);
+/* Label for a profiled object ("file:line:name" or "file:line"), new ref;
+ * resolves the variable name of target on first use. NULL (no exception)
+ * when unknown. */
+PyObject *ddl_lock_name(ddl_state *st, ddl_prof *p, PyObject *target);
 /* Site label "file:line" for a code/lasti pair, new ref or NULL. */
 PyObject *ddl_site_label(PyObject *code, int lasti);
 /* The raw stack from the top frame: code, filename and lasti of each
  * frame, borrowed. Returns how many (<= cap), or -1 when there are more. */
 int ddl_stack_raw(ddl_raw_frame *out, int cap);
-/* Empty the record memo (drops its references); may run Python code. */
-void ddl_memo_clear(ddl_state *st);
 /* Empty the (code, lasti) -> line cache (drops its references). */
 void ddl_line_cache_clear(ddl_state *st);
 /* Empty the per-code-object cache (what counts as internal changed). */
 void ddl_code_cache_clear(ddl_state *st);
 /* Empty the creation-site decision cache (the exclusions changed). */
 void ddl_site_cache_clear(ddl_state *st);
-/* Drop the cached thread ident keys. */
-void ddl_ident_cache_clear(ddl_state *st);
+
+/* ---- tasks.c: who is running ------------------------------------------- */
+
 /* Current thread's name from threading._active, new ref or NULL. */
 PyObject *ddl_thread_name(ddl_state *st, unsigned long ident);
+/* Drop the cached thread ident keys. */
+void ddl_ident_cache_clear(ddl_state *st);
+/* The running asyncio task or gevent greenlet, new ref, or NULL (no
+ * exception) when there is none. asyncio only when asyncio_first... */
+PyObject *ddl_current_task(ddl_state *st, int asyncio);
+/* Who holds a semaphore: the task for asyncio ones, the greenlet under
+ * gevent, else the thread. */
+uintptr_t ddl_current_actor(ddl_state *st, int kind);
+/* The labels after thread name: task id and task name when an asyncio
+ * task or gevent greenlet runs. refs keeps their strings alive until
+ * ddl_label_refs_release(). Never raises. */
+#define DDL_TASK_LABELS 2
+typedef struct {
+    PyObject *refs[4];
+    size_t n;
+} ddl_label_refs;
+size_t ddl_task_labels(ddl_state *st, ddl_label *out, ddl_label_refs *refs);
+void ddl_label_refs_release(ddl_label_refs *refs);
+
+/* ---- record.c: sampling and recording ---------------------------------- */
 
 /* Thread-local sampling state. */
 typedef struct {
@@ -310,5 +343,75 @@ extern _Thread_local ddl_tls_t ddl_tls
 void ddl_tls_reset(ddl_state *st);
 void ddl_reset_seed_sequence(void);
 double ddl_rand_unit(void);
+
+int ddl_sample_uncontended_slow(ddl_state *st);
+/* Should this uncontended event be sampled? The common answer (no) costs a
+ * thread-local compare and decrement. */
+static inline int
+ddl_sample_uncontended(ddl_state *st)
+{
+    if (ddl_tls.generation != st->generation) {
+        ddl_tls_reset(st);
+    }
+    if (ddl_tls.countdown > 0) {
+        ddl_tls.countdown--;
+        return 0;
+    }
+    return ddl_sample_uncontended_slow(st);
+}
+/* Will the next uncontended event be sampled (without counting it)? */
+static inline int
+ddl_sample_next(ddl_state *st)
+{
+    return ddl_tls.generation == st->generation && ddl_tls.countdown == 0 &&
+           st->running;
+}
+/* Probability of sampling a contended acquire that waited wait_ns. */
+double ddl_contended_p(ddl_state *st, int64_t wait_ns);
+/* Decide on an acquire that waited since t0 (the clock read now): 1 and
+ * *wait_ns, *p when it is to be sampled. */
+int ddl_sample_timed(ddl_state *st, int64_t t0, int64_t *now_ns,
+                     int64_t *wait_ns, double *p);
+
+/* Record one sampled event of an object profiled as p with the current
+ * stack and labels; target (borrowed) is the object whose name labels it.
+ * Never raises and never lets an exception escape (the caller's pending
+ * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
+int ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
+               int64_t hold_ns, int is_release, double weight);
+/* Empty the record memo (drops its references); may run Python code. */
+void ddl_memo_clear(ddl_state *st);
+
+/* ---- lock.c: native locks profiled in place ---------------------------- */
+
+/* Install (running) / remove (not) the hooks of _thread.lock and
+ * _thread.RLock for the kinds asked. Returns -1 with an exception set. */
+int ddl_locks_hook(ddl_state *st, int lock, int rlock);
+void ddl_locks_unhook(ddl_state *st);
+/* The profile of a native lock (NULL: not profiled), borrowed: valid while
+ * obj lives; *target (when not NULL) gets the object whose name labels it
+ * (borrowed: obj, or its Condition while that lives). */
+ddl_prof *ddl_lock_prof(ddl_state *st, PyObject *obj, PyObject **target);
+/* Is obj a _thread.lock or _thread.RLock (exactly, or a subclass)? */
+int ddl_is_native_lock(ddl_state *st, PyObject *obj);
+/* Profile native lock obj as kind, labelled by target's name (borrowed, a
+ * weak reference is kept; NULL: obj's own), created at (code, lasti).
+ * Returns 0, or -1 with an exception set. */
+int ddl_lock_register(ddl_state *st, PyObject *obj, int kind, PyObject *target,
+                      PyObject *code, int lasti);
+int ddl_locks_init(PyObject *module, ddl_state *st);
+/* The native types to profile (NULL: unchanged): _thread's, as they were
+ * before anything (gevent) replaced them in the _thread module. Refused
+ * (-1, exception set) while the hooks are installed. */
+int ddl_locks_set_types(ddl_state *st, PyObject *lock_type,
+                        PyObject *rlock_type);
+void ddl_locks_clear(ddl_state *st);
+void ddl_locks_fork_child(ddl_state *st);
+
+/* ---- tracker.c, hooks.c: the Python-level primitives ------------------- */
+
+int ddl_trackers_init(PyObject *module, ddl_state *st);
+int ddl_hooks_init(PyObject *module, ddl_state *st);
+void ddl_trackers_clear(ddl_state *st);
 
 #endif /* DDLOCK_DDLOCK_H */

@@ -114,9 +114,22 @@ is_dataclass_init(PyCodeObject *co)
     return r;
 }
 
+/* Is f an __init__ whose first argument is obj (a constructor of obj run
+ * by a subclass's __init__, or the dataclass __init__): not the site. */
 static int
-creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject **code,
-                   int *lasti)
+is_init_of(ddl_walk_frame *f, PyObject *obj)
+{
+    PyCodeObject *co = ddl_walk_code(f);
+    if (obj == NULL || co->co_argcount < 1 || !PyUnicode_Check(co->co_name) ||
+        PyUnicode_CompareWithASCIIString(co->co_name, "__init__") != 0) {
+        return 0;
+    }
+    return ddl_walk_first_arg(f) == obj;
+}
+
+static int
+creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
+                   PyObject **code, int *lasti)
 {
     *code = NULL;
     *lasti = -1;
@@ -132,7 +145,9 @@ creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject **code,
     }
     for (;;) {
         ddl_walk_frame *back =
-            is_dataclass_init(ddl_walk_code(f)) ? ddl_walk_back(f) : NULL;
+            is_dataclass_init(ddl_walk_code(f)) || is_init_of(f, obj)
+                ? ddl_walk_back(f)
+                : NULL;
         ddl_walk_frame *outer = back != NULL ? user_frame(st, back) : NULL;
         if (outer == NULL) {
             break;
@@ -157,12 +172,32 @@ site_slot(PyCodeObject *co, PyObject *globals)
     return (size_t)(h & (DDL_SITE_CACHE_SIZE - 1));
 }
 
-int
-ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
+/* Skip the frames of pass-through creation functions (threading.RLock()
+ * calling _thread.RLock): the frame that called them is the one making the
+ * lock. */
+static ddl_walk_frame *
+skip_passthrough(ddl_state *st, ddl_walk_frame *f)
 {
-    ddl_walk_frame *caller = ddl_walk_top();
-    if (caller == NULL || st->site_cache == NULL) {
-        return creation_site_from(st, caller, code, lasti);
+    while (f != NULL && st->passthrough[0] != NULL) {
+        PyObject *co = (PyObject *)ddl_walk_code(f);
+        int pass = 0;
+        for (int i = 0; i < DDL_PASSTHROUGH_MAX && st->passthrough[i]; i++) {
+            pass |= st->passthrough[i] == co;
+        }
+        if (!pass) {
+            break;
+        }
+        f = ddl_walk_back(f);
+    }
+    return f;
+}
+
+int
+ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code, int *lasti)
+{
+    ddl_walk_frame *caller = skip_passthrough(st, ddl_walk_top());
+    if (caller == NULL || st->site_cache == NULL || obj != NULL) {
+        return creation_site_from(st, caller, obj, code, lasti);
     }
     PyCodeObject *co = ddl_walk_code(caller);
     PyObject *globals = ddl_walk_globals(caller);
@@ -179,7 +214,7 @@ ddl_creation_site(ddl_state *st, PyObject **code, int *lasti)
             return 1;
         }
     }
-    int r = creation_site_from(st, caller, code, lasti);
+    int r = creation_site_from(st, caller, NULL, code, lasti);
     if (r >= 0 && globals != NULL) {
         int verdict =
             r == 0 ? DDL_SITE_NATIVE
@@ -208,24 +243,6 @@ ddl_site_cache_clear(ddl_state *st)
         Py_CLEAR(st->site_cache[i].code);
         Py_CLEAR(st->site_cache[i].globals);
     }
-}
-
-int
-ddl_creation_site_outside_ddlock(ddl_state *st, PyObject **code, int *lasti)
-{
-    ddl_walk_frame *f = ddl_walk_top();
-    while (f != NULL) {
-        PyCodeObject *co = ddl_walk_code(f);
-        int ours = st->ddlock_dir != NULL &&
-                   PyUnicode_Check(co->co_filename) &&
-                   PyUnicode_Tailmatch(co->co_filename, st->ddlock_dir, 0,
-                                       PY_SSIZE_T_MAX, -1) == 1;
-        if (!ours) {
-            break;
-        }
-        f = ddl_walk_back(f);
-    }
-    return creation_site_from(st, f, code, lasti);
 }
 
 static PyObject *
@@ -824,7 +841,7 @@ cache_key(PyObject *site_code, int site_lasti, PyCodeObject *uco)
 }
 
 PyObject *
-ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
+ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
 {
     if (lk->name_done) {
         return Py_XNewRef(lk->name);
@@ -861,7 +878,7 @@ ddl_lock_name(ddl_state *st, ddl_lockbase *lk)
         goto error;
     }
     if (f != NULL) {
-        var = search_name(st, ddl_name_target(lk), f);
+        var = search_name(st, target, f);
     }
     if (var != NULL) {
         st->names_resolved++;
@@ -915,91 +932,5 @@ error:
     Py_XDECREF(key);
     Py_XDECREF(var);
     Py_XDECREF(uco);
-    return NULL;
-}
-
-/* New reference to an int equal to ident for looking up threading._active:
- * through a small direct-mapped cache, which after the first lookup holds
- * the registry's own key (the Thread's _ident), so the lookup neither
- * allocates nor compares ints by value. Bounded: DDL_IDENT_CACHE_SIZE
- * entries, each a reference to an int. */
-static ddl_ident_entry *
-ident_slot(ddl_state *st, unsigned long ident)
-{
-    uint64_t h = (uint64_t)ident * 0x9e3779b97f4a7c15ULL;
-    return &st->ident_cache[(size_t)(h >> 40) & (DDL_IDENT_CACHE_SIZE - 1)];
-}
-
-void
-ddl_ident_cache_clear(ddl_state *st)
-{
-    for (size_t i = 0; i < DDL_IDENT_CACHE_SIZE; i++) {
-        Py_CLEAR(st->ident_cache[i].key);
-    }
-}
-
-/* Remember key (an int equal to ident) for ident. */
-static void
-ident_remember(ddl_state *st, unsigned long ident, PyObject *key)
-{
-    ddl_ident_entry *e = ident_slot(st, ident);
-    if (e->key == key) {
-        return;
-    }
-    PyObject *old = e->key;
-    e->ident = ident;
-    e->key = Py_NewRef(key);
-    Py_XDECREF(old);
-}
-
-/* New reference to the current thread's name from threading's registry,
- * read from the Thread's instance dict (no property, no user code). */
-PyObject *
-ddl_thread_name(ddl_state *st, unsigned long ident)
-{
-    if (st->threading_active == NULL) {
-        return NULL;
-    }
-    ddl_ident_entry *e = ident_slot(st, ident);
-    int cached = e->key != NULL && e->ident == ident;
-    PyObject *key =
-        cached ? Py_NewRef(e->key) : PyLong_FromUnsignedLong(ident);
-    if (key == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
-    PyObject *name = NULL, *d = NULL;
-    PyObject *t = PyDict_GetItemWithError(st->threading_active, key);
-    if (t == NULL || !ddl_type_has_instance_dict(Py_TYPE(t))) {
-        goto error;
-    }
-    d = PyObject_GenericGetDict(t, NULL);
-    if (d == NULL || !PyDict_Check(d)) {
-        goto error;
-    }
-    if (!cached) {
-        /* the registry's key is the Thread's _ident: remember that int */
-        PyObject *own = PyDict_GetItemWithError(d, st->str_ident);
-        if (own != NULL && PyLong_CheckExact(own) &&
-            PyLong_AsUnsignedLong(own) == ident && !PyErr_Occurred()) {
-            ident_remember(st, ident, own);
-        }
-        else {
-            ident_remember(st, ident, key);
-        }
-        PyErr_Clear();
-    }
-    name = PyDict_GetItemWithError(d, st->str_name);
-    if (name == NULL || !PyUnicode_Check(name)) {
-        goto error;
-    }
-    Py_INCREF(name);
-    Py_DECREF(d);
-    Py_DECREF(key);
-    return name;
-error:
-    PyErr_Clear();
-    Py_XDECREF(d);
-    Py_DECREF(key);
     return NULL;
 }

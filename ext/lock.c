@@ -1,1560 +1,1473 @@
-/* ddlock's Lock and RLock: drop-in replacements for _thread.lock and
- * _thread.RLock built on PyThread locks, with a sampling hook on acquire and
- * release, and the factories that stand in for threading.Lock/RLock.
+/* The native locks, profiled in place: _thread.lock (threading.Lock) and
+ * _thread.RLock (threading.RLock) stay the interpreter's own types and
+ * objects -- type(lock) is _thread.LockType, isinstance, pickling, dill,
+ * trio, gevent and every tool that looks see a native lock -- and ddlock
+ * replaces, while it runs, the entries of their type dicts for the methods
+ * that acquire and release (method descriptors of the native type with the
+ * native names and docstrings, so signatures and profilers' keys are the
+ * native ones) and the type slots that make and free them.
  *
- * Fast path of an acquire: a non-blocking try on the PyThread lock, then a
- * per-thread sampling countdown. No clock read, no allocation, no attribute
- * lookup and no shared counter unless the event is sampled or contended.
+ * What ddlock knows of a lock is kept off the object, in a table keyed by
+ * the object's address: its creation site, name and kind. A lock is
+ * profiled when it has an entry: made while ddlock runs by a module that is
+ * not excluded. The entry goes when the object is freed (the dealloc slot)
+ * or when ddlock stops. Sampled holds in progress are a short list beside
+ * it, looked at by a release only while it is not empty.
+ *
+ * Fast path of an acquire without arguments: on the tested minors a
+ * non-blocking try on the native lock's PyThread lock (what the native
+ * acquire does first), then the per-thread sampling countdown; no clock,
+ * no allocation, no table lookup. Anything else -- contention, arguments,
+ * an untested version -- calls the native method itself, timed: its
+ * arguments, errors, signals and timeouts are the native ones by
+ * construction.
+ *
+ * Creation: _thread.allocate_lock (threading.Lock up to 3.12) is a builtin
+ * function whose method definition ddlock swaps for its own (same name,
+ * flags and doc); _thread.lock (3.13+) and _thread.RLock get their tp_new
+ * (and tp_vectorcall, where set) replaced. Everything is restored at stop;
+ * what outlives it (a bound method taken meanwhile, a subclass that copied
+ * tp_new) keeps working natively.
  */
 #include "ddlock.h"
 
-#include <float.h>
-#include <math.h>
-
-_Thread_local ddl_tls_t ddl_tls
-    __attribute__((tls_model("initial-exec"))) = {0, 0, 0, 0};
-
-#define UNSET_TIMEOUT_NS ((int64_t)-1000000000) /* timeout=-1 seconds */
-
-/* ---- sampling ----------------------------------------------------------- */
-
-static inline uint64_t
-mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
-/* Uniform in (0, 1]. */
-double
-ddl_rand_unit(void)
-{
-    uint64_t x = ddl_tls.rng;
-    if (x == 0) {
-        x = mix64((uint64_t)ddl_monotonic_ns() ^
-                  (uint64_t)PyThread_get_thread_ident());
-        if (x == 0) {
-            x = 0x9e3779b97f4a7c15ULL;
-        }
-    }
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    ddl_tls.rng = x;
-    return ((double)(x >> 11) + 1.0) * (1.0 / 9007199254740992.0);
-}
-
-/* Events to skip before the next sampled one: geometric with parameter p,
- * which makes every event independently sampled with probability p. */
-static int64_t
-draw_countdown(double p)
-{
-    if (p >= 1.0) {
-        return 0;
-    }
-    if (p <= 0.0) {
-        return INT64_MAX;
-    }
-    double k = floor(log(ddl_rand_unit()) / log1p(-p));
-    if (!(k < 9.0e18)) {
-        return INT64_MAX;
-    }
-    return (int64_t)k;
-}
-
-static uint64_t tls_seed_sequence = 0; /* guarded by the GIL */
-
-void
-ddl_tls_reset(ddl_state *st)
-{
-    if (st->seed != 0) {
-        /* reproducible: each thread's stream derives from the seed and the
-         * order in which threads first sample in this generation */
-        ddl_tls.rng =
-            mix64(st->seed + 0x9e3779b97f4a7c15ULL * (++tls_seed_sequence));
-        if (ddl_tls.rng == 0) {
-            ddl_tls.rng = 1;
-        }
-    }
-    ddl_tls.generation = st->generation;
-    ddl_tls.countdown =
-        st->running ? draw_countdown(st->capture_p) : INT64_MAX;
-}
-
-void
-ddl_reset_seed_sequence(void)
-{
-    tls_seed_sequence = 0;
-}
-
-/* Should this uncontended event be sampled? The common answer (no) costs a
- * thread-local compare and decrement. */
-static inline int
-sample_uncontended(ddl_state *st)
-{
-    if (ddl_tls.generation != st->generation) {
-        ddl_tls_reset(st);
-    }
-    if (ddl_tls.countdown > 0) {
-        ddl_tls.countdown--;
-        return 0;
-    }
-    if (!st->running) {
-        ddl_tls.countdown = INT64_MAX;
-        return 0;
-    }
-    ddl_tls.countdown = draw_countdown(st->capture_p);
-    return 1;
-}
-
-/* Probability of sampling a contended acquire that waited wait_ns. */
-static inline double
-contended_p(ddl_state *st, int64_t wait_ns)
-{
-    double p = st->capture_p;
-    if (st->wait_rate_ns > 0) {
-        double q = (double)wait_ns / (double)st->wait_rate_ns;
-        if (q > 1.0) {
-            q = 1.0;
-        }
-        if (q > p) {
-            p = q;
-        }
-    }
-    return p;
-}
-
-/* The same two decisions for the primitives of primitives.c. */
-int
-ddl_sample_uncontended(ddl_state *st)
-{
-    return sample_uncontended(st);
-}
-
-double
-ddl_contended_p(ddl_state *st, int64_t wait_ns)
-{
-    return contended_p(st, wait_ns);
-}
-
-/* ---- argument handling (same errors as the native lock) ---------------- */
-
-static int
-timeout_to_ns(PyObject *obj, int64_t *out)
-{
-    if (PyFloat_Check(obj)) {
-        double d = PyFloat_AsDouble(obj);
-        if (isnan(d)) {
-            PyErr_SetString(PyExc_ValueError,
-                            "Invalid value NaN (not a number)");
-            return -1;
-        }
-#if DDL_FLOAT_TIME_T_CHECK
-        if (!(d >= -9.2233720368547758e18 && d < 9.2233720368547758e18)) {
-            PyErr_SetString(PyExc_OverflowError, DDL_MSG_FLOAT_TOO_LARGE);
-            return -1;
-        }
-#endif
-        double ns = d * 1e9;
-        /* round away from zero, as timeouts are */
-        ns = ns >= 0 ? ceil(ns) : floor(ns);
-        if (!(ns >= -9.2233720368547758e18 && ns < 9.2233720368547758e18)) {
-            PyErr_SetString(PyExc_OverflowError, DDL_MSG_TIME_T_TOO_LARGE);
-            return -1;
-        }
-        *out = (int64_t)ns;
-        return 0;
-    }
-    long long sec = PyLong_AsLongLong(obj);
-    if (sec == -1 && PyErr_Occurred()) {
-        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            PyErr_SetString(PyExc_OverflowError, DDL_MSG_TIME_T_TOO_LARGE);
-        }
-        return -1;
-    }
-    if (sec > INT64_MAX / 1000000000 || sec < INT64_MIN / 1000000000) {
-        PyErr_SetString(PyExc_OverflowError, DDL_MSG_TIME_T_TOO_LARGE);
-        return -1;
-    }
-    *out = (int64_t)sec * 1000000000;
-    return 0;
-}
-
-/* Parse acquire(blocking=True, timeout=-1). On success *timeout_ns is -1 for
- * "wait forever", 0 for non-blocking, else the timeout. */
-static int
-parse_acquire_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                   int *blocking_out, int64_t *timeout_out)
-{
-    PyObject *blocking = nargs >= 1 ? args[0] : NULL;
-    PyObject *timeout = nargs >= 2 ? args[1] : NULL;
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-
-    if (nargs + nkw > 2) {
-        PyErr_Format(PyExc_TypeError,
-                     "acquire() takes at most 2 arguments (%zd given)",
-                     nargs + nkw);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nkw; i++) {
-        PyObject *k = PyTuple_GET_ITEM(kwnames, i);
-        if (PyUnicode_CompareWithASCIIString(k, "blocking") == 0) {
-            if (nargs >= 1) {
-                PyErr_SetString(PyExc_TypeError,
-                                "argument for acquire() given by name "
-                                "('blocking') and position (1)");
-                return -1;
-            }
-            blocking = args[nargs + i];
-        }
-        else if (PyUnicode_CompareWithASCIIString(k, "timeout") == 0) {
-            if (nargs >= 2) {
-                PyErr_SetString(PyExc_TypeError,
-                                "argument for acquire() given by name "
-                                "('timeout') and position (2)");
-                return -1;
-            }
-            timeout = args[nargs + i];
-        }
-        else {
-            ddl_err_unexpected_keyword("acquire", k);
-            return -1;
-        }
-    }
-
-    int b = 1;
-    if (blocking != NULL) {
-        b = PyObject_IsTrue(blocking);
-        if (b < 0) {
-            return -1;
-        }
-    }
-    int64_t t = UNSET_TIMEOUT_NS;
-    if (timeout != NULL && timeout_to_ns(timeout, &t) < 0) {
-        return -1;
-    }
-    if (!b && t != UNSET_TIMEOUT_NS) {
-        PyErr_SetString(PyExc_ValueError,
-                        "can't specify a timeout for a non-blocking call");
-        return -1;
-    }
-    if (t < 0 && t != UNSET_TIMEOUT_NS) {
-        PyErr_SetString(PyExc_ValueError, DDL_MSG_TIMEOUT_NEGATIVE);
-        return -1;
-    }
-    if (!b) {
-        t = 0;
-    }
-    else if (t == UNSET_TIMEOUT_NS) {
-        t = -1;
-    }
-    else {
-        int64_t us = t / 1000 + (t % 1000 != 0);
-        if (us > ddl_timeout_max_us()) {
-            PyErr_SetString(PyExc_OverflowError, "timeout value is too large");
-            return -1;
-        }
-    }
-    *blocking_out = b;
-    *timeout_out = t;
-    return 0;
-}
-
-/* ---- blocking acquisition ----------------------------------------------- */
-
-/* Wait for the lock with the GIL released. Signals interrupt the wait: their
- * handlers run, and an exception from one aborts the acquire (returns
- * PY_LOCK_INTR with the exception set), as with the native lock.
- * timeout_ns: -1 forever, > 0 bounded. intr: whether signals interrupt. */
-static PyLockStatus
-acquire_blocking(PyThread_type_lock lock, int64_t timeout_ns, int intr)
-{
-    int64_t deadline = 0;
-    PY_TIMEOUT_T us = -1;
-    if (timeout_ns > 0) {
-        deadline = ddl_monotonic_ns() + timeout_ns;
-        us = (PY_TIMEOUT_T)(timeout_ns / 1000 + (timeout_ns % 1000 != 0));
-    }
-    for (;;) {
-        PyLockStatus r;
-        Py_BEGIN_ALLOW_THREADS r = PyThread_acquire_lock_timed(lock, us, intr);
-        Py_END_ALLOW_THREADS if (r != PY_LOCK_INTR)
-        {
-            return r;
-        }
-        if (Py_MakePendingCalls() < 0) {
-            return PY_LOCK_INTR;
-        }
-        if (timeout_ns > 0) {
-            int64_t left = deadline - ddl_monotonic_ns();
-            us = left <= 0 ? 0
-                           : (PY_TIMEOUT_T)(left / 1000 + (left % 1000 != 0));
-        }
-    }
-}
-
-/* ---- recording ---------------------------------------------------------- */
-
-static inline ddl_state *
-state_of(PyObject *self)
-{
-    return (ddl_state *)PyType_GetModuleState(Py_TYPE(self));
-}
-
-/* The lock was just acquired. sampled: chosen by the caller; wait_ns and p
- * describe the wait. Marks the hold as sampled when the record succeeds. */
-static void
-on_sampled_acquire(ddl_state *st, ddl_lockbase *lk, int64_t now_ns,
-                   int64_t wait_ns, double p, int track_hold)
-{
-    double weight = 1.0 / p;
-    if (ddl_lock_record(st, lk, wait_ns, 0, 0, weight) == 0 && track_hold) {
-        lk->sampled = 1;
-        lk->acquired_ns = now_ns ? now_ns : ddl_monotonic_ns();
-        lk->weight = weight;
-    }
-}
-
-/* Acquire with sampling. Returns 1 acquired, 0 not acquired, -1 error. */
-static int
-lockbase_acquire(ddl_state *st, ddl_lockbase *lk, int64_t timeout_ns, int intr,
-                 int track_hold)
-{
-    if (PyThread_acquire_lock_timed(lk->lock, 0, 0) == PY_LOCK_ACQUIRED) {
-        lk->locked = 1;
-        if (sample_uncontended(st)) {
-            on_sampled_acquire(st, lk, 0, 0, st->capture_p, track_hold);
-        }
-        return 1;
-    }
-    if (timeout_ns == 0) {
-        return 0;
-    }
-    int64_t t0 = ddl_monotonic_ns();
-    PyLockStatus r = acquire_blocking(lk->lock, timeout_ns, intr);
-    if (r == PY_LOCK_INTR) {
-        return -1;
-    }
-    if (r != PY_LOCK_ACQUIRED) {
-        return 0; /* timed out: a failed acquire records nothing */
-    }
-    lk->locked = 1;
-    if (st->running) {
-        int64_t t1 = ddl_monotonic_ns();
-        int64_t wait = t1 - t0;
-        double p = contended_p(st, wait);
-        if (p > 0 && (p >= 1.0 || ddl_rand_unit() <= p)) {
-            on_sampled_acquire(st, lk, t1, wait, p, track_hold);
-        }
-    }
-    return 1;
-}
-
-/* Called right before the underlying lock is released. Returns whether a
- * hold must be recorded after the release, with its values. */
-static inline int
-take_hold(ddl_lockbase *lk, int64_t *hold_ns, double *weight)
-{
-    if (!lk->sampled) {
-        return 0;
-    }
-    lk->sampled = 0;
-    int64_t h = ddl_monotonic_ns() - lk->acquired_ns;
-    *hold_ns = h < 0 ? 0 : h;
-    *weight = lk->weight;
-    return 1;
-}
-
-/* ---- common type parts -------------------------------------------------- */
-
-static PyObject *
-lockbase_new_instance(ddl_state *st, PyTypeObject *tp, PyObject *site_code,
-                      int site_lasti)
-{
-    ddl_lockbase *self = (ddl_lockbase *)tp->tp_alloc(tp, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->lock = PyThread_allocate_lock();
-    if (self->lock == NULL) {
-        Py_DECREF(self);
-        PyErr_SetString(PyExc_MemoryError, "can't allocate lock");
-        return NULL;
-    }
-    self->is_rlock = tp == st->rlock_type;
-    self->site_code = Py_XNewRef(site_code);
-    self->site_lasti = site_lasti;
-    st->locks_created++;
-    return (PyObject *)self;
-}
-
-static void
-lockbase_dealloc(PyObject *op)
-{
-    ddl_lockbase *self = (ddl_lockbase *)op;
-    PyTypeObject *tp = Py_TYPE(op);
-    if (self->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    if (self->lock != NULL) {
-        int held =
-            self->is_rlock ? ((ddl_rlock *)self)->count > 0 : self->locked;
-        if (held) {
-            PyThread_release_lock(self->lock);
-        }
-        PyThread_free_lock(self->lock);
-    }
-    Py_CLEAR(self->site_code);
-    Py_CLEAR(self->name);
-    if (self->is_rlock) {
-        Py_CLEAR(((ddl_rlock *)self)->cond_ref);
-    }
-    tp->tp_free(op);
-    Py_DECREF(tp);
-}
-
-PyObject *
-ddl_condition_rlock(ddl_state *st, PyObject *site_code, int site_lasti,
-                    PyObject *cond)
-{
-    PyObject *ref = PyWeakref_NewRef(cond, NULL);
-    if (ref == NULL) {
-        return NULL;
-    }
-    PyObject *rl =
-        lockbase_new_instance(st, st->rlock_type, site_code, site_lasti);
-    if (rl == NULL) {
-        Py_DECREF(ref);
-        return NULL;
-    }
-    ((ddl_rlock *)rl)->cond_ref = ref; /* reference moved */
-    return rl;
-}
-
-/* Both types refuse pickling exactly as the native ones do: by asking a
- * native twin (the outcome differs by version and protocol: a TypeError, or
- * a reduce value naming a class pickle then fails to find). arg: the
- * protocol for __reduce_ex__, NULL for __reduce__. */
-static PyObject *
-lock_reduce_ex(PyObject *self, PyObject *arg)
-{
-    ddl_lockbase *lk = (ddl_lockbase *)self;
-    PyObject *mod = PyImport_ImportModule("_thread");
-    if (mod == NULL) {
-        return NULL;
-    }
-    PyObject *twin = PyObject_CallMethod(
-        mod, lk->is_rlock ? "RLock" : "allocate_lock", NULL);
-    Py_DECREF(mod);
-    if (twin == NULL) {
-        return NULL;
-    }
-    PyObject *r = arg != NULL
-                      ? PyObject_CallMethod(twin, "__reduce_ex__", "O", arg)
-                      : PyObject_CallMethod(twin, "__reduce__", NULL);
-    Py_DECREF(twin);
-    return r;
-}
-
-static PyObject *
-lock_reduce(PyObject *self, PyObject *unused)
-{
-    return lock_reduce_ex(self, NULL);
-}
-
-/* New reference to the lock's label (resolving the name if needed); for
- * introspection and tests: ddlock._ddlock.lock_name(lock). */
-static PyObject *
-lock_profile_name(PyObject *self, PyObject *unused)
-{
-    ddl_state *st = state_of(self);
-    PyObject *name = ddl_lock_name(st, (ddl_lockbase *)self);
-    if (name == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
-        Py_RETURN_NONE;
-    }
-    return name;
-}
-
-static PyObject *
-lock_site(PyObject *self, void *unused)
-{
-    ddl_lockbase *lk = (ddl_lockbase *)self;
-    if (lk->site_code == NULL) {
-        Py_RETURN_NONE;
-    }
-    PyObject *label = ddl_site_label(lk->site_code, lk->site_lasti);
-    if (label == NULL && !PyErr_Occurred()) {
-        Py_RETURN_NONE;
-    }
-    return label;
-}
-
-static PyMemberDef lockbase_members[] = {
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(ddl_lockbase, weakreflist),
-     DDL_MEMBER_OFFSET_FLAG},
-    {NULL},
-};
-
-static PyGetSetDef lockbase_getset[] = {
-    {"_ddlock_site", lock_site, NULL, "creation site (file:line)", NULL},
-    {NULL},
-};
-
-/* ---- Lock --------------------------------------------------------------- */
-
-static PyObject *
-lock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-             PyObject *kwnames)
-{
-    ddl_lockbase *lk = (ddl_lockbase *)self;
-    ddl_state *st = state_of(self);
-    int64_t timeout_ns = -1;
-    if (nargs != 0 || kwnames != NULL) {
-        int blocking;
-        if (parse_acquire_args(args, nargs, kwnames, &blocking, &timeout_ns) <
-            0) {
-            return NULL;
-        }
-    }
-    int r = lockbase_acquire(st, lk, timeout_ns, 1, 1);
-    if (r < 0) {
-        return NULL;
-    }
-    return PyBool_FromLong(r);
-}
-
-static PyObject *
-lock_release(PyObject *self, PyObject *unused)
-{
-    ddl_lockbase *lk = (ddl_lockbase *)self;
-    if (!lk->locked) {
-        PyErr_SetString(PyExc_RuntimeError, "release unlocked lock");
-        return NULL;
-    }
-    int64_t hold = 0;
-    double weight = 0;
-    int record = take_hold(lk, &hold, &weight);
-    lk->locked = 0;
-    PyThread_release_lock(lk->lock);
-    if (record) {
-        ddl_lock_record(state_of(self), lk, 0, hold, 1, weight);
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-lock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return lock_release(self, NULL);
-}
-
-static PyObject *
-lock_locked(PyObject *self, PyObject *unused)
-{
-    return PyBool_FromLong(((ddl_lockbase *)self)->locked);
-}
-
-static PyObject *
-lock_at_fork_reinit(PyObject *self, PyObject *unused)
-{
-    ddl_lockbase *lk = (ddl_lockbase *)self;
-    PyThread_type_lock fresh = PyThread_allocate_lock();
-    if (fresh == NULL) {
-        PyErr_SetString(PyExc_MemoryError, "can't allocate lock");
-        return NULL;
-    }
-    /* The old lock may be in any state (held by a thread that does not
-     * exist in this process): it is abandoned, never freed or released. */
-    lk->lock = fresh;
-    lk->locked = 0;
-    lk->sampled = 0;
-    if (lk->is_rlock) {
-        ((ddl_rlock *)lk)->owner = 0;
-        ((ddl_rlock *)lk)->count = 0;
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-lock_repr(PyObject *self)
-{
-    ddl_lockbase *lk = (ddl_lockbase *)self;
-    return PyUnicode_FromFormat("<%s _thread.lock object at %p, profiled by "
-                                "ddlock>",
-                                lk->locked ? "locked" : "unlocked", self);
-}
-
-static PyObject *
-lock_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
-{
-    if (PyTuple_GET_SIZE(args) != 0 || (kwargs && PyDict_GET_SIZE(kwargs))) {
-        PyErr_SetString(PyExc_TypeError, "lock() takes no arguments");
-        return NULL;
-    }
-    ddl_state *st = (ddl_state *)PyType_GetModuleState(tp);
-    PyObject *code = NULL;
-    int lasti = -1;
-    if (ddl_creation_site(st, &code, &lasti) < 0) {
-        PyErr_Clear();
-    }
-    PyObject *r = lockbase_new_instance(st, tp, code, lasti);
-    Py_XDECREF(code);
-    return r;
-}
-
-#define LOCK_ACQUIRE_DOC                                                      \
-    "acquire(blocking=True, timeout=-1) -> bool\n\nLock the lock (profiled)."
-
-static PyMethodDef lock_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))lock_acquire,
-     METH_FASTCALL | METH_KEYWORDS, LOCK_ACQUIRE_DOC},
-    {"acquire_lock", (PyCFunction)(void (*)(void))lock_acquire,
-     METH_FASTCALL | METH_KEYWORDS, LOCK_ACQUIRE_DOC},
-    {"release", lock_release, METH_NOARGS, "Release the lock."},
-    {"release_lock", lock_release, METH_NOARGS, "Release the lock."},
-    {"locked", lock_locked, METH_NOARGS, "Whether the lock is held."},
-    {"locked_lock", lock_locked, METH_NOARGS, "Whether the lock is held."},
-    /* natively __enter__ is acquire itself, arguments included */
-    {"__enter__", (PyCFunction)(void (*)(void))lock_acquire,
-     METH_FASTCALL | METH_KEYWORDS, "Acquire the lock."},
-    {"__exit__", (PyCFunction)(void (*)(void))lock_exit, METH_FASTCALL,
-     "Release the lock."},
-    {"_at_fork_reinit", lock_at_fork_reinit, METH_NOARGS, NULL},
-    {"__reduce__", lock_reduce, METH_NOARGS, NULL},
-    {"__reduce_ex__", lock_reduce_ex, METH_O, NULL},
-    {"_ddlock_name", lock_profile_name, METH_NOARGS,
-     "The lock's profile label, resolving it now if needed."},
-    {NULL},
-};
-
-static PyType_Slot lock_slots[] = {
-    {Py_tp_dealloc, lockbase_dealloc},
-    {Py_tp_repr, lock_repr},
-    {Py_tp_methods, lock_methods},
-    {Py_tp_members, lockbase_members},
-    {Py_tp_getset, lockbase_getset},
-    {Py_tp_new, lock_tp_new},
-    {Py_tp_doc, "A profiled lock: same behaviour as _thread.lock."},
-    {0, NULL},
-};
-
-static PyType_Spec lock_spec = {
-    .name = "ddlock._ddlock.Lock",
-    .basicsize = sizeof(ddl_lockbase),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = lock_slots,
-};
-
-/* ---- RLock -------------------------------------------------------------- */
-
-static PyObject *
-rlock_acquire_timeout(PyObject *self, int64_t timeout_ns)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    ddl_state *st = state_of(self);
-    unsigned long me = PyThread_get_thread_ident();
-    if (rl->count > 0 && rl->owner == me) {
-        if (rl->count == ULONG_MAX) {
-            PyErr_SetString(PyExc_OverflowError,
-                            "Internal lock count overflowed");
-            return NULL;
-        }
-        rl->count++;
-        /* re-entrant acquires are counted; the hold stays the outermost */
-        if (sample_uncontended(st)) {
-            on_sampled_acquire(st, &rl->base, 0, 0, st->capture_p, 0);
-        }
-        Py_RETURN_TRUE;
-    }
-    int r = lockbase_acquire(st, &rl->base, timeout_ns, 1, 1);
-    if (r < 0) {
-        return NULL;
-    }
-    if (r) {
-        rl->owner = me;
-        rl->count = 1;
-    }
-    return PyBool_FromLong(r);
-}
-
-static PyObject *
-rlock_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames)
-{
-    int64_t timeout_ns = -1;
-    if (nargs != 0 || kwnames != NULL) {
-        int blocking;
-        if (parse_acquire_args(args, nargs, kwnames, &blocking, &timeout_ns) <
-            0) {
-            return NULL;
-        }
-    }
-    return rlock_acquire_timeout(self, timeout_ns);
-}
-
-/* Fully release the underlying lock (count already dropped to zero). */
-static void
-rlock_release_underlying(PyObject *self)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    int64_t hold = 0;
-    double weight = 0;
-    int record = take_hold(&rl->base, &hold, &weight);
-    rl->owner = 0;
-    PyThread_release_lock(rl->base.lock);
-    if (record) {
-        ddl_lock_record(state_of(self), &rl->base, 0, hold, 1, weight);
-    }
-}
-
-static PyObject *
-rlock_release(PyObject *self, PyObject *unused)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    unsigned long me = PyThread_get_thread_ident();
-    if (rl->count == 0 || rl->owner != me) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
-        return NULL;
-    }
-    if (--rl->count == 0) {
-        rlock_release_underlying(self);
-    }
-    else {
-        /* an inner release of a re-entered lock: counted like the inner
-         * acquire (sampled the same way), its hold belongs to the outer */
-        ddl_state *st = state_of(self);
-        if (sample_uncontended(st)) {
-            ddl_lock_record(st, &rl->base, 0, 0, 1, 1.0 / st->capture_p);
-        }
-    }
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-rlock_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
-{
-    return rlock_release(self, NULL);
-}
-
-PyObject *
-ddl_rlock_enter(PyObject *self)
-{
-    return rlock_acquire_timeout(self, -1);
-}
-
-PyObject *
-ddl_rlock_exit(PyObject *self)
-{
-    return rlock_release(self, NULL);
-}
-
-static PyObject *
-rlock_release_save(PyObject *self, PyObject *unused)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    if (rl->count == 0) {
-        PyErr_SetString(PyExc_RuntimeError, "cannot release un-acquired lock");
-        return NULL;
-    }
-    unsigned long count = rl->count, owner = rl->owner;
-    rl->count = 0;
-    rlock_release_underlying(self);
-    return Py_BuildValue("(kk)", count, owner);
-}
-
-static PyObject *
-rlock_acquire_restore(PyObject *self, PyObject *state)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    unsigned long count, owner;
-    PyObject *args = PyTuple_Pack(1, state);
-    if (args == NULL) {
-        return NULL;
-    }
-    int ok = PyArg_ParseTuple(args, "(kk):_acquire_restore", &count, &owner);
-    Py_DECREF(args);
-    if (!ok) {
-        return NULL;
-    }
-    /* Condition.wait() re-acquiring: profiled like any acquire, so its
-     * contention is seen, and the new hold starts here. Not interruptible,
-     * like the native method. */
-    int r = lockbase_acquire(state_of(self), &rl->base, -1, 0, 1);
-    if (r <= 0) {
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_RuntimeError, "couldn't acquire lock");
-        }
-        return NULL;
-    }
-    rl->owner = owner;
-    rl->count = count;
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-rlock_is_owned(PyObject *self, PyObject *unused)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    return PyBool_FromLong(rl->count > 0 &&
-                           rl->owner == PyThread_get_thread_ident());
-}
-
-static DDL_MAYBE_UNUSED PyObject *
-rlock_recursion_count(PyObject *self, PyObject *unused)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    return PyLong_FromUnsignedLong(
-        rl->owner == PyThread_get_thread_ident() ? rl->count : 0);
-}
-
-static PyObject *
-rlock_repr(PyObject *self)
-{
-    ddl_rlock *rl = (ddl_rlock *)self;
-    return PyUnicode_FromFormat(
-        "<%s _thread.RLock object owner=%lu count=%lu at %p, profiled by "
-        "ddlock>",
-        rl->count ? "locked" : "unlocked", rl->owner, rl->count, self);
-}
-
-static PyObject *
-rlock_tp_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
-{
-    ddl_state *st = (ddl_state *)PyType_GetModuleState(tp);
-    PyObject *code = NULL;
-    int lasti = -1;
-    if (ddl_creation_site(st, &code, &lasti) < 0) {
-        PyErr_Clear();
-    }
-    PyObject *r = lockbase_new_instance(st, tp, code, lasti);
-    Py_XDECREF(code);
-    return r;
-}
-
-static PyMethodDef rlock_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))rlock_acquire,
-     METH_FASTCALL | METH_KEYWORDS, LOCK_ACQUIRE_DOC},
-    {"release", rlock_release, METH_NOARGS, "Release the lock."},
-    {"__enter__", (PyCFunction)(void (*)(void))rlock_acquire,
-     METH_FASTCALL | METH_KEYWORDS, "Acquire the lock."},
-    {"__exit__", (PyCFunction)(void (*)(void))rlock_exit, METH_FASTCALL,
-     "Release the lock."},
-    {"_is_owned", rlock_is_owned, METH_NOARGS, NULL},
-    {"_release_save", rlock_release_save, METH_NOARGS, NULL},
-    {"_acquire_restore", rlock_acquire_restore, METH_O, NULL},
-    DDL_RLOCK_RECURSION_COUNT_METHOD(rlock_recursion_count){
-        "_at_fork_reinit", lock_at_fork_reinit, METH_NOARGS, NULL},
-    {"__reduce__", lock_reduce, METH_NOARGS, NULL},
-    {"__reduce_ex__", lock_reduce_ex, METH_O, NULL},
-    {"_ddlock_name", lock_profile_name, METH_NOARGS,
-     "The lock's profile label, resolving it now if needed."},
-    {NULL},
-};
-
-static PyType_Slot rlock_slots[] = {
-    {Py_tp_dealloc, lockbase_dealloc},
-    {Py_tp_repr, rlock_repr},
-    {Py_tp_methods, rlock_methods},
-    {Py_tp_members, lockbase_members},
-    {Py_tp_getset, lockbase_getset},
-    {Py_tp_new, rlock_tp_new},
-    {Py_tp_doc,
-     "A profiled re-entrant lock: same behaviour as _thread.RLock."},
-    {0, NULL},
-};
-
-static PyType_Spec rlock_spec = {
-    .name = "ddlock._ddlock.RLock",
-    .basicsize = sizeof(ddl_rlock),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
-    .slots = rlock_slots,
-};
-
-/* ---- factories ------------------------------------------------------------
- * A LockFactory stands in for threading.Lock / threading.RLock while ddlock
- * runs. Calling it makes a profiled lock (or a native one for excluded
- * modules, or when called with arguments, which go to the original so that
- * errors are the original's). It has no __get__, so stored as a class
- * attribute it does not bind; isinstance(), `|`, subclassing and pickling
- * behave as they do with the original object. */
+#include <string.h>
+
+/* ---- the hooks' process-wide data --------------------------------------
+ * The native types are the process's (3.9's are static types shared by
+ * every interpreter): so is what replaces their methods. Only the main
+ * interpreter profiles; a call from another one behaves natively. Not
+ * reachable from Python. */
 
 typedef struct {
-    PyObject_HEAD PyObject *original; /* the object threading.X was */
-    PyObject *native;   /* what makes a native lock: _thread factory */
-    PyTypeObject *kind; /* Lock or RLock type (borrowed from state) */
-    PyObject *dict;     /* __name__, __qualname__, __module__, __doc__ */
-    vectorcallfunc vectorcall;
-    PyObject *weakreflist; /* weakref.ref(threading.Lock) works natively */
-} ddl_factory;
+    const char *name;
+    PyCFunction impl;
+    int flags;
+    PyObject *orig;     /* the native descriptor, strong while installed */
+    PyCFunction native; /* its C function, when METH_NOARGS, else NULL */
+    PyMethodDef def;    /* ours: the native name and doc */
+} hmethod;
 
-static PyObject *
-factory_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
-                   PyObject *kwnames)
+enum {
+    LM_ACQUIRE,
+    LM_ACQUIRE_LOCK,
+    LM_ENTER,
+    LM_RELEASE,
+    LM_RELEASE_LOCK,
+    LM_EXIT,
+    LM_COUNT
+};
+enum {
+    RM_ACQUIRE,
+    RM_ENTER,
+    RM_RELEASE,
+    RM_EXIT,
+    RM_RELEASE_SAVE,
+    RM_ACQUIRE_RESTORE,
+    RM_IS_OWNED,
+    RM_COUNT
+};
+
+static PyObject *lk_acquire(PyObject *, PyObject *const *, Py_ssize_t,
+                            PyObject *);
+static PyObject *lk_acquire_lock(PyObject *, PyObject *const *, Py_ssize_t,
+                                 PyObject *);
+static PyObject *lk_enter(PyObject *, PyObject *const *, Py_ssize_t,
+                          PyObject *);
+static PyObject *lk_release(PyObject *, PyObject *);
+static PyObject *lk_release_lock(PyObject *, PyObject *);
+static PyObject *lk_exit(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *rl_acquire(PyObject *, PyObject *const *, Py_ssize_t,
+                            PyObject *);
+static PyObject *rl_enter(PyObject *, PyObject *const *, Py_ssize_t,
+                          PyObject *);
+static PyObject *rl_release(PyObject *, PyObject *);
+static PyObject *rl_exit(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *rl_release_save(PyObject *, PyObject *);
+static PyObject *rl_acquire_restore(PyObject *, PyObject *const *, Py_ssize_t);
+
+#define FASTKW METH_FASTCALL | METH_KEYWORDS
+#define FN(f) ((PyCFunction)(void (*)(void))(f))
+
+static struct {
+    ddl_state *st; /* the state whose hooks these are (NULL: none) */
+    PyInterpreterState *interp;
+    PyTypeObject *lock_tp, *rlock_tp;
+    int lock_hooked, rlock_hooked;
+    int layout_ok;    /* the native layouts checked (internal path) */
+    int shared_types; /* static types, seen by every interpreter */
+    newfunc lock_new, rlock_new;
+    vectorcallfunc lock_vc, rlock_vc;
+    destructor lock_dealloc, rlock_dealloc;
+    /* _thread.allocate_lock / allocate: the function objects and their
+     * native definitions */
+    PyCFunctionObject *alloc_fn[2];
+    PyMethodDef *alloc_native[2];
+    PyMethodDef alloc_def[2];
+    hmethod lm[LM_COUNT];
+    hmethod rm[RM_COUNT];
+} H = {
+    .lm =
+        {
+            [LM_ACQUIRE] = {"acquire", FN(lk_acquire), FASTKW},
+            [LM_ACQUIRE_LOCK] = {"acquire_lock", FN(lk_acquire_lock), FASTKW},
+            [LM_ENTER] = {"__enter__", FN(lk_enter), FASTKW},
+            [LM_RELEASE] = {"release", FN(lk_release), METH_NOARGS},
+            [LM_RELEASE_LOCK] = {"release_lock", FN(lk_release_lock),
+                                 METH_NOARGS},
+            [LM_EXIT] = {"__exit__", FN(lk_exit), METH_FASTCALL},
+        },
+    .rm =
+        {
+            [RM_ACQUIRE] = {"acquire", FN(rl_acquire), FASTKW},
+            [RM_ENTER] = {"__enter__", FN(rl_enter), FASTKW},
+            [RM_RELEASE] = {"release", FN(rl_release), METH_NOARGS},
+            [RM_EXIT] = {"__exit__", FN(rl_exit), METH_FASTCALL},
+            [RM_RELEASE_SAVE] = {"_release_save", FN(rl_release_save),
+                                 METH_NOARGS},
+            [RM_ACQUIRE_RESTORE] = {"_acquire_restore", FN(rl_acquire_restore),
+                                    METH_FASTCALL},
+            /* not replaced: called by the portable path */
+            [RM_IS_OWNED] = {"_is_owned", NULL, 0},
+        },
+};
+
+/* The state to profile for, or NULL: not running, or another interpreter
+ * (whose objects ddlock does not profile). Only static native types (3.9's)
+ * are shared with other interpreters; heap types are each interpreter's
+ * own, and only the main interpreter's are hooked. */
+static inline ddl_state *
+active_state(void)
 {
-    ddl_factory *f = (ddl_factory *)callable;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
-        return PyObject_Vectorcall(f->original, args, nargsf, kwnames);
+    ddl_state *st = H.st;
+    if (st == NULL || !st->running) {
+        return NULL;
     }
-    ddl_state *st = (ddl_state *)PyType_GetModuleState(Py_TYPE(callable));
-    if (!st->running) {
-        return PyObject_CallNoArgs(f->native);
+    if (H.shared_types &&
+        PyThreadState_GetInterpreter(PyThreadState_Get()) != H.interp) {
+        return NULL;
     }
-    PyObject *code = NULL;
-    int lasti = -1;
-    int profile = ddl_creation_site(st, &code, &lasti);
-    if (profile < 0) {
-        /* never let the profiler break lock creation */
-        PyErr_Clear();
-        profile = 1;
+    return st;
+}
+
+/* ---- the table of profiled locks ----------------------------------------
+ * Open addressing on an index of 32-bit entry numbers (linear probing,
+ * rebuilt at 3/4 full, grown when half of it is live entries), entries in
+ * chunks that never move: a ddl_prof pointer stays valid while its lock lives,
+ * whatever is added or removed meanwhile (the record path runs Python code). A
+ * removal leaves its index slot marked (lookups probe past it) until the
+ * next rebuild. 32 bytes an entry plus 5-11 bytes of index. */
+
+#define LT_CHUNK 1024
+#define LT_MIN_INDEX 1024
+#define PEND_CAP 256
+
+typedef struct {
+    PyObject *key; /* the lock, borrowed; NULL: free (prof.site_lasti then
+                      links the next free entry, +1) */
+    ddl_prof prof;
+} lt_entry;
+
+typedef struct {
+    PyObject *obj;       /* the lock, borrowed */
+    unsigned long owner; /* RLock: the holding thread; Lock: 0 */
+    uint64_t generation; /* profiling session of the sample */
+    int64_t acquired_ns;
+    double weight;
+    unsigned long depth; /* RLock: acquires to release before it ends */
+} pending;
+
+struct ddl_locktab {
+    uint32_t *index; /* 0 empty, else entry number + 1 */
+    size_t mask;
+    lt_entry **chunks;
+    size_t nchunks;
+    size_t used; /* entries handed out (high water) */
+    size_t count;
+    size_t filled;      /* index slots not empty (entries and removed ones) */
+    uint32_t free_head; /* entry number + 1, 0: none */
+    PyObject *targets;  /* {address: weak reference to the labelling object}
+                           for the entries with has_target (few) */
+    int npend;
+    pending pend[PEND_CAP];
+};
+
+static inline size_t
+lt_hash(const void *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p >> 4;
+    x *= 0x9e3779b97f4a7c15ULL;
+    return (size_t)(x ^ (x >> 29));
+}
+
+static inline lt_entry *
+lt_entry_at(ddl_locktab *t, uint32_t n)
+{
+    return &t->chunks[n / LT_CHUNK][n % LT_CHUNK];
+}
+
+/* Index slots: LT_EMPTY, LT_GONE (a removed entry's, probed past), or an
+ * entry number + LT_FIRST. */
+#define LT_EMPTY 0u
+#define LT_GONE 1u
+#define LT_FIRST 2u
+
+static lt_entry *
+lt_find(ddl_locktab *t, PyObject *key, size_t *slot)
+{
+    if (t == NULL || t->count == 0) {
+        return NULL;
     }
-    PyObject *r = profile ? lockbase_new_instance(st, f->kind, code, lasti)
-                          : PyObject_CallNoArgs(f->native);
-    Py_XDECREF(code);
-    return r;
+    size_t i = lt_hash(key) & t->mask;
+    for (;;) {
+        uint32_t n = t->index[i];
+        if (n == LT_EMPTY) {
+            return NULL;
+        }
+        if (n != LT_GONE) {
+            lt_entry *e = lt_entry_at(t, n - LT_FIRST);
+            if (e->key == key) {
+                if (slot != NULL) {
+                    *slot = i;
+                }
+                return e;
+            }
+        }
+        i = (i + 1) & t->mask;
+    }
+}
+
+/* Rebuild the index at size (dropping the removed entries' slots). */
+static int
+lt_rehash(ddl_locktab *t, size_t size)
+{
+    uint32_t *index = PyMem_Calloc(size, sizeof(uint32_t));
+    if (index == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i <= t->mask; i++) {
+        uint32_t n = t->index[i];
+        if (n < LT_FIRST) {
+            continue;
+        }
+        size_t j = lt_hash(lt_entry_at(t, n - LT_FIRST)->key) & (size - 1);
+        while (index[j] != LT_EMPTY) {
+            j = (j + 1) & (size - 1);
+        }
+        index[j] = n;
+    }
+    PyMem_Free(t->index);
+    t->index = index;
+    t->mask = size - 1;
+    t->filled = t->count;
+    return 0;
+}
+
+/* A fresh entry for key, which must not be in the table (a new object:
+ * an entry goes when its object is freed), or NULL (out of memory). */
+static lt_entry *
+lt_insert(ddl_locktab *t, PyObject *key)
+{
+    if ((t->filled + 1) * 4 > (t->mask + 1) * 3) {
+        /* grow when live entries fill half, else just drop the removed */
+        size_t size =
+            (t->count + 1) * 2 > t->mask + 1 ? (t->mask + 1) * 2 : t->mask + 1;
+        if (lt_rehash(t, size) < 0) {
+            return NULL;
+        }
+    }
+    uint32_t n;
+    if (t->free_head != 0) {
+        n = t->free_head - 1;
+        t->free_head = (uint32_t)lt_entry_at(t, n)->prof.site_lasti;
+    }
+    else {
+        if (t->used >= (size_t)UINT32_MAX - LT_FIRST) {
+            return NULL;
+        }
+        if (t->used == t->nchunks * LT_CHUNK) {
+            lt_entry **chunks =
+                PyMem_Realloc(t->chunks, (t->nchunks + 1) * sizeof(*chunks));
+            if (chunks == NULL) {
+                return NULL;
+            }
+            t->chunks = chunks;
+            chunks[t->nchunks] = PyMem_Calloc(LT_CHUNK, sizeof(lt_entry));
+            if (chunks[t->nchunks] == NULL) {
+                return NULL;
+            }
+            t->nchunks++;
+        }
+        n = (uint32_t)t->used++;
+    }
+    lt_entry *e = lt_entry_at(t, n);
+    e->key = key;
+    e->prof = (ddl_prof){NULL, NULL, -1, 0, 0, 0};
+    size_t i = lt_hash(key) & t->mask;
+    while (t->index[i] >= LT_FIRST) {
+        i = (i + 1) & t->mask;
+    }
+    if (t->index[i] == LT_EMPTY) {
+        t->filled++;
+    }
+    t->index[i] = n + LT_FIRST;
+    t->count++;
+    return e;
+}
+
+/* Remove the entry at index slot i; returns its prof to clear (the caller
+ * drops its references once the table is consistent). */
+static ddl_prof
+lt_remove_at(ddl_locktab *t, size_t i)
+{
+    uint32_t n = t->index[i] - LT_FIRST;
+    lt_entry *e = lt_entry_at(t, n);
+    ddl_prof prof = e->prof;
+    e->key = NULL;
+    e->prof.site_code = e->prof.name = NULL;
+    e->prof.site_lasti = (int)t->free_head;
+    t->free_head = n + 1;
+    t->count--;
+    t->index[i] = LT_GONE;
+    return prof;
+}
+
+static ddl_locktab *
+lt_new(void)
+{
+    ddl_locktab *t = PyMem_Calloc(1, sizeof(ddl_locktab));
+    if (t == NULL) {
+        return NULL;
+    }
+    t->index = PyMem_Calloc(LT_MIN_INDEX, sizeof(uint32_t));
+    if (t->index == NULL) {
+        PyMem_Free(t);
+        return NULL;
+    }
+    t->mask = LT_MIN_INDEX - 1;
+    return t;
+}
+
+/* Empty the table (every lock unprofiled), keeping its memory small. */
+static void
+lt_clear(ddl_locktab *t)
+{
+    if (t == NULL) {
+        return;
+    }
+    lt_entry **chunks = t->chunks;
+    size_t nchunks = t->nchunks, used = t->used;
+    t->chunks = NULL;
+    t->nchunks = t->used = t->count = t->filled = 0;
+    t->free_head = 0;
+    t->npend = 0;
+    memset(t->index, 0, (t->mask + 1) * sizeof(uint32_t));
+    Py_CLEAR(t->targets);
+    for (size_t n = 0; n < used; n++) {
+        lt_entry *e = &chunks[n / LT_CHUNK][n % LT_CHUNK];
+        if (e->key != NULL) {
+            ddl_prof_clear(&e->prof);
+        }
+    }
+    for (size_t c = 0; c < nchunks; c++) {
+        PyMem_Free(chunks[c]);
+    }
+    PyMem_Free(chunks);
+}
+
+/* The key of obj in t->targets (new reference). */
+static PyObject *
+target_key(PyObject *obj)
+{
+    return PyLong_FromVoidPtr(obj);
 }
 
 static PyObject *
-factory_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+lt_target(ddl_locktab *t, PyObject *obj)
 {
-    PyObject *kind, *original, *native;
-    static char *kwlist[] = {"kind", "original", "native", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOO:LockFactory", kwlist,
-                                     &kind, &original, &native)) {
+    PyObject *key = target_key(obj);
+    PyObject *ref = key != NULL && t->targets != NULL
+                        ? PyDict_GetItem(t->targets, key)
+                        : NULL;
+    Py_XDECREF(key);
+    PyObject *target = ref != NULL ? ddl_weakref_peek(ref) : NULL;
+    return target != NULL ? target : obj;
+}
+
+ddl_prof *
+ddl_lock_prof(ddl_state *st, PyObject *obj, PyObject **target)
+{
+    lt_entry *e = lt_find(st->locktab, obj, NULL);
+    if (e == NULL) {
         return NULL;
     }
-    ddl_state *st = (ddl_state *)PyType_GetModuleState(tp);
-    if (kind != (PyObject *)st->lock_type &&
-        kind != (PyObject *)st->rlock_type) {
-        PyErr_SetString(PyExc_TypeError,
-                        "kind must be ddlock._ddlock.Lock or RLock");
-        return NULL;
+    if (target != NULL) {
+        *target = e->prof.has_target ? lt_target(st->locktab, obj) : obj;
     }
-    ddl_factory *self = (ddl_factory *)tp->tp_alloc(tp, 0);
-    if (self == NULL) {
-        return NULL;
-    }
-    self->kind = (PyTypeObject *)Py_NewRef(kind);
-    self->original = Py_NewRef(original);
-    self->native = Py_NewRef(native);
-    self->vectorcall = factory_vectorcall;
-    self->dict = PyDict_New();
-    if (self->dict == NULL) {
-        goto error;
-    }
-    static const char *copied[] = {"__name__", "__qualname__", "__module__",
-                                   "__doc__"};
-    for (size_t i = 0; i < sizeof(copied) / sizeof(copied[0]); i++) {
-        PyObject *v = PyObject_GetAttrString(original, copied[i]);
-        if (v == NULL) {
-            PyErr_Clear();
-            continue;
+    return &e->prof;
+}
+
+int
+ddl_is_native_lock(ddl_state *st, PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    return (st->native_lock_type != NULL &&
+            PyType_IsSubtype(tp, (PyTypeObject *)st->native_lock_type)) ||
+           (st->native_rlock_type != NULL &&
+            PyType_IsSubtype(tp, (PyTypeObject *)st->native_rlock_type));
+}
+
+int
+ddl_lock_register(ddl_state *st, PyObject *obj, int kind, PyObject *target,
+                  PyObject *code, int lasti)
+{
+    ddl_locktab *t = st->locktab;
+    int has_target = target != NULL && target != obj;
+    if (has_target) {
+        if (t->targets == NULL && (t->targets = PyDict_New()) == NULL) {
+            return -1;
         }
-        int rc = PyDict_SetItemString(self->dict, copied[i], v);
-        Py_DECREF(v);
+        PyObject *ref = PyWeakref_NewRef(target, NULL);
+        PyObject *key = ref != NULL ? target_key(obj) : NULL;
+        int rc = key != NULL ? PyDict_SetItem(t->targets, key, ref) : -1;
+        Py_XDECREF(key);
+        Py_XDECREF(ref);
         if (rc < 0) {
-            goto error;
+            return -1;
         }
     }
-    if (PyDict_SetItemString(self->dict, "__wrapped__", original) < 0) {
-        goto error;
+    lt_entry *e = lt_find(t, obj, NULL);
+    if (e == NULL) {
+        e = lt_insert(t, obj);
+        if (e == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
     }
-    return (PyObject *)self;
-error:
-    Py_DECREF(self);
+    ddl_prof old = e->prof;
+    e->prof.site_code = Py_XNewRef(code);
+    e->prof.site_lasti = lasti;
+    e->prof.kind = (unsigned char)kind;
+    e->prof.name = NULL;
+    e->prof.name_done = 0;
+    e->prof.has_target = (unsigned char)has_target;
+    if (old.site_code != NULL || old.name != NULL) {
+        ddl_prof_clear(&old);
+    }
+    return 0;
+}
+
+/* A lock just made: profile it when made while running by a module that
+ * is not excluded. Never raises (the lock is returned either way). The
+ * creation site's reference moves to the entry. */
+static void
+register_new(PyObject *obj, int kind)
+{
+    ddl_state *st = active_state();
+    if (st == NULL || st->locktab == NULL) {
+        return;
+    }
+    PyObject *code = NULL;
+    int lasti = -1;
+    int profile = ddl_creation_site(st, NULL, &code, &lasti);
+    if (profile < 0) {
+        PyErr_Clear(); /* never let the profiler break lock creation */
+        profile = 1;
+    }
+    if (profile) {
+        lt_entry *e = lt_insert(st->locktab, obj);
+        if (e != NULL) {
+            e->prof.site_code = code; /* the reference moves */
+            e->prof.site_lasti = lasti;
+            e->prof.kind = (unsigned char)kind;
+            st->locks_created++;
+            return;
+        }
+    }
+    Py_XDECREF(code);
+}
+
+/* ---- pending sampled holds ---------------------------------------------- */
+
+static pending *
+pend_find(ddl_locktab *t, PyObject *obj, unsigned long owner)
+{
+    for (int i = t->npend - 1; i >= 0; i--) {
+        if (t->pend[i].obj == obj && t->pend[i].owner == owner) {
+            return &t->pend[i];
+        }
+    }
     return NULL;
 }
 
-static int
-factory_traverse(PyObject *op, visitproc visit, void *arg)
-{
-    ddl_factory *f = (ddl_factory *)op;
-    Py_VISIT(Py_TYPE(op));
-    Py_VISIT(f->original);
-    Py_VISIT(f->native);
-    Py_VISIT(f->kind);
-    Py_VISIT(f->dict);
-    return 0;
-}
-
-static int
-factory_clear(PyObject *op)
-{
-    ddl_factory *f = (ddl_factory *)op;
-    Py_CLEAR(f->original);
-    Py_CLEAR(f->native);
-    Py_CLEAR(f->kind);
-    Py_CLEAR(f->dict);
-    return 0;
-}
-
 static void
-factory_dealloc(PyObject *op)
+pend_remove(ddl_locktab *t, pending *p)
 {
-    PyTypeObject *tp = Py_TYPE(op);
-    PyObject_GC_UnTrack(op);
-    if (((ddl_factory *)op)->weakreflist != NULL) {
-        PyObject_ClearWeakRefs(op);
-    }
-    factory_clear(op);
-    tp->tp_free(op);
-    Py_DECREF(tp);
+    *p = t->pend[--t->npend];
 }
 
-static PyObject *
-factory_instancecheck(PyObject *self, PyObject *obj)
+/* Forget obj's pending holds (it is being freed, or re-initialised). */
+static void
+pend_forget(ddl_locktab *t, PyObject *obj)
 {
-    ddl_factory *f = (ddl_factory *)self;
-    if (Py_TYPE(obj) == f->kind) {
-        /* still let a non-type original raise as it would natively */
-        if (!PyType_Check(f->original)) {
-            int r = PyObject_IsInstance(obj, f->original);
-            if (r < 0) {
-                return NULL;
-            }
-            return PyBool_FromLong(r);
-        }
-        Py_RETURN_TRUE;
-    }
-    int r = PyObject_IsInstance(obj, f->original);
-    if (r < 0) {
-        return NULL;
-    }
-    return PyBool_FromLong(r);
-}
-
-static PyObject *
-factory_subclasscheck(PyObject *self, PyObject *cls)
-{
-    ddl_factory *f = (ddl_factory *)self;
-    if (cls == (PyObject *)f->kind && PyType_Check(f->original)) {
-        Py_RETURN_TRUE;
-    }
-    int r = PyObject_IsSubclass(cls, f->original);
-    if (r < 0) {
-        return NULL;
-    }
-    return PyBool_FromLong(r);
-}
-
-static PyObject *
-factory_mro_entries(PyObject *self, PyObject *bases)
-{
-    return PyTuple_Pack(1, ((ddl_factory *)self)->original);
-}
-
-static PyObject *
-factory_reduce(PyObject *self, PyObject *unused)
-{
-    /* pickled by reference, like the original: threading.<name> */
-    ddl_factory *f = (ddl_factory *)self;
-    PyObject *name = PyDict_GetItemString(f->dict, "__qualname__");
-    if (name == NULL) {
-        name = PyDict_GetItemString(f->dict, "__name__");
-    }
-    if (name == NULL) {
-        PyErr_SetString(PyExc_TypeError, "cannot pickle this lock factory");
-        return NULL;
-    }
-    return Py_NewRef(name);
-}
-
-static PyObject *
-factory_or(PyObject *a, PyObject *b)
-{
-    /* X | Y with the factory on either side means the original there; when
-     * the original is a type (3.13's _thread.lock), the profiled type joins
-     * it so that isinstance(profiled_lock, threading.Lock | None) holds as
-     * it does natively. A non-type original raises its own TypeError. */
-    PyObject *l = a, *r = b, *lr = NULL, *rr = NULL, *res;
-    {
-        /* errors, if any, are the native ones */
-        PyObject *nl = Py_TYPE(a)->tp_new == factory_new
-                           ? ((ddl_factory *)a)->original
-                           : a;
-        PyObject *nr = Py_TYPE(b)->tp_new == factory_new
-                           ? ((ddl_factory *)b)->original
-                           : b;
-        PyObject *native = PyNumber_Or(nl, nr);
-        if (native == NULL) {
-            return NULL;
-        }
-        Py_DECREF(native);
-    }
-    if (Py_TYPE(a)->tp_new == factory_new) {
-        ddl_factory *f = (ddl_factory *)a;
-        l = f->original;
-        if (PyType_Check(l)) {
-            l = lr = PyNumber_Or(f->original, (PyObject *)f->kind);
-            if (l == NULL) {
-                return NULL;
-            }
+    for (int i = t->npend - 1; i >= 0; i--) {
+        if (t->pend[i].obj == obj) {
+            pend_remove(t, &t->pend[i]);
         }
     }
-    if (Py_TYPE(b)->tp_new == factory_new) {
-        ddl_factory *f = (ddl_factory *)b;
-        r = f->original;
-        if (PyType_Check(r)) {
-            r = rr = PyNumber_Or(f->original, (PyObject *)f->kind);
-            if (r == NULL) {
-                Py_XDECREF(lr);
-                return NULL;
-            }
-        }
-    }
-    res = PyNumber_Or(l, r);
-    Py_XDECREF(lr);
-    Py_XDECREF(rr);
-    return res;
 }
 
-static PyObject *
-factory_repr(PyObject *self)
+/* The profile of self when it is to be recorded now, else NULL; *target:
+ * what labels it. */
+static inline ddl_prof *
+prof_of(ddl_state *st, PyObject *self, PyObject **target)
 {
-    return PyUnicode_FromFormat("<ddlock profiled factory for %R>",
-                                ((ddl_factory *)self)->original);
+    return st != NULL ? ddl_lock_prof(st, self, target) : NULL;
 }
 
-static PyObject *
-factory_getattro(PyObject *self, PyObject *name)
+/* A sampled acquire of self (p: its probability): record it, and begin a
+ * pending hold unless it re-enters one (depth 0). */
+static void
+sampled_acquire(ddl_state *st, PyObject *self, unsigned long owner,
+                int64_t now, int64_t wait, double p, unsigned long depth)
 {
-    ddl_factory *f = (ddl_factory *)self;
-    PyObject *v = PyDict_GetItemWithError(f->dict, name);
-    if (v != NULL) {
-        return Py_NewRef(v);
+    PyObject *target;
+    ddl_prof *pr = prof_of(st, self, &target);
+    if (pr == NULL) {
+        return;
     }
-    if (PyErr_Occurred()) {
+    double weight = 1.0 / p;
+    if (ddl_record(st, pr, target, wait, 0, 0, weight) != 0 || depth == 0) {
+        return;
+    }
+    ddl_locktab *t = st->locktab;
+    pending *old = pend_find(t, self, owner);
+    if (old != NULL) {
+        pend_remove(t, old); /* a stale one (a lost release) */
+    }
+    if (t->npend == PEND_CAP) {
+        st->holds_dropped++;
+        return;
+    }
+    t->pend[t->npend++] = (pending){
+        self,   owner, st->generation, now != 0 ? now : ddl_monotonic_ns(),
+        weight, depth};
+}
+
+/* A release of self by owner (0 for a Lock): with full, it ended every
+ * level (RLock._release_save); otherwise one level. Records the hold it
+ * ends. */
+static void
+hold_released(ddl_state *st, PyObject *self, unsigned long owner, int full)
+{
+    ddl_locktab *t = H.st->locktab;
+    pending *p = pend_find(t, self, owner);
+    if (p == NULL) {
+        return;
+    }
+    if (!full && p->depth > 1) {
+        p->depth--;
+        return;
+    }
+    pending done = *p;
+    pend_remove(t, p);
+    if (st == NULL || done.generation != st->generation) {
+        return;
+    }
+    PyObject *target;
+    ddl_prof *pr = prof_of(st, self, &target);
+    if (pr != NULL) {
+        int64_t hold = ddl_monotonic_ns() - done.acquired_ns;
+        ddl_record(st, pr, target, 0, hold < 0 ? 0 : hold, 1, done.weight);
+    }
+}
+
+static inline int
+holds_pending(void)
+{
+    return H.st != NULL && H.st->locktab != NULL && H.st->locktab->npend > 0;
+}
+
+/* ---- calling the native methods ----------------------------------------- */
+
+/* The native method m on self with the call's arguments. */
+static PyObject *
+call_native(hmethod *m, PyObject *self, PyObject *const *args,
+            Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (m->orig == NULL) {
+        PyErr_Format(PyExc_SystemError, "ddlock: native %s is gone", m->name);
         return NULL;
     }
-    return PyObject_GenericGetAttr(self, name);
-}
-
-static PyObject *
-factory_get_original(PyObject *self, void *unused)
-{
-    return Py_NewRef(((ddl_factory *)self)->original);
-}
-
-/* copy.copy()/deepcopy() of the original (a builtin function or type, or
- * threading.RLock) give the object itself: so do the factory's. */
-static PyObject *
-factory_copy(PyObject *self, PyObject *unused)
-{
-    return Py_NewRef(self);
-}
-
-static PyObject *
-factory_deepcopy(PyObject *self, PyObject *memo)
-{
-    return Py_NewRef(self);
-}
-
-static PyMethodDef factory_methods[] = {
-    {"__copy__", factory_copy, METH_NOARGS, NULL},
-    {"__deepcopy__", factory_deepcopy, METH_O, NULL},
-    {"__instancecheck__", factory_instancecheck, METH_O, NULL},
-    {"__subclasscheck__", factory_subclasscheck, METH_O, NULL},
-    {"__mro_entries__", factory_mro_entries, METH_O, NULL},
-    {"__reduce__", factory_reduce, METH_NOARGS, NULL},
-    {NULL},
-};
-
-static PyGetSetDef factory_getset[] = {
-    {"_ddlock_original", factory_get_original, NULL, NULL, NULL},
-    {NULL},
-};
-
-static PyMemberDef factory_members[] = {
-    {"__vectorcalloffset__", T_PYSSIZET, offsetof(ddl_factory, vectorcall),
-     DDL_MEMBER_OFFSET_FLAG},
-    {"__weaklistoffset__", T_PYSSIZET, offsetof(ddl_factory, weakreflist),
-     DDL_MEMBER_OFFSET_FLAG},
-    {NULL},
-};
-
-static PyType_Slot factory_slots[] = {
-    {Py_tp_new, factory_new},
-    {Py_tp_dealloc, factory_dealloc},
-    {Py_tp_traverse, factory_traverse},
-    {Py_tp_clear, factory_clear},
-    {Py_tp_call, PyVectorcall_Call},
-    {Py_tp_repr, factory_repr},
-    {Py_tp_getattro, factory_getattro},
-    {Py_tp_methods, factory_methods},
-    {Py_tp_getset, factory_getset},
-    {Py_tp_members, factory_members},
-    {Py_nb_or, factory_or},
-    {0, NULL},
-};
-
-static PyType_Spec factory_spec = {
-    .name = "ddlock._ddlock.LockFactory",
-    .basicsize = sizeof(ddl_factory),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC |
-             Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_HAVE_VECTORCALL,
-    .slots = factory_slots,
-};
-
-int
-ddl_lock_types_init(PyObject *module, ddl_state *st)
-{
-    st->lock_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &lock_spec, NULL);
-    if (st->lock_type == NULL) {
-        return -1;
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    Py_ssize_t total = nargs + nkw;
+    PyObject *small[10];
+    PyObject **stack = small;
+    if (total + 2 > 10) {
+        stack = PyMem_Malloc((size_t)(total + 2) * sizeof(PyObject *));
+        if (stack == NULL) {
+            return PyErr_NoMemory();
+        }
     }
-    st->rlock_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &rlock_spec, NULL);
-    if (st->rlock_type == NULL) {
-        return -1;
+    stack[0] = NULL; /* PY_VECTORCALL_ARGUMENTS_OFFSET's slot */
+    stack[1] = self;
+    if (total > 0) {
+        memcpy(stack + 2, args, (size_t)total * sizeof(PyObject *));
     }
-    st->factory_type =
-        (PyTypeObject *)PyType_FromModuleAndSpec(module, &factory_spec, NULL);
-    if (st->factory_type == NULL) {
-        return -1;
+    PyObject *r = PyObject_Vectorcall(
+        m->orig, stack + 1,
+        (size_t)(nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+    if (stack != small) {
+        PyMem_Free(stack);
     }
-    if (PyModule_AddObjectRef(module, "Lock", (PyObject *)st->lock_type) < 0 ||
-        PyModule_AddObjectRef(module, "RLock", (PyObject *)st->rlock_type) <
-            0 ||
-        PyModule_AddObjectRef(module, "LockFactory",
-                              (PyObject *)st->factory_type) < 0) {
-        return -1;
-    }
-    return 0;
+    return r;
 }
 
-/* ---- turning an event into a sample ----------------------------------- */
-
-/* Stochastic rounding keeps weighted counts unbiased. */
-static int64_t
-weighted(double value, double weight)
+/* A METH_NOARGS native method, directly. */
+static inline PyObject *
+call_native0(hmethod *m, PyObject *self)
 {
-    double x = value * weight;
-    double fl = floor(x);
-    if (x - fl > 0 && ddl_rand_unit() <= x - fl) {
-        fl += 1;
+    if (m->native != NULL) {
+        return m->native(self, NULL);
     }
-    return (int64_t)fl;
+    return call_native(m, self, NULL, 0, NULL);
 }
 
-/* The OS thread id, read once per thread and generation (a fork bumps the
- * generation, so the child's forking thread reads its new id). */
-static unsigned long
-cached_native_id(ddl_state *st)
+/* The arguments of an acquire that the fast path takes: 1 blocking with no
+ * timeout (none, or a bool True), 2 non-blocking (a bool False), 0 any
+ * other (the native method parses them). */
+static inline int
+simple_acquire(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (ddl_tls.native_id_generation != st->generation ||
-        ddl_tls.native_id == 0) {
-        ddl_tls.native_id = PyThread_get_thread_native_id();
-        ddl_tls.native_id_generation = st->generation;
-    }
-    return ddl_tls.native_id;
-}
-
-#define STACK_ON_C_STACK 65
-
-/* ---- the record memo (ddlock.h) ------------------------------------------
- * Most sampled events of a program repeat a few keys: the same lock taken
- * at the same line of the same stack by the same thread. Capturing the
- * stack (a code and line cache lookup per frame) and resolving the key in
- * the profile (a cache probe per frame and label, a sample lookup) is then
- * work done again for the same answer, and on a rarely sampled path most
- * of its cost is cold caches. An entry remembers the raw stack and the
- * labels of a key it recorded, and the profile's ticket for its sample: an
- * event with the same raw stack (code, filename and instruction of every
- * frame: what the captured frames are computed from, with the state's
- * configuration, fixed within a generation) and the same labels (strings
- * compared by pointer: the entry owns what they point into) adds its
- * values by ticket. Any difference, a stale ticket (the profile was
- * exported) or a stack deeper than DDL_MEMO_FRAMES takes the full path. */
-
-static uint64_t
-memo_mix(uint64_t h, uint64_t v)
-{
-    h = (h ^ v) * 0x9e3779b97f4a7c15ULL;
-    return h ^ (h >> 29);
-}
-
-/* The slot of a key: from its leaf-most parts only (memo_match compares
- * the whole key). */
-static uint64_t
-memo_hash(const ddl_raw_frame *raw, int nraw, const ddl_label *labels,
-          size_t nl, int is_release)
-{
-    uint64_t h = memo_mix(0x243f6a8885a308d3ULL,
-                          (uint64_t)is_release << 32 | (uint32_t)nraw);
-    if (nraw > 0) {
-        h = memo_mix(h, (uint64_t)(uintptr_t)raw[0].code ^
-                            (uint64_t)(uint32_t)raw[0].lasti << 40);
-    }
-    if (nl > 1) {
-        h = memo_mix(h, (uint64_t)(uintptr_t)labels[0].str.ptr ^
-                            (uint64_t)labels[1].num << 20);
-    }
-    return h;
-}
-
-static int
-memo_match(ddl_state *st, const ddl_memo_entry *e, uint64_t h,
-           const ddl_raw_frame *raw, int nraw, const ddl_label *labels,
-           size_t nl, int is_release)
-{
-    if (e->hash != h || e->nframes != nraw || e->nlabels != (int)nl ||
-        e->is_release != is_release || e->generation != st->generation) {
+    if (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0) {
         return 0;
     }
-    for (int i = 0; i < nraw; i++) {
-        if (e->frames[i].code != raw[i].code ||
-            e->frames[i].lasti != raw[i].lasti ||
-            e->frames[i].filename != raw[i].filename) {
-            return 0;
+    if (nargs == 0) {
+        return 1;
+    }
+    if (nargs == 1 && PyBool_Check(args[0])) {
+        return args[0] == Py_True ? 1 : 2;
+    }
+    return 0;
+}
+
+/* A non-blocking try: 1 acquired, 0 not, -1 error. */
+static int
+try_native(hmethod *acquire, PyObject *self)
+{
+    PyObject *arg = Py_False;
+    PyObject *r = call_native(acquire, self, &arg, 1, NULL);
+    if (r == NULL) {
+        return -1;
+    }
+    int got = r == Py_True;
+    Py_DECREF(r);
+    return got;
+}
+
+/* ---- Lock --------------------------------------------------------------- */
+
+/* The acquire that may wait or has arguments: the native method, timed. */
+static PyObject *
+lock_acquire_timed(hmethod *m, PyObject *self, PyObject *const *args,
+                   Py_ssize_t nargs, PyObject *kwnames)
+{
+    ddl_state *st = active_state();
+    if (st == NULL) {
+        return call_native(m, self, args, nargs, kwnames);
+    }
+    int64_t t0 = ddl_monotonic_ns();
+    PyObject *r = call_native(m, self, args, nargs, kwnames);
+    int64_t now, wait;
+    double p;
+    if (r == Py_True && ddl_sample_timed(st, t0, &now, &wait, &p)) {
+        sampled_acquire(st, self, 0, now, wait, p, 1);
+    }
+    return r;
+}
+
+static PyObject *
+lock_acquire_impl(hmethod *m, PyObject *self, PyObject *const *args,
+                  Py_ssize_t nargs, PyObject *kwnames)
+{
+    int simple = simple_acquire(args, nargs, kwnames);
+    if (simple == 0) {
+        return lock_acquire_timed(m, self, args, nargs, kwnames);
+    }
+    int got;
+#if DDL_NATIVE_LAYOUT
+    if (H.layout_ok) {
+        ddl_native_lock *lk = (ddl_native_lock *)self;
+        got = PyThread_acquire_lock_timed(lk->lock_lock, 0, 0) ==
+              PY_LOCK_ACQUIRED;
+        if (got) {
+            lk->locked = 1;
         }
     }
-    for (size_t i = 0; i < nl; i++) {
-        const ddl_label *a = &e->labels[i], *b = &labels[i];
-        if (a->key.ptr != b->key.ptr || a->key.len != b->key.len ||
-            a->str.ptr != b->str.ptr || a->str.len != b->str.len ||
-            a->num != b->num) {
-            return 0;
+    else
+#endif
+    {
+        got = try_native(&H.lm[LM_ACQUIRE], self);
+        if (got < 0) {
+            return NULL;
         }
+    }
+    if (got) {
+        ddl_state *st = H.st;
+        if (st != NULL && ddl_sample_uncontended(st)) {
+            st = active_state();
+            if (st != NULL) {
+                sampled_acquire(st, self, 0, 0, 0, st->capture_p, 1);
+            }
+        }
+        Py_RETURN_TRUE;
+    }
+    if (simple == 2) {
+        Py_RETURN_FALSE;
+    }
+    return lock_acquire_timed(m, self, args, nargs, kwnames);
+}
+
+static PyObject *
+lk_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *kwnames)
+{
+    return lock_acquire_impl(&H.lm[LM_ACQUIRE], self, args, nargs, kwnames);
+}
+
+static PyObject *
+lk_acquire_lock(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                PyObject *kwnames)
+{
+    return lock_acquire_impl(&H.lm[LM_ACQUIRE_LOCK], self, args, nargs,
+                             kwnames);
+}
+
+static PyObject *
+lk_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+         PyObject *kwnames)
+{
+    return lock_acquire_impl(&H.lm[LM_ENTER], self, args, nargs, kwnames);
+}
+
+static PyObject *
+lock_release_impl(hmethod *m, PyObject *self)
+{
+    PyObject *r = call_native0(m, self);
+    if (r != NULL && holds_pending()) {
+        hold_released(active_state(), self, 0, 1);
+    }
+    return r;
+}
+
+static PyObject *
+lk_release(PyObject *self, PyObject *unused)
+{
+    return lock_release_impl(&H.lm[LM_RELEASE], self);
+}
+
+static PyObject *
+lk_release_lock(PyObject *self, PyObject *unused)
+{
+    return lock_release_impl(&H.lm[LM_RELEASE_LOCK], self);
+}
+
+/* __exit__(...): the native one, directly when it is release's C function
+ * (which ignores its arguments; hook_methods checks) */
+static inline PyObject *
+call_exit(hmethod *m, PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return m->native != NULL ? m->native(self, NULL)
+                             : call_native(m, self, args, nargs, NULL);
+}
+
+static PyObject *
+lk_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *r = call_exit(&H.lm[LM_EXIT], self, args, nargs);
+    if (r != NULL && holds_pending()) {
+        hold_released(active_state(), self, 0, 1);
+    }
+    return r;
+}
+
+/* ---- RLock -------------------------------------------------------------- */
+
+/* Does the running thread own self (before an acquire)? -1: error. */
+static int
+rlock_owned(PyObject *self, unsigned long me)
+{
+#if DDL_NATIVE_LAYOUT
+    if (H.layout_ok) {
+        ddl_native_rlock *rl = (ddl_native_rlock *)self;
+        return rl->rlock_count > 0 && rl->rlock_owner == me;
+    }
+#endif
+    PyObject *r = call_native0(&H.rm[RM_IS_OWNED], self);
+    if (r == NULL) {
+        return -1;
+    }
+    int owned = r == Py_True;
+    Py_DECREF(r);
+    return owned;
+}
+
+/* After a successful acquire by me that re-entered (owned) or not. */
+static void
+rlock_acquired(PyObject *self, unsigned long me, int owned, int64_t now,
+               int64_t wait, double p, int sampled)
+{
+    ddl_state *st = H.st;
+    if (owned && holds_pending()) {
+        pending *pd = pend_find(st->locktab, self, me);
+        if (pd != NULL) {
+            pd->depth++; /* re-entered inside a sampled hold */
+        }
+    }
+    if (!sampled) {
+        return;
+    }
+    st = active_state();
+    if (st != NULL) {
+        /* a re-entrant acquire is counted; the hold stays the outermost */
+        sampled_acquire(st, self, me, now, wait, p, owned ? 0 : 1);
+    }
+}
+
+static PyObject *
+rlock_acquire_timed(hmethod *m, PyObject *self, PyObject *const *args,
+                    Py_ssize_t nargs, PyObject *kwnames)
+{
+    ddl_state *st = active_state();
+    if (st == NULL && !holds_pending()) {
+        return call_native(m, self, args, nargs, kwnames);
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    int owned = rlock_owned(self, me);
+    if (owned < 0) {
+        return NULL;
+    }
+    int64_t t0 = ddl_monotonic_ns();
+    PyObject *r = call_native(m, self, args, nargs, kwnames);
+    if (r == Py_True) {
+        int64_t now = 0, wait = 0;
+        double p = 0;
+        int sampled = st != NULL && active_state() != NULL &&
+                      (owned ? ddl_sample_uncontended(st)
+                             : ddl_sample_timed(st, t0, &now, &wait, &p));
+        if (owned) {
+            p = st != NULL ? st->capture_p : 0;
+        }
+        rlock_acquired(self, me, owned, now, wait, p, sampled);
+    }
+    return r;
+}
+
+static PyObject *
+rlock_acquire_impl(hmethod *m, PyObject *self, PyObject *const *args,
+                   Py_ssize_t nargs, PyObject *kwnames)
+{
+    int simple = simple_acquire(args, nargs, kwnames);
+    if (simple == 0) {
+        return rlock_acquire_timed(m, self, args, nargs, kwnames);
+    }
+    unsigned long me = PyThread_get_thread_ident();
+    ddl_state *st = H.st;
+    int owned, got;
+#if DDL_NATIVE_LAYOUT
+    if (H.layout_ok) {
+        ddl_native_rlock *rl = (ddl_native_rlock *)self;
+        owned = rl->rlock_count > 0 && rl->rlock_owner == me;
+        if (owned) {
+            if (rl->rlock_count == ULONG_MAX) {
+                return call_native(m, self, args, nargs, kwnames);
+            }
+            rl->rlock_count++;
+            got = 1;
+        }
+        else {
+            got = PyThread_acquire_lock_timed(rl->rlock_lock, 0, 0) ==
+                  PY_LOCK_ACQUIRED;
+            if (got) {
+                rl->rlock_owner = me;
+                rl->rlock_count = 1;
+            }
+        }
+    }
+    else
+#endif
+    {
+        /* whether it re-enters matters only to a hold being tracked or
+         * about to be */
+        owned = 0;
+        if (st != NULL && (holds_pending() || ddl_sample_next(st))) {
+            owned = rlock_owned(self, me);
+            if (owned < 0) {
+                return NULL;
+            }
+        }
+        got = try_native(&H.rm[RM_ACQUIRE], self);
+        if (got < 0) {
+            return NULL;
+        }
+    }
+    if (got) {
+        int sampled = st != NULL && ddl_sample_uncontended(st);
+        if (sampled || (owned && holds_pending())) {
+            rlock_acquired(self, me, owned, 0, 0,
+                           st != NULL ? st->capture_p : 0, sampled);
+        }
+        Py_RETURN_TRUE;
+    }
+    if (simple == 2) {
+        Py_RETURN_FALSE;
+    }
+    return rlock_acquire_timed(m, self, args, nargs, kwnames);
+}
+
+static PyObject *
+rl_acquire(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+           PyObject *kwnames)
+{
+    return rlock_acquire_impl(&H.rm[RM_ACQUIRE], self, args, nargs, kwnames);
+}
+
+static PyObject *
+rl_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+         PyObject *kwnames)
+{
+    return rlock_acquire_impl(&H.rm[RM_ENTER], self, args, nargs, kwnames);
+}
+
+/* After a successful release by me: end a level of a tracked hold, or
+ * count an inner release the countdown picks (its hold is the outer
+ * one's). */
+static void
+rlock_released(PyObject *self, unsigned long me)
+{
+    ddl_state *st = H.st;
+    if (st == NULL) {
+        return;
+    }
+    pending *pd = holds_pending() ? pend_find(st->locktab, self, me) : NULL;
+    if (pd != NULL && pd->depth <= 1) {
+        hold_released(active_state(), self, me, 0); /* the outermost */
+        return;
+    }
+    int inner = -1; /* unknown */
+    if (pd != NULL) {
+        pd->depth--;
+        inner = 1;
+    }
+    if (!ddl_sample_next(st)) {
+        ddl_sample_uncontended(st);
+        return;
+    }
+    if (inner < 0) {
+        inner = rlock_owned(self, me);
+        if (inner < 0) {
+            PyErr_Clear();
+            inner = 0;
+        }
+    }
+    ddl_sample_uncontended(st);
+    ddl_state *ast = active_state();
+    PyObject *target;
+    ddl_prof *pr = inner ? prof_of(ast, self, &target) : NULL;
+    if (pr != NULL) {
+        ddl_record(ast, pr, target, 0, 0, 1, 1.0 / ast->capture_p);
+    }
+}
+
+static PyObject *
+rl_release(PyObject *self, PyObject *unused)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    PyObject *r = call_native0(&H.rm[RM_RELEASE], self);
+    if (r != NULL) {
+        rlock_released(self, me);
+    }
+    return r;
+}
+
+static PyObject *
+rl_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    PyObject *r = call_exit(&H.rm[RM_EXIT], self, args, nargs);
+    if (r != NULL) {
+        rlock_released(self, me);
+    }
+    return r;
+}
+
+/* Condition.wait() releasing every level: the hold ends here. */
+static PyObject *
+rl_release_save(PyObject *self, PyObject *unused)
+{
+    unsigned long me = PyThread_get_thread_ident();
+    PyObject *r = call_native0(&H.rm[RM_RELEASE_SAVE], self);
+    if (r != NULL && holds_pending()) {
+        hold_released(active_state(), self, me, 1);
+    }
+    return r;
+}
+
+/* Depth from the state _release_save returned: (count, owner). */
+static unsigned long
+restored_depth(PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *state = nargs >= 1 ? args[0] : NULL;
+    if (state != NULL && PyTuple_Check(state) &&
+        PyTuple_GET_SIZE(state) >= 1 &&
+        PyLong_Check(PyTuple_GET_ITEM(state, 0))) {
+        unsigned long n = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(state, 0));
+        if (n == (unsigned long)-1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return 1;
+        }
+        return n < 1 ? 1 : n;
     }
     return 1;
 }
 
-/* Empty entry e into refs (room for its references); returns how many. */
-static size_t
-memo_take(ddl_memo_entry *e, PyObject **refs)
+/* Condition.wait() re-acquiring: profiled like any acquire (its contention
+ * is seen) and the new hold starts here, at the depth it had. */
+static PyObject *
+rl_acquire_restore(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    size_t n = 0;
-    for (int i = 0; i < e->nframes; i++) {
-        refs[n++] = e->frames[i].code;
-        refs[n++] = e->frames[i].filename;
+    ddl_state *st = active_state();
+    int64_t t0 = st != NULL ? ddl_monotonic_ns() : 0;
+    PyObject *r =
+        call_native(&H.rm[RM_ACQUIRE_RESTORE], self, args, nargs, NULL);
+    int64_t now, wait;
+    double p;
+    if (r != NULL && st != NULL && active_state() != NULL &&
+        ddl_sample_timed(st, t0, &now, &wait, &p)) {
+        sampled_acquire(st, self, PyThread_get_thread_ident(), now, wait, p,
+                        restored_depth(args, nargs));
     }
-    for (int i = 0; i < e->nowners; i++) {
-        refs[n++] = e->owners[i];
-    }
-    e->nframes = -1;
-    e->nowners = 0;
-    e->hash = 0;
-    return n;
+    return r;
 }
 
-#define MEMO_REFS (2 * DDL_MEMO_FRAMES + DDL_MEMO_OWNERS)
-/* a record's labels always fit an entry (ddl_lock_record checks the owners
- * and the stack depth; its ticket is never 0 once added) */
-_Static_assert(4 + DDL_EXTRA_LABELS <= DDL_MEMO_LABELS, "memo labels");
+/* ---- creation and deallocation ------------------------------------------ */
 
-/* Fill e (the references it takes are new ones; the entry's old ones are
- * dropped last, since that may run Python code). */
+static PyObject *
+alloc_hook(PyObject *module, PyObject *unused, int which)
+{
+    PyObject *r = H.alloc_native[which]->ml_meth(module, unused);
+    if (r != NULL) {
+        register_new(r, DDL_K_LOCK);
+    }
+    return r;
+}
+
+static PyObject *
+alloc_hook0(PyObject *module, PyObject *unused)
+{
+    return alloc_hook(module, unused, 0);
+}
+
+static PyObject *
+alloc_hook1(PyObject *module, PyObject *unused)
+{
+    return alloc_hook(module, unused, 1);
+}
+
+static PyObject *
+lock_new_hook(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    PyObject *r = H.lock_new(tp, args, kwargs);
+    if (r != NULL) {
+        register_new(r, DDL_K_LOCK);
+    }
+    return r;
+}
+
+static PyObject *
+rlock_new_hook(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
+{
+    PyObject *r = H.rlock_new(tp, args, kwargs);
+    if (r != NULL) {
+        register_new(r, DDL_K_RLOCK);
+    }
+    return r;
+}
+
+static PyObject *
+lock_vc_hook(PyObject *tp, PyObject *const *args, size_t nargsf,
+             PyObject *kwnames)
+{
+    PyObject *r = H.lock_vc(tp, args, nargsf, kwnames);
+    if (r != NULL) {
+        register_new(r, DDL_K_LOCK);
+    }
+    return r;
+}
+
+static PyObject *
+rlock_vc_hook(PyObject *tp, PyObject *const *args, size_t nargsf,
+              PyObject *kwnames)
+{
+    PyObject *r = H.rlock_vc(tp, args, nargsf, kwnames);
+    if (r != NULL) {
+        register_new(r, DDL_K_RLOCK);
+    }
+    return r;
+}
+
+/* Before the native dealloc: the entry goes (its address may be reused). */
 static void
-memo_fill(ddl_state *st, ddl_memo_entry *e, uint64_t h,
-          const ddl_raw_frame *raw, int nraw, const ddl_label *labels,
-          size_t nl, int is_release, PyObject *const *owners, size_t nowners,
-          uint64_t ticket)
+forget(PyObject *obj)
 {
-    PyObject *old[MEMO_REFS];
-    size_t nold = memo_take(e, old);
-    for (int i = 0; i < nraw; i++) {
-        e->frames[i].code = Py_NewRef(raw[i].code);
-        e->frames[i].filename = Py_NewRef(raw[i].filename);
-        e->frames[i].lasti = raw[i].lasti;
+    ddl_state *st = H.st;
+    ddl_locktab *t = st != NULL ? st->locktab : NULL;
+    if (t == NULL) {
+        return;
     }
-    for (size_t i = 0; i < nowners; i++) {
-        e->owners[i] = Py_NewRef(owners[i]);
+    if (t->npend > 0) {
+        pend_forget(t, obj);
     }
-    memcpy(e->labels, labels, nl * sizeof(ddl_label));
-    e->nowners = (int)nowners;
-    e->nlabels = (int)nl;
-    e->is_release = is_release;
-    e->generation = st->generation;
-    e->ticket = ticket;
-    e->hash = h;
-    e->nframes = nraw;
-    for (size_t i = 0; i < nold; i++) {
-        Py_DECREF(old[i]);
+    size_t slot;
+    lt_entry *e = lt_find(t, obj, &slot);
+    if (e != NULL) {
+        int has_target = e->prof.has_target;
+        ddl_prof prof = lt_remove_at(t, slot);
+        if (!has_target && prof.name == NULL) {
+            Py_XDECREF(prof.site_code); /* the common case, inline */
+            return;
+        }
+        if (has_target && t->targets != NULL) {
+            /* a deallocation may happen while an exception is raised */
+            PyObject *et, *ev, *etb;
+            PyErr_Fetch(&et, &ev, &etb);
+            PyObject *key = target_key(obj);
+            if (key == NULL || PyDict_DelItem(t->targets, key) < 0) {
+                PyErr_Clear();
+            }
+            Py_XDECREF(key);
+            PyErr_Restore(et, ev, etb);
+        }
+        ddl_prof_clear(&prof);
     }
 }
 
-static ddl_memo_entry *
-memo_table(ddl_state *st)
+static void
+lock_dealloc_hook(PyObject *obj)
 {
-    if (st->memo == NULL) {
-        st->memo = PyMem_Calloc(DDL_MEMO_SIZE, sizeof(ddl_memo_entry));
-        if (st->memo == NULL) {
-            PyErr_Clear();
-            return NULL;
+    forget(obj);
+    H.lock_dealloc(obj);
+}
+
+static void
+rlock_dealloc_hook(PyObject *obj)
+{
+    forget(obj);
+    H.rlock_dealloc(obj);
+}
+
+/* ---- installing --------------------------------------------------------- */
+
+/* Replace the methods of tp listed in ms (those with an impl). The native
+ * __exit__ (index exit) is called directly when it is the C function of
+ * release (index release): it ignores its arguments. */
+static int
+hook_methods(PyTypeObject *tp, hmethod *ms, int n, int release, int exit)
+{
+    PyObject *dict = ddl_type_dict(tp);
+    if (dict == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ddlock: native type has no dict");
+        return -1;
+    }
+    int rc = -1;
+    for (int i = 0; i < n; i++) {
+        hmethod *m = &ms[i];
+        PyObject *orig = PyDict_GetItemString(dict, m->name);
+        if (orig == NULL || !Py_IS_TYPE(orig, &PyMethodDescr_Type)) {
+            if (m->impl == NULL) {
+                continue; /* a helper this version lacks */
+            }
+            PyErr_Format(PyExc_RuntimeError,
+                         "ddlock: %s.%s is not a native method", tp->tp_name,
+                         m->name);
+            goto done;
         }
-        for (size_t i = 0; i < DDL_MEMO_SIZE; i++) {
-            st->memo[i].nframes = -1;
+        PyMethodDef *nd = ((PyMethodDescrObject *)orig)->d_method;
+        Py_XSETREF(m->orig, Py_NewRef(orig));
+        m->native =
+            (nd->ml_flags & ~METH_COEXIST) == METH_NOARGS ? nd->ml_meth : NULL;
+        if (m->impl == NULL) {
+            continue;
+        }
+        m->def = (PyMethodDef){m->name, m->impl, m->flags, nd->ml_doc};
+        PyObject *ours = PyDescr_NewMethod(tp, &m->def);
+        if (ours == NULL) {
+            goto done;
+        }
+        int r = PyDict_SetItemString(dict, m->name, ours);
+        Py_DECREF(ours);
+        if (r < 0) {
+            goto done;
         }
     }
-    return st->memo;
+    if (ms[release].native != NULL && ms[exit].orig != NULL &&
+        ((PyMethodDescrObject *)ms[exit].orig)->d_method->ml_meth ==
+            ms[release].native) {
+        ms[exit].native = ms[release].native;
+    }
+    rc = 0;
+done:
+    PyType_Modified(tp);
+    Py_DECREF(dict);
+    return rc;
+}
+
+static void
+unhook_methods(PyTypeObject *tp, hmethod *ms, int n)
+{
+    PyObject *dict = ddl_type_dict(tp);
+    if (dict == NULL) {
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        if (ms[i].impl != NULL && ms[i].orig != NULL &&
+            PyDict_SetItemString(dict, ms[i].name, ms[i].orig) < 0) {
+            PyErr_Clear();
+        }
+    }
+    PyType_Modified(tp);
+    Py_DECREF(dict);
+}
+
+/* _thread.allocate_lock and _thread.allocate: our definitions (the native
+ * name, flags and doc) in their function objects. */
+static void
+hook_alloc(PyObject *thread_mod, ddl_state *st)
+{
+    static const char *names[2] = {"allocate_lock", "allocate"};
+    static PyCFunction hooks[2] = {alloc_hook0, alloc_hook1};
+    for (int i = 0; i < 2; i++) {
+        PyObject *fn = PyObject_GetAttrString(thread_mod, names[i]);
+        if (fn == NULL) {
+            PyErr_Clear();
+            continue;
+        }
+        if (PyCFunction_CheckExact(fn)) {
+            PyCFunctionObject *f = (PyCFunctionObject *)fn;
+            PyMethodDef *nd = f->m_ml;
+            if (nd != &H.alloc_def[i] &&
+                (nd->ml_flags & ~METH_COEXIST) == METH_NOARGS) {
+                H.alloc_native[i] = nd;
+                H.alloc_def[i] = *nd;
+                H.alloc_def[i].ml_meth = hooks[i];
+                H.alloc_fn[i] = f;
+                f->m_ml = &H.alloc_def[i];
+            }
+        }
+        Py_DECREF(fn); /* the module keeps it */
+    }
+}
+
+static void
+unhook_alloc(void)
+{
+    for (int i = 0; i < 2; i++) {
+        if (H.alloc_fn[i] != NULL && H.alloc_fn[i]->m_ml == &H.alloc_def[i]) {
+            H.alloc_fn[i]->m_ml = H.alloc_native[i];
+        }
+        H.alloc_fn[i] = NULL;
+    }
+}
+
+static int
+check_layout(PyTypeObject *lock_tp, PyTypeObject *rlock_tp)
+{
+#if DDL_NATIVE_LAYOUT
+    return lock_tp->tp_basicsize == (Py_ssize_t)sizeof(ddl_native_lock) &&
+           lock_tp->tp_weaklistoffset ==
+               (Py_ssize_t)offsetof(ddl_native_lock, in_weakreflist) &&
+           rlock_tp->tp_basicsize == (Py_ssize_t)sizeof(ddl_native_rlock) &&
+           rlock_tp->tp_weaklistoffset ==
+               (Py_ssize_t)offsetof(ddl_native_rlock, in_weakreflist);
+#else
+    (void)lock_tp;
+    (void)rlock_tp;
+    return 0;
+#endif
+}
+
+int
+ddl_locks_hook(ddl_state *st, int lock, int rlock)
+{
+    if (H.st != NULL && H.st != st) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "ddlock profiles locks in one interpreter only");
+        return -1;
+    }
+    if (st->native_lock_type == NULL || st->native_rlock_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "ddlock: _thread types unknown");
+        return -1;
+    }
+    if (st->locktab == NULL && (st->locktab = lt_new()) == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    PyTypeObject *ltp = (PyTypeObject *)st->native_lock_type;
+    PyTypeObject *rtp = (PyTypeObject *)st->native_rlock_type;
+    H.st = st;
+    H.interp = PyThreadState_GetInterpreter(PyThreadState_Get());
+    H.lock_tp = ltp;
+    H.rlock_tp = rtp;
+    H.layout_ok = check_layout(ltp, rtp);
+    H.shared_types = !(ltp->tp_flags & Py_TPFLAGS_HEAPTYPE) ||
+                     !(rtp->tp_flags & Py_TPFLAGS_HEAPTYPE);
+    if (lock && !H.lock_hooked) {
+        PyObject *mod = PyImport_ImportModule("_thread");
+        if (mod == NULL) {
+            return -1;
+        }
+        if (hook_methods(ltp, H.lm, LM_COUNT, LM_RELEASE, LM_EXIT) < 0) {
+            Py_DECREF(mod);
+            unhook_methods(ltp, H.lm, LM_COUNT);
+            return -1;
+        }
+        hook_alloc(mod, st);
+        Py_DECREF(mod);
+        if (ltp->tp_new != NULL && ltp->tp_new != lock_new_hook) {
+            H.lock_new = ltp->tp_new;
+            ltp->tp_new = lock_new_hook;
+        }
+        if (ltp->tp_vectorcall != NULL && ltp->tp_vectorcall != lock_vc_hook) {
+            H.lock_vc = ltp->tp_vectorcall;
+            ltp->tp_vectorcall = lock_vc_hook;
+        }
+        H.lock_dealloc = ltp->tp_dealloc;
+        ltp->tp_dealloc = lock_dealloc_hook;
+        H.lock_hooked = 1;
+    }
+    if (rlock && !H.rlock_hooked) {
+        if (hook_methods(rtp, H.rm, RM_COUNT, RM_RELEASE, RM_EXIT) < 0) {
+            unhook_methods(rtp, H.rm, RM_COUNT);
+            return -1;
+        }
+        if (rtp->tp_new != NULL && rtp->tp_new != rlock_new_hook) {
+            H.rlock_new = rtp->tp_new;
+            rtp->tp_new = rlock_new_hook;
+        }
+        if (rtp->tp_vectorcall != NULL &&
+            rtp->tp_vectorcall != rlock_vc_hook) {
+            H.rlock_vc = rtp->tp_vectorcall;
+            rtp->tp_vectorcall = rlock_vc_hook;
+        }
+        H.rlock_dealloc = rtp->tp_dealloc;
+        rtp->tp_dealloc = rlock_dealloc_hook;
+        H.rlock_hooked = 1;
+    }
+    return 0;
 }
 
 void
-ddl_memo_clear(ddl_state *st)
+ddl_locks_unhook(ddl_state *st)
 {
-    PyObject *refs[MEMO_REFS];
-    if (st->memo == NULL) {
+    if (H.st != st) {
         return;
     }
-    for (size_t i = 0; i < DDL_MEMO_SIZE; i++) {
-        /* each entry is empty before its references go (they may run
-         * code that records, even here) */
-        size_t n = memo_take(&st->memo[i], refs);
-        for (size_t j = 0; j < n; j++) {
-            Py_DECREF(refs[j]);
+    PyTypeObject *ltp = H.lock_tp, *rtp = H.rlock_tp;
+    if (H.lock_hooked) {
+        unhook_methods(ltp, H.lm, LM_COUNT);
+        unhook_alloc();
+        if (ltp->tp_new == lock_new_hook) {
+            ltp->tp_new = H.lock_new;
         }
+        if (ltp->tp_vectorcall == lock_vc_hook) {
+            ltp->tp_vectorcall = H.lock_vc;
+        }
+        if (ltp->tp_dealloc == lock_dealloc_hook) {
+            ltp->tp_dealloc = H.lock_dealloc;
+        }
+        H.lock_hooked = 0;
+    }
+    if (H.rlock_hooked) {
+        unhook_methods(rtp, H.rm, RM_COUNT);
+        if (rtp->tp_new == rlock_new_hook) {
+            rtp->tp_new = H.rlock_new;
+        }
+        if (rtp->tp_vectorcall == rlock_vc_hook) {
+            rtp->tp_vectorcall = H.rlock_vc;
+        }
+        if (rtp->tp_dealloc == rlock_dealloc_hook) {
+            rtp->tp_dealloc = H.rlock_dealloc;
+        }
+        H.rlock_hooked = 0;
+    }
+    /* no more deallocations are seen: every lock is unprofiled */
+    lt_clear(st->locktab);
+}
+
+void
+ddl_locks_fork_child(ddl_state *st)
+{
+    if (st->locktab != NULL) {
+        st->locktab->npend = 0; /* the parent's threads' holds */
     }
 }
 
-/* Record one sampled event with the current stack and the lock's labels.
- * Never raises and never lets an exception escape (the caller's pending
- * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
 int
-ddl_lock_record(ddl_state *st, ddl_lockbase *lk, int64_t wait_ns,
-                int64_t hold_ns, int is_release, double weight)
+ddl_locks_init(PyObject *module, ddl_state *st)
 {
-    if (!st->running || st->profile == NULL) {
+    PyObject *mod = PyImport_ImportModule("_thread");
+    if (mod == NULL) {
         return -1;
     }
-    if (ddl_tls.busy) {
-        /* acquired by something the profiler itself triggered (a __del__
-         * run by an allocation, a finalizer): straight through, unrecorded */
-        st->events_reentrant_skipped++;
+    PyObject *lt = PyObject_GetAttrString(mod, "LockType");
+    PyObject *rt = PyObject_GetAttrString(mod, "RLock");
+    Py_DECREF(mod);
+    if (lt == NULL || rt == NULL || !PyType_Check(lt) || !PyType_Check(rt)) {
+        Py_XDECREF(lt);
+        Py_XDECREF(rt);
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_ImportError,
+                            "ddlock: _thread has no lock types");
+        }
         return -1;
     }
-    ddl_tls.busy = 1;
-    int gc_was_enabled = ddl_gc_pause();
-    PyObject *et, *ev, *etb;
-    PyErr_Fetch(&et, &ev, &etb);
+    st->native_lock_type = lt;
+    st->native_rlock_type = rt;
+    return 0;
+}
 
-    int rc = -1;
-    PyObject *name = ddl_lock_name(st, lk);
-    unsigned long ident = PyThread_get_thread_ident();
-    PyObject *tname = ddl_thread_name(st, ident);
+int
+ddl_locks_set_types(ddl_state *st, PyObject *lock_type, PyObject *rlock_type)
+{
+    if (H.st == st && (H.lock_hooked || H.rlock_hooked) &&
+        ((lock_type != NULL && lock_type != st->native_lock_type) ||
+         (rlock_type != NULL && rlock_type != st->native_rlock_type))) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "ddlock: lock types changed while hooked");
+        return -1;
+    }
+    if (lock_type != NULL) {
+        Py_XSETREF(st->native_lock_type, Py_NewRef(lock_type));
+    }
+    if (rlock_type != NULL) {
+        Py_XSETREF(st->native_rlock_type, Py_NewRef(rlock_type));
+    }
+    return 0;
+}
 
-    /* the labels, and the objects their strings point into: own (name,
-     * tname and escaped bytes made for them: references of this function)
-     * and extra_refs */
-    ddl_label labels[4 + DDL_EXTRA_LABELS];
-    ddl_label_refs extra_refs;
-    PyObject *own[4];
-    size_t nown = 0;
-    size_t nl = 0;
-    ddl_str name_s = {"<unknown>", 9};
-    if (name != NULL) {
-        own[nown++] = name;
-        ddl_str_of(&name_s, name, own, &nown);
+void
+ddl_locks_clear(ddl_state *st)
+{
+    if (H.st == st) {
+        ddl_locks_unhook(st);
+        H.st = NULL;
     }
-    labels[nl++] = (ddl_label){{"lock name", 9}, name_s, 0};
-    labels[nl++] = (ddl_label){{"thread id", 9}, {NULL, 0}, (int64_t)ident};
-    labels[nl++] = (ddl_label){
-        {"thread native id", 16}, {NULL, 0}, (int64_t)cached_native_id(st)};
-    if (tname != NULL) {
-        ddl_str tname_s;
-        own[nown++] = tname;
-        ddl_str_of(&tname_s, tname, own, &nown);
-        labels[nl++] = (ddl_label){{"thread name", 11}, tname_s, 0};
+    if (st->locktab != NULL) {
+        lt_clear(st->locktab);
+        PyMem_Free(st->locktab->index);
+        PyMem_Free(st->locktab);
+        st->locktab = NULL;
     }
-    nl += ddl_sample_extra_labels(st, lk, &labels[nl], &extra_refs);
-
-    int64_t values[DDL_NVALUES] = {0, 0, 0, 0};
-    if (is_release) {
-        values[DDL_V_RELEASE] = weighted(1.0, weight);
-        values[DDL_V_HOLD] = weighted((double)hold_ns, weight);
-    }
-    else {
-        values[DDL_V_ACQUIRE] = weighted(1.0, weight);
-        values[DDL_V_WAIT] = weighted((double)wait_ns, weight);
-    }
-
-    ddl_raw_frame raw[DDL_MEMO_FRAMES];
-    int nraw = -1;
-    uint64_t h = 0;
-    ddl_memo_entry *entry = NULL;
-    /* the memo keeps the strings (and escaped bytes) the labels point
-     * into, nothing else: not the task object (its id is a number) */
-    PyObject *owners[DDL_MEMO_OWNERS];
-    size_t nowners = 0;
-    int memo_ok = 1;
-    for (size_t i = 0; i < nown + extra_refs.n && memo_ok; i++) {
-        PyObject *o = i < nown ? own[i] : extra_refs.refs[i - nown];
-        if (PyUnicode_CheckExact(o) || PyBytes_CheckExact(o)) {
-            memo_ok = nowners < DDL_MEMO_OWNERS;
-            if (memo_ok) {
-                owners[nowners++] = o;
-            }
-        }
-        else if (i < nown || PyUnicode_Check(o) || PyBytes_Check(o)) {
-            memo_ok = 0; /* a subclass: its instance may own anything */
-        }
-    }
-    if (memo_ok && memo_table(st) != NULL) {
-        nraw = ddl_stack_raw(raw, DDL_MEMO_FRAMES);
-    }
-    if (nraw >= 0) {
-        h = memo_hash(raw, nraw, labels, nl, is_release);
-        entry = &st->memo[h & (DDL_MEMO_SIZE - 1)];
-        if (memo_match(st, entry, h, raw, nraw, labels, nl, is_release) &&
-            ddl_profile_add_ticket(st->profile, entry->ticket, values) == 0) {
-            st->events_sampled++;
-            rc = 0;
-            goto labels_done;
-        }
-    }
-
-    ddl_frame frames_local[STACK_ON_C_STACK];
-    PyObject *refs_local[STACK_ON_C_STACK * DDL_REFS_PER_FRAME + 4];
-    ddl_frame *frames = frames_local;
-    PyObject **refs = refs_local;
-    size_t cap = (size_t)st->max_frames + 1;
-    if (cap > STACK_ON_C_STACK) {
-        frames = PyMem_Malloc(cap * sizeof(ddl_frame));
-        refs =
-            PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) * sizeof(PyObject *));
-        if (frames == NULL || refs == NULL) {
-            goto frames_done;
-        }
-    }
-    else {
-        cap = STACK_ON_C_STACK;
-    }
-    ddl_stack stack;
-    ddl_stack_capture(st, &stack, frames, refs, cap);
-    uint64_t ticket = 0;
-    /* (the capture may have run a weakref callback, even one that stopped
-     * the profiler) */
-    if (st->profile != NULL &&
-        ddl_profile_add_ex(st->profile, stack.frames, stack.nframes, labels,
-                           nl, values, &ticket) == 0) {
-        st->events_sampled++;
-        rc = 0;
-        if (entry != NULL) {
-            memo_fill(st, entry, h, raw, nraw, labels, nl, is_release, owners,
-                      nowners, ticket);
-        }
-    }
-    ddl_stack_release(&stack);
-frames_done:
-    if (frames != frames_local) {
-        PyMem_Free(frames);
-        PyMem_Free(refs);
-    }
-labels_done:
-    for (size_t i = 0; i < nown; i++) {
-        Py_DECREF(own[i]);
-    }
-    ddl_label_refs_release(&extra_refs);
-    PyErr_Clear();
-    PyErr_Restore(et, ev, etb);
-    ddl_gc_resume(gc_was_enabled);
-    ddl_tls.busy = 0;
-    return rc;
+    Py_CLEAR(st->native_lock_type);
+    Py_CLEAR(st->native_rlock_type);
 }

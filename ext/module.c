@@ -1,8 +1,8 @@
 /* ddlock._ddlock: module init (multi-phase, per-module state) and the
  * Python-facing functions of the native core. The Python layer (ddlock/)
- * parses configuration and patches threading; this module owns the profile,
- * the exporter and the lock types. */
-#include "ddlock.h"
+ * parses configuration and installs the hooks; this module owns the
+ * profile, the exporter and the hooks' state. */
+#include "tracker.h"
 
 #include <pthread.h>
 #include <string.h>
@@ -321,6 +321,7 @@ mod_stats(PyObject *module, PyObject *unused)
     SET_U64(d, "names_resolved", st->names_resolved);
     SET_U64(d, "names_cache_hits", st->names_cache_hits);
     SET_U64(d, "names_missed", st->names_missed);
+    SET_U64(d, "holds_dropped", st->holds_dropped);
     if (st->profile != NULL || st->has_last_stats) {
         ddl_profile_stats ps = st->last_profile_stats;
         if (st->profile != NULL) {
@@ -394,14 +395,28 @@ mod_drain_logs(PyObject *module, PyObject *unused)
 static PyObject *
 mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"threading_active", "threading_file",
-                             "ddlock_dir", NULL};
-    PyObject *active, *tfile, *ddir;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!UU:_setup", kwlist,
-                                     &PyDict_Type, &active, &tfile, &ddir)) {
+    static char *kwlist[] = {
+        "threading_active", "threading_file", "ddlock_dir", "passthrough",
+        "lock_type",        "rlock_type",     NULL};
+    PyObject *active, *tfile, *ddir, *pass = NULL, *lt = NULL, *rt = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!UU|O!O!O!:_setup",
+                                     kwlist, &PyDict_Type, &active, &tfile,
+                                     &ddir, &PyTuple_Type, &pass, &PyType_Type,
+                                     &lt, &PyType_Type, &rt)) {
         return NULL;
     }
     ddl_state *st = get_state(module);
+    if ((lt != NULL || rt != NULL) && ddl_locks_set_types(st, lt, rt) < 0) {
+        return NULL;
+    }
+    for (int i = 0; i < DDL_PASSTHROUGH_MAX; i++) {
+        PyObject *co = pass != NULL && i < PyTuple_GET_SIZE(pass)
+                           ? PyTuple_GET_ITEM(pass, i)
+                           : NULL;
+        Py_XSETREF(st->passthrough[i],
+                   co != NULL && PyCode_Check(co) ? Py_NewRef(co) : NULL);
+    }
+    ddl_site_cache_clear(st);
     Py_XSETREF(st->threading_active, Py_NewRef(active));
     Py_XSETREF(st->threading_file, Py_NewRef(tfile));
     Py_XSETREF(st->ddlock_dir, Py_NewRef(ddir));
@@ -483,6 +498,7 @@ mod_fork_child(PyObject *module, PyObject *unused)
     if (st->profile != NULL) {
         ddl_profile_fork_child(st->profile, ddl_wall_ns());
     }
+    ddl_locks_fork_child(st);
     if (st->exporter != NULL && ddl_exporter_fork_child(st->exporter) != 0) {
         /* no export thread in the child: stop collecting rather than grow */
         st->running = 0;
@@ -497,18 +513,139 @@ mod_is_running(PyObject *module, PyObject *unused)
     return PyBool_FromLong(get_state(module)->running);
 }
 
+/* What profiles obj (a native lock's entry, a primitive's tracker), and
+ * the object whose name it carries; NULL when obj is not profiled. */
+static ddl_prof *
+profiled(ddl_state *st, PyObject *obj, PyObject **target)
+{
+    return ddl_profiled(st, obj, target);
+}
+
+/* lock_name(obj): the profile label of a profiled lock or primitive
+ * (resolving it now, from the calling frame), None when not profiled. */
 static PyObject *
-mod_lock_name(PyObject *module, PyObject *lock)
+mod_lock_name(PyObject *module, PyObject *obj)
 {
     ddl_state *st = get_state(module);
-    if (Py_TYPE(lock) != st->lock_type && Py_TYPE(lock) != st->rlock_type) {
-        Py_RETURN_NONE;
-    }
-    PyObject *name = ddl_lock_name(st, (ddl_lockbase *)lock);
+    PyObject *target;
+    ddl_prof *p = profiled(st, obj, &target);
+    PyObject *name = p != NULL ? ddl_lock_name(st, p, target) : NULL;
     if (name == NULL) {
+        PyErr_Clear();
         Py_RETURN_NONE;
     }
     return name;
+}
+
+/* profiled(obj): the `lock type` of obj's samples ("Lock", "Condition",
+ * "asyncio.Lock", ...) when ddlock profiles it, else None. */
+static PyObject *
+mod_profiled(PyObject *module, PyObject *obj)
+{
+    ddl_state *st = get_state(module);
+    PyObject *target;
+    ddl_prof *p = profiled(st, obj, &target);
+    if (p == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString(ddl_kind_names[p->kind]);
+}
+
+/* lock_site(obj): "file:line" where obj was made, None when not profiled
+ * or unknown. */
+static PyObject *
+mod_lock_site(PyObject *module, PyObject *obj)
+{
+    ddl_state *st = get_state(module);
+    PyObject *target;
+    ddl_prof *p = profiled(st, obj, &target);
+    if (p == NULL || p->site_code == NULL) {
+        Py_RETURN_NONE;
+    }
+    return ddl_site_label(p->site_code, p->site_lasti);
+}
+
+/* _hook_locks(lock, rlock): profile threading.Lock / threading.RLock
+ * objects in place (lock.c). */
+static PyObject *
+mod_hook_locks(PyObject *module, PyObject *args)
+{
+    int lock, rlock;
+    if (!PyArg_ParseTuple(args, "pp:_hook_locks", &lock, &rlock)) {
+        return NULL;
+    }
+    if (ddl_locks_hook(get_state(module), lock, rlock) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+mod_unhook_locks(PyObject *module, PyObject *unused)
+{
+    ddl_locks_unhook(get_state(module));
+    Py_RETURN_NONE;
+}
+
+/* _set_asyncio(locks_file, get_running_loop, current_task, current_tasks,
+ *              task_types): current_tasks is the dict current_task(loop)
+ * reads (or None: it is called); task_types asyncio's own Task classes (at
+ * most two), whose get_name is trusted. */
+static PyObject *
+mod_set_asyncio(PyObject *module, PyObject *args)
+{
+    PyObject *file, *grl, *ct, *tasks, *types;
+    if (!PyArg_ParseTuple(args, "UOOOO!:_set_asyncio", &file, &grl, &ct,
+                          &tasks, &PyTuple_Type, &types)) {
+        return NULL;
+    }
+    if (tasks != Py_None && !PyDict_CheckExact(tasks)) {
+        PyErr_SetString(PyExc_TypeError, "current_tasks must be a dict");
+        return NULL;
+    }
+    if (PyTuple_GET_SIZE(types) > 2) {
+        PyErr_SetString(PyExc_ValueError, "at most two Task types");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++) {
+        if (!PyType_Check(PyTuple_GET_ITEM(types, i))) {
+            PyErr_SetString(PyExc_TypeError, "Task types expected");
+            return NULL;
+        }
+    }
+    ddl_state *st = get_state(module);
+    PyObject *get_name[2] = {NULL, NULL};
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(types); i++) {
+        PyTypeObject *tp = (PyTypeObject *)PyTuple_GET_ITEM(types, i);
+        get_name[i] = ddl_type_lookup(tp, st->str_get_name);
+    }
+    for (int i = 0; i < 2; i++) {
+        Py_XSETREF(st->task_get_name[i], Py_XNewRef(get_name[i]));
+    }
+    Py_XSETREF(st->current_tasks, tasks == Py_None ? NULL : Py_NewRef(tasks));
+    Py_XSETREF(st->asyncio_locks_file, Py_NewRef(file));
+    ddl_code_cache_clear(st); /* asyncio's lock code is internal */
+    ddl_memo_clear(st);
+    Py_XSETREF(st->get_running_loop, Py_NewRef(grl));
+    Py_XSETREF(st->current_task, Py_NewRef(ct));
+    Py_RETURN_NONE;
+}
+
+/* _set_gevent(getcurrent or None) */
+static PyObject *
+mod_set_gevent(PyObject *module, PyObject *getcurrent)
+{
+    ddl_state *st = get_state(module);
+    Py_XSETREF(st->gevent_getcurrent,
+               getcurrent == Py_None ? NULL : Py_NewRef(getcurrent));
+    Py_RETURN_NONE;
+}
+
+/* _now(): the monotonic clock of waits and holds, in ns. */
+static PyObject *
+mod_now(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromLongLong(ddl_monotonic_ns());
 }
 
 static PyObject *
@@ -707,6 +844,15 @@ static PyMethodDef module_methods[] = {
      "Which internal or public-API paths this build uses."},
     {"lock_name", mod_lock_name, METH_O,
      "The profile label of a profiled lock (resolving it now)."},
+    {"profiled", mod_profiled, METH_O,
+     "The lock type ddlock profiles an object as, or None."},
+    {"lock_site", mod_lock_site, METH_O,
+     "Where a profiled lock was made (file:line), or None."},
+    {"_hook_locks", mod_hook_locks, METH_VARARGS, NULL},
+    {"_unhook_locks", mod_unhook_locks, METH_NOARGS, NULL},
+    {"_set_asyncio", mod_set_asyncio, METH_VARARGS, NULL},
+    {"_set_gevent", mod_set_gevent, METH_O, NULL},
+    {"_now", mod_now, METH_NOARGS, NULL},
     {"event_json", mod_event_json, METH_VARARGS, NULL},
     {"_encode_profile", (PyCFunction)(void (*)(void))mod_encode_profile,
      METH_VARARGS | METH_KEYWORDS,
@@ -716,6 +862,30 @@ static PyMethodDef module_methods[] = {
 
 /* ---- module lifecycle
  * ------------------------------------------------------- */
+
+#define STRINGS(X)                                                            \
+    X(str__locked, "_locked")                                                 \
+    X(str__value, "_value")                                                   \
+    X(str__waiters, "_waiters")                                               \
+    X(str__lock, "_lock")                                                     \
+    X(str__owner, "_owner")                                                   \
+    X(str_acquire, "acquire")                                                 \
+    X(str__wakeup_scheduled, "_wakeup_scheduled")                             \
+    X(str_get_name, "get_name")                                               \
+    X(str_name_attr, "name")                                                  \
+    X(str__bound_value, "_bound_value")
+
+static int
+intern_strings(ddl_state *st)
+{
+#define INTERN(field, text)                                                   \
+    if ((st->field = PyUnicode_InternFromString(text)) == NULL) {             \
+        return -1;                                                            \
+    }
+    STRINGS(INTERN)
+#undef INTERN
+    return 0;
+}
 
 static int
 module_exec(PyObject *module)
@@ -760,10 +930,8 @@ module_exec(PyObject *module)
         st->str_dunder_name == NULL || st->str_ident == NULL) {
         return -1;
     }
-    if (ddl_lock_types_init(module, st) < 0) {
-        return -1;
-    }
-    if (ddl_primitives_init(module, st) < 0) {
+    if (intern_strings(st) < 0 || ddl_locks_init(module, st) < 0 ||
+        ddl_trackers_init(module, st) < 0 || ddl_hooks_init(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "__version__", DDL_VERSION) < 0) {
@@ -776,14 +944,20 @@ static int
 module_traverse(PyObject *module, visitproc visit, void *arg)
 {
     ddl_state *st = get_state(module);
-    Py_VISIT(st->lock_type);
-    Py_VISIT(st->rlock_type);
-    Py_VISIT(st->factory_type);
-    Py_VISIT(st->native_lock_factory);
-    Py_VISIT(st->native_rlock_factory);
     Py_VISIT(st->threading_active);
     Py_VISIT(st->name_cache);
-    return ddl_primitives_traverse(st, visit, arg);
+    Py_VISIT(st->native_lock_type);
+    Py_VISIT(st->native_rlock_type);
+    Py_VISIT(st->tracker_type);
+    Py_VISIT(st->hook_type);
+    Py_VISIT(st->waiting_type);
+    Py_VISIT(st->get_running_loop);
+    Py_VISIT(st->current_task);
+    Py_VISIT(st->current_tasks);
+    Py_VISIT(st->task_get_name[0]);
+    Py_VISIT(st->task_get_name[1]);
+    Py_VISIT(st->gevent_getcurrent);
+    return 0;
 }
 
 static int
@@ -795,19 +969,30 @@ module_clear(PyObject *module)
     ddl_site_cache_clear(st);
     ddl_code_cache_clear(st);
     ddl_ident_cache_clear(st);
-    Py_CLEAR(st->lock_type);
-    Py_CLEAR(st->rlock_type);
-    Py_CLEAR(st->factory_type);
-    Py_CLEAR(st->native_lock_factory);
-    Py_CLEAR(st->native_rlock_factory);
+    ddl_locks_clear(st);
+    ddl_trackers_clear(st);
     Py_CLEAR(st->threading_active);
     Py_CLEAR(st->threading_file);
     Py_CLEAR(st->ddlock_dir);
+    for (int i = 0; i < DDL_PASSTHROUGH_MAX; i++) {
+        Py_CLEAR(st->passthrough[i]);
+    }
     Py_CLEAR(st->name_cache);
     Py_CLEAR(st->str_name);
     Py_CLEAR(st->str_dunder_name);
     Py_CLEAR(st->str_ident);
-    ddl_primitives_clear(st);
+    Py_CLEAR(st->hook_type);
+    Py_CLEAR(st->waiting_type);
+    Py_CLEAR(st->asyncio_locks_file);
+    Py_CLEAR(st->get_running_loop);
+    Py_CLEAR(st->current_task);
+    Py_CLEAR(st->current_tasks);
+    Py_CLEAR(st->task_get_name[0]);
+    Py_CLEAR(st->task_get_name[1]);
+    Py_CLEAR(st->gevent_getcurrent);
+#define CLEAR(field, text) Py_CLEAR(st->field);
+    STRINGS(CLEAR)
+#undef CLEAR
     return 0;
 }
 

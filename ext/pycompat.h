@@ -204,6 +204,45 @@ ddl_walk_globals(ddl_walk_frame *f)
 }
 #endif
 
+/* The value of the first argument of a running frame of an optimized
+ * code object (self of a method), borrowed; NULL when unbound or not
+ * readable without changing anything (see ddl_walk_visit_locals). Compared
+ * by identity only. */
+static inline PyObject *
+ddl_walk_first_arg(ddl_walk_frame *f)
+{
+    PyCodeObject *co = ddl_walk_code(f);
+    if (!(co->co_flags & CO_OPTIMIZED) || co->co_argcount < 1) {
+        return NULL;
+    }
+#if DDL_INTERNAL_IFRAME || PY_VERSION_HEX < 0x030B0000
+#if DDL_INTERNAL_IFRAME
+    PyObject *v = f->localsplus[0];
+#else
+    PyObject *v = f->f_localsplus[0];
+#endif
+    /* an argument a closure captures is a cell once the frame runs */
+    if (v != NULL && PyCell_Check(v)) {
+        v = PyCell_GET(v);
+    }
+    return v;
+#elif PY_VERSION_HEX >= 0x030C0000
+    PyObject *names = co->co_localsplusnames;
+    if (!PyTuple_Check(names) || PyTuple_GET_SIZE(names) < 1) {
+        return NULL;
+    }
+    PyObject *v = PyFrame_GetVar(f, PyTuple_GET_ITEM(names, 0));
+    if (v == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    Py_DECREF(v); /* the frame holds it */
+    return v;
+#else
+    return NULL;
+#endif
+}
+
 /* Visit the local variables of a running frame: visit(ctx, name, value)
  * for each bound one (borrowed; cells and free variables dereferenced),
  * until it returns non-zero, which is then returned. Returns 0 when all
@@ -391,6 +430,33 @@ ddl_walk_visit_locals(ddl_walk_frame *f, ddl_local_visit visit, void *ctx)
 #endif
 #endif
 }
+
+/* ---- native locks ------------------------------------------------------
+ *
+ * The layouts of _thread.lock and _thread.RLock objects (Modules/
+ * _threadmodule.c, not in any header), identical on 3.9-3.13 and checked
+ * against the types' basicsize and weaklistoffset when ddlock installs its
+ * hooks (a mismatch falls back to the public path at run time). Only the
+ * uncontended fast paths read them: a non-blocking try on the PyThread
+ * lock, as the native acquire does first. 3.14 replaced both with PyMutex
+ * based objects: the portable path calls the native methods instead. */
+#if DDL_INTERNAL
+#define DDL_NATIVE_LAYOUT 1
+typedef struct {
+    PyObject_HEAD PyThread_type_lock lock_lock;
+    PyObject *in_weakreflist;
+    char locked;
+} ddl_native_lock;
+
+typedef struct {
+    PyObject_HEAD PyThread_type_lock rlock_lock;
+    unsigned long rlock_owner;
+    unsigned long rlock_count;
+    PyObject *in_weakreflist;
+} ddl_native_rlock;
+#else
+#define DDL_NATIVE_LAYOUT 0
+#endif
 
 /* Borrowed function name of a code object: co_qualname on 3.11+. */
 static inline PyObject *
@@ -690,6 +756,61 @@ ddl_weakref_peek(PyObject *ref)
     }
     return obj == Py_None ? NULL : obj;
 #endif
+}
+
+/* ---- coroutines ----------------------------------------------------- */
+
+/* Send arg into a coroutine: its next yielded value (new reference), or
+ * NULL with StopIteration set (it returned; see ddl_stop_iteration_value)
+ * or another exception. */
+static inline PyObject *
+ddl_coro_send(PyObject *coro, PyObject *arg)
+{
+#if PY_VERSION_HEX >= 0x030A0000
+    PyObject *result = NULL;
+    PySendResult r = PyIter_Send(coro, arg, &result);
+    if (r == PYGEN_NEXT) {
+        return result;
+    }
+    if (r == PYGEN_RETURN) {
+        PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, result);
+        Py_DECREF(result);
+        if (e != NULL) {
+            PyErr_SetObject(PyExc_StopIteration, e);
+            Py_DECREF(e);
+        }
+    }
+    return NULL;
+#else
+    return PyObject_CallMethod(coro, "send", "O", arg);
+#endif
+}
+
+/* The value of the StopIteration being raised (new reference), which is
+ * cleared; NULL with another exception on failure. */
+static inline PyObject *
+ddl_stop_iteration_value(void)
+{
+    PyObject *t, *v, *tb;
+    PyErr_Fetch(&t, &v, &tb);
+    PyErr_NormalizeException(&t, &v, &tb);
+    PyObject *value =
+        v != NULL ? PyObject_GetAttrString(v, "value") : Py_NewRef(Py_None);
+    Py_XDECREF(t);
+    Py_XDECREF(v);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* Raise StopIteration carrying value (whatever its type). */
+static inline void
+ddl_set_stop_iteration(PyObject *value)
+{
+    PyObject *e = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (e != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, e);
+        Py_DECREF(e);
+    }
 }
 
 #if PY_VERSION_HEX >= 0x030C0000

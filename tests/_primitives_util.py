@@ -27,13 +27,18 @@ import sys
 import threading
 import time
 
-# the originals, before ddlock patches anything
+# the classes (ddlock profiles them in place: they are never replaced)
 ORIG = {name: getattr(threading, name) for name in ("Lock", "RLock", "Semaphore",
                                                     "BoundedSemaphore", "Condition")}
 AORIG = {name: getattr(asyncio, name) for name in ("Lock", "Semaphore",
                                                    "BoundedSemaphore", "Condition")}
 import ddlock
-from ddlock import _primitives
+from ddlock import _ddlock, _primitives
+
+# objects made by a module ddlock never profiles (its own) are unprofiled
+_unprofiled_ns = {"__name__": "ddlock._unprofiled"}
+exec("def unprofiled(cls, *a, **k):\n    return cls(*a, **k)\n", _unprofiled_ns)
+unprofiled = _unprofiled_ns["unprofiled"]
 
 PY = sys.version_info[:2]
 
@@ -45,7 +50,16 @@ def start(**kw):
 
 
 def tracked(obj):
-    return _primitives.tracker_of(obj) is not None
+    """Is obj profiled: itself, or (a Condition) through its lock?"""
+    if _ddlock.profiled(obj) is not None:
+        return True
+    lock = getattr(obj, "__dict__", {}).get("_lock")
+    return lock is not None and _ddlock.profiled(lock) in ("Condition", "asyncio.Condition")
+
+
+def hooked(cls, name):
+    """Is cls.name one of ddlock's hooks right now?"""
+    return isinstance(vars(cls).get(name), _ddlock.Hook)
 
 
 def _plain(v):

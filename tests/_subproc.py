@@ -10,9 +10,9 @@ The snippet gets a small prelude (``PRELUDE``) with helpers to compare a
 native lock with a profiled one in the same process:
 
     start(**kw)        ddlock.start(capture_pct=100, upload_enabled=False, **kw)
-    native(kind)       a native lock: ddlock._ORIGINAL_LOCK() / _ORIGINAL_RLOCK()
-    profiled(kind)     threading.Lock()/RLock() while patched, type-checked to be
-                       ddlock._ddlock.Lock/RLock
+    native(kind)       an unprofiled lock (made by a module ddlock never profiles)
+    profiled(kind)     threading.Lock()/RLock() while running, checked to be
+                       profiled by ddlock (and of the native type)
     outcome(fn, ...)   ["return", value] or ["raise", "TypeName", "message"]
     both(kind, f)      {"native": f(make_native), "profiled": f(make_profiled)}
     emit(obj)          report the result
@@ -38,9 +38,13 @@ import warnings
 import ddlock
 from ddlock import _ddlock
 
-NATIVE = {"Lock": ddlock._ORIGINAL_LOCK, "RLock": ddlock._ORIGINAL_RLOCK}
-PROFILED_TYPE = {"Lock": _ddlock.Lock, "RLock": _ddlock.RLock}
 PY = sys.version_info[:2]
+NATIVE_TYPE = {"Lock": type(threading.Lock()), "RLock": type(threading.RLock())}
+# a lock made by a module ddlock never profiles (its own) is a plain native one
+_unprofiled_ns = {"__name__": "ddlock._unprofiled", "threading": threading}
+exec("def _make_unprofiled(kind):\n    return getattr(threading, kind)()\n",
+     _unprofiled_ns)
+_make_unprofiled = _unprofiled_ns["_make_unprofiled"]
 
 
 def start(**kw):
@@ -51,16 +55,16 @@ def start(**kw):
 
 
 def native(kind):
-    lk = NATIVE[kind]()
-    if isinstance(lk, (_ddlock.Lock, _ddlock.RLock)):
-        raise AssertionError("native %s is a ddlock lock: %r" % (kind, lk))
+    lk = _make_unprofiled(kind)
+    if _ddlock.profiled(lk) is not None or type(lk) is not NATIVE_TYPE[kind]:
+        raise AssertionError("native %s is profiled: %r" % (kind, lk))
     return lk
 
 
 def profiled(kind):
     lk = getattr(threading, kind)()
-    if type(lk) is not PROFILED_TYPE[kind]:
-        raise AssertionError("threading.%s() made %r, not a ddlock lock (running=%r)"
+    if type(lk) is not NATIVE_TYPE[kind] or _ddlock.profiled(lk) != kind:
+        raise AssertionError("threading.%s() made %r, not profiled (running=%r)"
                              % (kind, type(lk), ddlock.is_running()))
     return lk
 

@@ -1,7 +1,7 @@
 """asyncio.Lock, Semaphore, BoundedSemaphore and Condition, profiled.
 
 Semantics: in one fresh interpreter and one event loop, each scenario runs
-on the original class and on the patched one; return values, exception
+on an unprofiled object and on a profiled one of the same class; return values, exception
 types and messages, and the order in which tasks get the lock must be the
 same. Profiles: the scenario functions at the bottom run as a script; the
 waiting task's wait is the holder's hold, samples carry ``task id`` /
@@ -122,7 +122,7 @@ async def scenario(cls, make):
 
 
 def native(*a, **k):
-    obj = AORIG[KIND](*a, **k)
+    obj = unprofiled(AORIG[KIND], *a, **k)
     assert not tracked(obj)
     return obj
 
@@ -220,14 +220,14 @@ async def scenario(cls, make):
 
 
 def native():
-    lock = None if LOCK == "default" else AORIG["Lock"]()
-    c = AORIG["Condition"]() if lock is None else AORIG["Condition"](lock)
+    lock = None if LOCK == "default" else unprofiled(AORIG["Lock"])
+    c = unprofiled(AORIG["Condition"]) if lock is None else unprofiled(AORIG["Condition"], lock)
     assert not tracked(c)
     return c
 
 
 def profiled():
-    lock = None if LOCK == "default" else AORIG["Lock"]()
+    lock = None if LOCK == "default" else unprofiled(AORIG["Lock"])
     c = asyncio.Condition() if lock is None else asyncio.Condition(lock)
     assert tracked(c), type(c)
     return c

@@ -1,7 +1,8 @@
 """gevent: whether ``gevent.monkey.patch_all()`` runs before or after
 ``import ddlock.auto``, threading.Lock/RLock (and Semaphore, Condition) stay
-profiled -- as wrappers of gevent's cooperative locks -- and samples carry
-the running greenlet as ``task id`` / ``task name``. A program that merely
+profiled -- gevent's own cooperative locks, profiled in place, exactly the
+objects gevent makes -- and samples carry the running greenlet as
+``task id`` / ``task name``. A program that merely
 has gevent installed, or imported but not patched, is unaffected.
 
 Each program runs in a fresh interpreter. gevent is installed by
@@ -61,11 +62,13 @@ shared_lock = threading.Lock()
 shared_rlock = threading.RLock()
 work_ready = threading.Condition()
 slots = threading.Semaphore(1)
-assert _primitives.tracker_of(shared_lock) is not None, type(shared_lock)
-assert _primitives.tracker_of(shared_rlock) is not None, type(shared_rlock)
-# cooperative: the locks' own work is gevent's
+assert _primitives.tracker_of(shared_lock) == "Lock", type(shared_lock)
+assert _primitives.tracker_of(shared_rlock) == "RLock", type(shared_rlock)
+# cooperative: the locks are gevent's own, as natively
+assert threading.Lock is gevent.thread.LockType
+assert type(shared_lock) is gevent.thread.LockType
 assert isinstance(shared_lock, threading.Lock)
-assert type(shared_lock._ddl_inner) is gevent.thread.LockType
+assert type(shared_rlock) is threading._PyRLock
 order = []
 
 
@@ -92,9 +95,10 @@ with work_ready:
 ids = sorted(id(g) for g in greenlets)
 print("IDS", ids)
 print("ORDER", order)
-lock_type = type(shared_lock)
 ddlock.stop()
-print("RESTORED", threading.Lock is gevent.thread.LockType, threading.Lock is not lock_type)
+print("RESTORED", threading.Lock is gevent.thread.LockType,
+      not isinstance(vars(gevent.thread.LockType)["acquire"], ddlock._ddlock.Hook),
+      "release" not in vars(gevent.thread.LockType))
 after = threading.Lock()
 print("AFTER", type(after).__module__, type(after).__name__)
 '''
@@ -105,7 +109,7 @@ def test_gevent_patch_before_or_after_ddlock(prefix, order):
     proc = run_python(PROGRAM, args=(order, prefix), timeout=120)
     out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
     assert out["ORDER"] == "[0, 1]"
-    assert out["RESTORED"] == "True True"
+    assert out["RESTORED"] == "True True True"
     assert out["AFTER"] == "gevent.thread LockType"
     ids = eval(out["IDS"])
     profile = testing.parse_merged_profile(prefix)
@@ -142,13 +146,13 @@ from ddlock import _ddlock
 # installed, not imported: ddlock never imports it
 print("IMPORTED", "gevent" in sys.modules)
 lock = threading.Lock()
-print("TYPE", type(lock) is _ddlock.Lock)
+print("TYPE", _ddlock.profiled(lock) == "Lock")
 import gevent
 import gevent.events   # imported, not patched
 late = threading.Lock()
 with late:
     pass
-print("LATE", type(late) is _ddlock.Lock)
+print("LATE", _ddlock.profiled(late) == "Lock")
 g = gevent.spawn(lambda: None)
 g.join()
 ddlock.stop()

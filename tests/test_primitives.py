@@ -1,8 +1,9 @@
 """threading.Semaphore, BoundedSemaphore and Condition as first-class
-profiled primitives (ddlock/_primitives.py, ext/primitives.c).
+profiled primitives, profiled in place (ddlock/_primitives.py,
+ext/hooks.c, ext/tracker.c).
 
-Semantics: in one fresh interpreter, the same scenario runs on the original
-class (saved before ddlock.start()) and on the patched one; every return
+Semantics: in one fresh interpreter, the same scenario runs on an
+unprofiled object and on a profiled one of the same class; every return
 value, exception type and message must be the same. Names and stacks: the
 scenario functions at the bottom of this file run as a script (a fresh
 interpreter each) and their ``# !CREATE!``/``# !ACQUIRE!``/``# !RELEASE!``
@@ -125,7 +126,7 @@ def scenario(make):
 
 
 def native(*a, **k):
-    obj = ORIG[KIND](*a, **k)
+    obj = unprofiled(ORIG[KIND], *a, **k)
     assert not tracked(obj)
     return obj
 
@@ -249,15 +250,17 @@ def scenario(make):
 
 
 def make_native():
-    lock = {"default": None, "Lock": ddlock._ORIGINAL_LOCK, "RLock": ddlock._ORIGINAL_RLOCK}[LOCK]
-    c = ORIG["Condition"]() if lock is None else ORIG["Condition"](lock())
+    lock = None if LOCK == "default" else unprofiled(getattr(threading, LOCK))
+    c = unprofiled(ORIG["Condition"]) if lock is None else unprofiled(ORIG["Condition"], lock)
     assert not tracked(c)
     return c
 
 
 def make_profiled():
-    lock = {"default": None, "Lock": ddlock._ORIGINAL_LOCK, "RLock": ddlock._ORIGINAL_RLOCK}[LOCK]
-    c = threading.Condition() if lock is None else threading.Condition(lock())
+    # a lock ddlock does not profile (made before start(), say): the
+    # Condition's own profile
+    lock = None if LOCK == "default" else unprofiled(getattr(threading, LOCK))
+    c = threading.Condition() if lock is None else threading.Condition(lock)
     assert tracked(c), type(c)
     return c
 
@@ -268,7 +271,8 @@ emit({"native": scenario(lambda: make_native()), "profiled": scenario(lambda: ma
 
 @pytest.mark.parametrize("lock", ["default", "Lock", "RLock"])
 def test_condition_semantics(lock):
-    """Condition() (its own profiled RLock) and Condition(native lock)."""
+    """Condition() (its RLock profiled as the Condition) and Condition(a lock
+    ddlock does not profile)."""
     res = run_snippet(CONDITION_SNIPPET, params={"LOCK": lock})
     assert_same(res)
     assert res["native"]["wait_unowned"] == ["raise", "RuntimeError", "cannot wait on un-acquired lock"]
@@ -282,28 +286,27 @@ start()
 out = {}
 sem = threading.Semaphore(2)
 out["sem_internal"] = [type(sem._cond) is ORIG["Condition"],
-                       type(sem._cond._lock) is type(ddlock._ORIGINAL_LOCK())]
+                       _ddlock.profiled(sem._cond._lock) is None]
 bsem = threading.BoundedSemaphore(2)
 out["bsem_internal"] = [type(bsem._cond) is ORIG["Condition"],
-                        type(bsem._cond._lock) is type(ddlock._ORIGINAL_LOCK())]
+                        _ddlock.profiled(bsem._cond._lock) is None]
 ev = threading.Event()
 out["event_internal"] = [type(ev._cond) is ORIG["Condition"], tracked(ev._cond)]
 cond = threading.Condition()
 out["cond_lock"] = [type(cond._lock).__module__ + "." + type(cond._lock).__name__, tracked(cond),
                     cond.acquire == cond._lock.acquire]
-# Condition() is profiled through its RLock alone: no Tracker is made for it
-import gc
-def trackers():
-    return sum(1 for o in gc.get_objects() if type(o) is ddlock._ddlock.Tracker)
-before = [trackers(), ddlock.stats()["primitives_created"]]
+# Condition() is profiled through its native RLock alone: nothing of the
+# Condition itself is profiled, nothing is added to it
+before = ddlock.stats()["primitives_created"]
 conds = [threading.Condition() for _ in range(5)]
-out["conds_without_tracker"] = [trackers() - before[0],
-                                ddlock.stats()["primitives_created"] - before[1],
-                                all(vars(c)["_ddl_tracker"] is c._lock and
-                                    vars(c)["_ddl_own"] is None for c in conds)]
-cond.__init__()  # a new RLock, as natively, still ddlock's
+out["conds_without_tracker"] = [ddlock.stats()["primitives_created"] - before,
+                                all(_ddlock.profiled(c) is None and
+                                    _ddlock.profiled(c._lock) == "Condition" and
+                                    sorted(vars(c)) == sorted(vars(ORIG["Condition"]()))
+                                    for c in conds)]
+cond.__init__()  # a new RLock, as natively, profiled as the Condition
 out["reinit"] = [type(cond._lock) is type(conds[0]._lock), cond._lock is not conds[0]._lock,
-                 cond.acquire == cond._lock.acquire]
+                 cond.acquire == cond._lock.acquire, _ddlock.profiled(cond._lock)]
 samples_before = ddlock.stats()["events_sampled"]
 for _ in range(10):
     with cond:
@@ -315,12 +318,12 @@ out["events_per_cond_pair"] = (ddlock.stats()["events_sampled"] - samples_before
 user_lock = threading.Lock()
 over = threading.Condition(user_lock)
 out["over_profiled_lock"] = [type(over) is ORIG["Condition"], tracked(over),
-                             type(user_lock).__module__]
+                             _ddlock.profiled(user_lock)]
 over_kw = threading.Condition(lock=threading.RLock())
 out["over_profiled_rlock_kw"] = [type(over_kw) is ORIG["Condition"], tracked(over_kw)]
 # isinstance/issubclass against the patched names accept the originals
-out["checks"] = [isinstance(ORIG["Semaphore"](), threading.Semaphore),
-                 isinstance(ORIG["BoundedSemaphore"](), threading.Semaphore),
+out["checks"] = [isinstance(unprofiled(ORIG["Semaphore"]), threading.Semaphore),
+                 isinstance(unprofiled(ORIG["BoundedSemaphore"]), threading.Semaphore),
                  isinstance(over, threading.Condition),
                  issubclass(threading.BoundedSemaphore, threading.Semaphore),
                  issubclass(ORIG["BoundedSemaphore"], threading.Semaphore)]
@@ -330,9 +333,9 @@ for _ in range(10):
         pass
 out["events_per_with"] = (ddlock.stats()["events_sampled"] - samples_before) / 10
 ddlock.stop()
-out["restored"] = [threading.Semaphore is ORIG["Semaphore"],
-                   threading.BoundedSemaphore is ORIG["BoundedSemaphore"],
-                   threading.Condition is ORIG["Condition"],
+out["restored"] = [not hooked(threading.Semaphore, "acquire"),
+                   not hooked(threading.BoundedSemaphore, "release"),
+                   not hooked(threading.Condition, "__init__"),
                    threading.Lock is ORIG["Lock"], threading.RLock is ORIG["RLock"]]
 # objects made while profiling keep working after stop()
 with sem:
@@ -345,13 +348,13 @@ emit(out)
     assert res["sem_internal"] == [True, True]
     assert res["bsem_internal"] == [True, True]
     assert res["event_internal"] == [True, False]
-    # the Condition is profiled through its own RLock, one of ddlock's whose
-    # samples are the Condition's: its acquire is the RLock's, as natively
-    assert res["cond_lock"] == ["ddlock._ddlock.RLock", True, True]
-    assert res["conds_without_tracker"] == [0, 5, True]
-    assert res["reinit"] == [True, True, True]
+    # the Condition is profiled through its native RLock, whose samples are
+    # the Condition's: its acquire is the RLock's, as natively
+    assert res["cond_lock"] == ["_thread.RLock", True, True]
+    assert res["conds_without_tracker"] == [5, True]
+    assert res["reinit"] == [True, True, True, "Condition"]
     assert res["events_per_cond_pair"] == 2
-    assert res["over_profiled_lock"] == [True, False, "ddlock._ddlock"]
+    assert res["over_profiled_lock"] == [True, False, "Lock"]
     assert res["over_profiled_rlock_kw"] == [True, False]
     assert res["checks"] == [True, True, True, True, True]
     # one acquire and one release sample per `with`, nothing from the
@@ -471,7 +474,7 @@ native = scenario()
 start()
 profiled = scenario()
 out = {"native": native, "profiled": profiled,
-       "patched": [type(threading.Semaphore) is not type, type(asyncio.Lock) is not type]}
+       "metaclasses": [type(threading.Semaphore) is type, type(asyncio.Lock) is type]}
 ddlock.stop()
 out["dispatch_after_stop"] = [k.__module__ + "." + k.__qualname__ for k in copyreg.dispatch_table
                               if k.__module__ in ("threading", "asyncio.locks")]
@@ -480,12 +483,12 @@ emit(out)
 
 
 def test_primitives_mix_with_abcs():
-    """A user's class may derive from a patched primitive and an ABC
-    (abc.ABC, contextlib.AbstractAsyncContextManager): no metaclass
-    conflict, the same abstract-method checks and isinstance answers as
-    natively; and stop() leaves nothing in copyreg's dispatch table."""
+    """A user's class may derive from a profiled primitive and an ABC
+    (abc.ABC, contextlib.AbstractAsyncContextManager): the classes are the
+    stdlib's (no metaclass of ddlock's), the same abstract-method checks and
+    isinstance answers as natively; nothing in copyreg's dispatch table."""
     res = run_snippet("import copyreg\n" + ABC_MIX_SNIPPET)
-    assert res["patched"] == [True, True]
+    assert res["metaclasses"] == [True, True]
     assert_same(res)
     assert res["native"]["Semaphore_abstract"][:2] == ["raise", "TypeError"]
     assert res["native"]["Condition_concrete"] == [3, True, True, True, True]
@@ -494,49 +497,46 @@ def test_primitives_mix_with_abcs():
     assert res["dispatch_after_stop"] == []
 
 
-def test_pending_holds_are_counted_for_the_releases():
-    """The Python-level releases look at their object only while the shared
-    list of pending sampled holds is not empty: it holds exactly one item
-    per object with a sampled hold pending, whoever releases it."""
-    res = run_snippet(r'''
-start(capture_pct=100)
-holds = ddlock._ddlock._prim_holds
-out = {}
-sem = threading.BoundedSemaphore(2)
-sem.acquire()
-sem.acquire()
-out["two_on_one"] = [len(holds), vars(sem)["_ddl_hold"] is ddlock._primitives.tracker_of(sem)]
-sem.release()
-out["one_left"] = len(holds)
-# a release by another thread ends no hold of this one: still pending
-worker = threading.Thread(target=sem.release)
-worker.start()
+def test_holds_end_at_their_holders_release(prefix):
+    """A sampled hold ends at its holder's release: on a semaphore, a
+    release by another thread ends none of this thread's holds; an object
+    that dies with a hold pending takes it with it."""
+    run_snippet(r'''
+start(capture_pct=100, output_pprof=PREFIX)
+held_sem = threading.BoundedSemaphore(2)
+held_sem.acquire()
+held_sem.acquire()
+held_sem.release()          # one of this thread's two holds ends
+worker = threading.Thread(target=held_sem.release)
+worker.start()              # the worker held nothing: no hold ends
 worker.join()
-out["other_thread"] = [len(holds), vars(sem)["_ddl_hold"] is ddlock._primitives.tracker_of(sem)]
 
 
 async def main():
-    alock = asyncio.Lock()
-    await alock.acquire()
-    pending = len(holds)
+    held_alock = asyncio.Lock()
+    await held_alock.acquire()
     async with asyncio.Semaphore(1):
-        nested = len(holds)
-    alock.release()
-    return [pending, nested, len(holds)]
+        pass
+    held_alock.release()
 
-out["asyncio"] = asyncio.run(main())
+asyncio.run(main())
 dropped = threading.Semaphore(1)
 dropped.acquire()
-del dropped  # dies with its hold pending: its tracker's item goes with it
-out["dropped"] = len(holds)
+del dropped
+assert ddlock.stats()["holds_dropped"] == 0
 ddlock.stop()
-emit(out)
-''')
-    assert res["two_on_one"] == [1, True]
-    assert res["one_left"] == 1
-    assert res["other_thread"] == [1, True]
-    assert res["asyncio"] == [2, 3, 1]
-    assert res["dropped"] == 1
+emit(True)
+''', params={"PREFIX": prefix})
+    profile = testing.parse_merged_profile(prefix)
+
+    def ours(name):
+        return [s for s in profile.samples if str(s.labels.get("lock name")).endswith(":" + name)]
+
+    assert profile.total("lock-acquire", ours("held_sem")) == 2
+    assert profile.total("lock-release", ours("held_sem")) == 1
+    assert profile.total("lock-acquire", ours("held_alock")) == 1
+    assert profile.total("lock-release", ours("held_alock")) == 1
+    assert profile.total("lock-release", ours("dropped")) == 0
 
 
 def test_sampling_is_unbiased_at_10_percent(prefix):
@@ -586,11 +586,12 @@ def test_lock_types_switches_primitives_off(prefix):
     res = run_snippet(r'''
 start(output_pprof=PREFIX)
 out = {}
-out["patched"] = [threading.Lock is not ORIG["Lock"], threading.RLock is not ORIG["RLock"],
-                  threading.Semaphore is not ORIG["Semaphore"],
-                  threading.BoundedSemaphore is not ORIG["BoundedSemaphore"],
-                  threading.Condition is not ORIG["Condition"],
-                  asyncio.Lock is not AORIG["Lock"], asyncio.Condition is not AORIG["Condition"]]
+out["patched"] = [_ddlock.profiled(threading.Lock()) is not None,
+                  _ddlock.profiled(threading.RLock()) is not None,
+                  hooked(threading.Semaphore, "acquire"),
+                  hooked(threading.BoundedSemaphore, "release"),
+                  hooked(threading.Condition, "__init__"),
+                  hooked(asyncio.Lock, "acquire"), hooked(asyncio.Condition, "__init__")]
 plain_sem = threading.Semaphore(1)
 bounded = threading.BoundedSemaphore(1)
 cond = threading.Condition()
@@ -617,7 +618,8 @@ for value in ("Lock,Mutex", "lock", "Lock;RLock", 3):
     if ddlock.is_running():
         ddlock.stop()
 out["empty_list"] = outcome(ddlock.start, lock_types=[], upload_enabled=False)
-out["empty_patched"] = threading.Lock is not ORIG["Lock"] or threading.Condition is not ORIG["Condition"]
+out["empty_patched"] = _ddlock.profiled(threading.Lock()) is not None or \
+    hooked(threading.Condition, "__init__")
 ddlock.stop()
 emit(out)
 ''')
@@ -631,9 +633,9 @@ emit(out)
 def test_lock_types_malformed_under_auto_warns(prefix):
     proc = run_python(r'''
 import threading
-orig = threading.Semaphore
 import ddlock.auto, ddlock
-print("RUNNING", ddlock.is_running(), threading.Semaphore is not orig)
+print("RUNNING", ddlock.is_running(),
+      isinstance(vars(threading.Semaphore)["acquire"], ddlock._ddlock.Hook))
 ddlock.stop()
 ''', env={"DD_PROFILING_LOCK_TYPES": "Semaphore,Spinlock", "DD_PROFILING_OUTPUT_PPROF": prefix,
           "DD_PROFILING_UPLOAD_ENABLED": "false"})

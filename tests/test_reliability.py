@@ -150,7 +150,7 @@ for i in range(NFORKS):
             if not ddlock.is_running():
                 raise AssertionError("profiler not running in the child")
             child_own_lock = threading.Lock()
-            if type(child_own_lock).__module__ != "ddlock._ddlock":
+            if ddlock._ddlock.profiled(child_own_lock) != "Lock":
                 raise AssertionError("child lock not profiled: %%r" %% child_own_lock)
             with child_own_lock:
                 pass
@@ -232,20 +232,21 @@ MP_SCRIPT = r'''
 import ddlock.auto  # first: profiles this process; children inherit the env
 import json, multiprocessing as mp, os, pickle, sys, threading
 import ddlock
+import ddlock.testing
 
 
 def work(n):
     worker_lock = threading.Lock()
     with worker_lock:
         r = n * n
-    return r, os.getpid(), type(worker_lock).__module__
+    return r, os.getpid(), ddlock._ddlock.profiled(worker_lock)
 
 
 def proc_target(q):
     proc_rlock = threading.RLock()
     with proc_rlock:
         with proc_rlock:
-            q.put((os.getpid(), ddlock.is_running(), type(proc_rlock).__module__))
+            q.put((os.getpid(), ddlock.is_running(), ddlock._ddlock.profiled(proc_rlock)))
 
 
 def takes_lock(lk):
@@ -269,13 +270,13 @@ if __name__ == "__main__":
     out["workers"] = sorted(set(p for _, p, _ in res))
     out["worker_lock_types"] = sorted(set(m for _, _, m in res))
     # an unpicklable argument fails the same way for profiled and native locks
-    made = {"profiled": threading.Lock(), "native": ddlock._ORIGINAL_LOCK()}
+    made = {"profiled": threading.Lock(), "native": ddlock.testing.unprofiled_lock()}
     out["apply_with_lock"] = {k: outcome(lambda: pool.apply_async(takes_lock, (lk,)).get(timeout=60))
                               for k, lk in made.items()}
     out["pickle_lock"] = {k: outcome(lambda: pickle.dumps(lk)) for k, lk in made.items()}
     out["pickle_rlock"] = {k: outcome(lambda: pickle.dumps(f()))
                            for k, f in (("profiled", threading.RLock),
-                                        ("native", ddlock._ORIGINAL_RLOCK))}
+                                        ("native", lambda: ddlock.testing.unprofiled_lock("RLock")))}
     pool.close()
     pool.join()
     q = ctx.Queue()
@@ -312,8 +313,8 @@ def test_multiprocessing_start_methods(tmp_path, method):
     r = result_of(proc)
     assert r["running"] is True
     assert r["results"] == [n * n for n in range(40)]
-    assert r["worker_lock_types"] == ["ddlock._ddlock"], "workers' locks are profiled"
-    assert r["process"][1] is True and r["process"][2] == "ddlock._ddlock"
+    assert r["worker_lock_types"] == ["Lock"], "workers' locks are profiled"
+    assert r["process"][1] is True and r["process"][2] == "RLock"
     assert r["process_exitcode"] == 0
     # pickling: exactly what native locks do
     for what in ("apply_with_lock", "pickle_lock", "pickle_rlock", "process_with_lock"):
@@ -428,7 +429,7 @@ def handler_registered_before():
     with r:
         with r:
             pass
-    print("BEFORE-HANDLER " + json.dumps([type(late_native_lock).__module__,
+    print("BEFORE-HANDLER " + json.dumps([ddlock._ddlock.profiled(late_native_lock),
                                           ddlock.is_running(), early_lock.locked()]), flush=True)
 
 atexit.register(handler_registered_before)
@@ -445,7 +446,8 @@ def handler_registered_after():
         pass
     with early_rlock:
         pass
-    print("AFTER-HANDLER " + json.dumps([type(atexit_lock).__module__, ddlock.is_running()]),
+    print("AFTER-HANDLER " + json.dumps([ddlock._ddlock.profiled(atexit_lock),
+                                         ddlock.is_running()]),
           flush=True)
 
 atexit.register(handler_registered_after)
@@ -461,9 +463,9 @@ def test_atexit_handlers_take_profiled_locks(prefix):
     no_crash(proc)
     lines = {l.split(" ", 1)[0]: json.loads(l.split(" ", 1)[1])
              for l in proc.stdout.splitlines() if l.endswith("]")}
-    assert lines["AFTER-HANDLER"] == ["ddlock._ddlock", True]
-    # the handler registered first runs last: after ddlock stopped and unpatched
-    assert lines["BEFORE-HANDLER"] == ["_thread", False, False]
+    assert lines["AFTER-HANDLER"] == ["Lock", True]
+    # the handler registered first runs last: after ddlock stopped and unhooked
+    assert lines["BEFORE-HANDLER"] == [None, False, False]
     files = testing.list_profile_files(prefix)
     assert len(files) == 1
     profile = testing.parse_profile(files[0])
@@ -557,7 +559,11 @@ for it in range(ITERATIONS):
     # locks made while running (profiled) ...
     pairs.append((threading.Lock() if it %% 2 else threading.RLock(), [0]))
     if it %% 100 == 0:
-        time.sleep(0.01)  # let the workers take locks: an empty profile writes no file
+        # a profile with samples (an empty one writes no file): the locks of
+        # earlier sessions are native now, the workers may not reach this one
+        with pairs[-1][0]:
+            pass
+        time.sleep(0.01)
         files += len(ddlock.flush())
     ddlock.stop(flush=bool(it %% 2))
     # ... and while stopped (native)
@@ -608,7 +614,8 @@ def test_start_stop_storm_with_threads_running(tmp_path):
     assert r["held"] == [], "locks left held: %s" % r["held"]
     assert r["produced"] == r["consumed"]
     assert r["running"] is False
-    assert {"_thread.lock", "ddlock._ddlock.Lock", "ddlock._ddlock.RLock"} <= set(r["kinds"])
+    # profiled in place: every lock, made while running or not, is native
+    assert set(r["kinds"]) == {"_thread.lock", "_thread.RLock"}
     assert r["files"] == 10 and len(testing.list_profile_files(prefix)) >= 10
     assert leftovers(str(tmp_path)) == []
     report("test_start_stop_storm_with_threads_running", cycles=iterations, threads=6,

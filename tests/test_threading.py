@@ -120,21 +120,18 @@ class BaseThreadingLockCollectorTest:
 
     @property
     def lock_class(self):
-        # looked up when called: inside run() this is ddlock's factory
         return getattr(threading, self.lock_class_name)
 
     @property
-    def profiled_type(self):
-        return getattr(_ddlock, self.lock_class_name)
-
-    @property
     def native_type(self):
-        return type(getattr(ddlock, "_ORIGINAL_" + self.lock_class_name.upper())())
+        return type(self.lock_class())
 
     def test_lock_events(self, ddlock_profile):
         with ddlock_profile.run():
             lock = self.lock_class()  # !CREATE! test_lock_events
-            assert type(lock) is self.profiled_type
+            # profiled in place: the native type, and profiled
+            assert type(lock) is self.native_type
+            assert _ddlock.profiled(lock) == self.lock_class_name
             lock.acquire()  # !ACQUIRE! test_lock_events
             lock.release()  # !RELEASE! test_lock_events
         assert_acquire_release(ddlock_profile, "test_lock_events", "lock", "test_lock_events",
@@ -239,17 +236,23 @@ class BaseThreadingLockCollectorTest:
         assert deltas == [{"names_resolved": 1, "names_cache_hits": 0}] * 2
 
     def test_patching_is_undone_after_run(self, ddlock_profile):
+        native_type = self.native_type
+        native_acquire = vars(native_type)["acquire"]
         with ddlock_profile.run():
-            assert threading.Lock is not ddlock._ORIGINAL_LOCK
-            assert threading.RLock is not ddlock._ORIGINAL_RLOCK
+            # nothing of threading is replaced; the native type's methods are
+            assert threading.Lock is ddlock._ORIGINAL_LOCK
+            assert threading.RLock is ddlock._ORIGINAL_RLOCK
+            assert vars(native_type)["acquire"] is not native_acquire
             during = self.lock_class()
-            assert type(during) is self.profiled_type
+            assert type(during) is native_type
+            assert _ddlock.profiled(during) == self.lock_class_name
         assert not ddlock.is_running()
-        assert threading.Lock is ddlock._ORIGINAL_LOCK
-        assert threading.RLock is ddlock._ORIGINAL_RLOCK
+        assert vars(native_type)["acquire"] is native_acquire
         after = self.lock_class()
-        assert type(after) is self.native_type
-        # a lock made during the run keeps working and records nothing more
+        assert type(after) is native_type and _ddlock.profiled(after) is None
+        # a lock made during the run keeps working, unprofiled, and records
+        # nothing more
+        assert _ddlock.profiled(during) is None
         before = ddlock.stats()["events_sampled"]
         with during:
             pass

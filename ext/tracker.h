@@ -1,0 +1,56 @@
+/* tracker.c: the profiling state of the Python-level primitives (used by
+ * hooks.c and module.c). */
+#ifndef DDLOCK_TRACKER_H
+#define DDLOCK_TRACKER_H
+
+#include "ddlock.h"
+
+typedef struct {
+    uintptr_t actor;     /* thread ident, task or greenlet address */
+    uint64_t generation; /* profiling session of the sample */
+    int64_t acquired_ns;
+    double weight;
+} ddl_pending_hold;
+
+typedef struct {
+    PyObject_HEAD ddl_prof prof;
+    PyObject *key;    /* the profiled object, borrowed (NULL once gone) */
+    PyObject *ref;    /* strong: weak reference to key, calling this tracker */
+    PyObject *target; /* strong: weak reference to the object whose name
+                         labels the samples (a Condition), or NULL: key */
+    /* exclusive kinds: the sampled hold in progress */
+    int sampled;
+    int depth; /* nesting of the pending hold */
+    uint64_t hold_gen;
+    int64_t acquired_ns;
+    double weight;
+    /* semaphores: sampled holds in progress, by holder (made lazily) */
+    ddl_pending_hold *ring;
+    int nring;
+} ddl_tracker;
+
+/* How an acquire that succeeded is sampled. */
+enum {
+    DDL_ACQ_UNCONTENDED, /* by the countdown, now */
+    DDL_ACQ_SAMPLED,     /* already chosen by the countdown */
+    DDL_ACQ_TIMED        /* waited since t0: sampled like a contended one */
+};
+
+/* The tracker of obj (borrowed; lives as long as obj), or NULL. */
+ddl_tracker *ddl_tracker_of(ddl_state *st, PyObject *obj);
+/* Profile obj (which must support weak references) as kind, labelled by
+ * target's name (NULL: obj's), made at (code, lasti); obj's existing
+ * tracker if it has one. Borrowed, or NULL with an exception set. */
+ddl_tracker *ddl_tracker_new(ddl_state *st, PyObject *obj, int kind,
+                             PyObject *target, PyObject *code, int lasti);
+/* An acquire of t's object succeeded; restore_depth: the depth a
+ * Condition.wait() re-acquire restores (0 otherwise). */
+void ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
+                          int restore_depth);
+/* A release succeeded; full: every level at once (Condition.wait). */
+void ddl_tracker_released(ddl_state *st, ddl_tracker *t, int full);
+/* What profiles obj: a native lock's entry or a tracker's; NULL if none.
+ * *target (when not NULL): the object whose name labels it, borrowed. */
+ddl_prof *ddl_profiled(ddl_state *st, PyObject *obj, PyObject **target);
+
+#endif /* DDLOCK_TRACKER_H */
