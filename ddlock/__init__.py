@@ -67,6 +67,27 @@ def _passthrough():
     return (code,) if code is not None else ()
 
 
+def _opcodes():
+    """The running interpreter's opcode numbers and inline cache sizes
+    (creation bindings read the bytecode after a constructor call)."""
+    try:
+        import opcode
+
+        opmap = dict(opcode.opmap)
+        caches = [0] * 256
+        entries = getattr(opcode, "_inline_cache_entries", None)
+        if isinstance(entries, dict):  # 3.13+: by name
+            for name, n in entries.items():
+                if name in opmap:
+                    caches[opmap[name]] = int(n)
+        elif isinstance(entries, (list, tuple)):  # 3.11, 3.12: by opcode
+            for op, n in enumerate(entries[:256]):
+                caches[op] = int(n)
+        return opmap, tuple(caches)
+    except Exception:  # never assumed: no bindings without it
+        return {}, ()
+
+
 def _native_lock_types():
     """_thread's lock types, as they were before anything replaced them in
     the _thread module (gevent's monkey-patching does: its originals are
@@ -110,8 +131,9 @@ def _unpatch():
 def _start_native(native, cfg):
     url, unix_socket, api_key = cfg.upload_target()
     lock_type, rlock_type = _native_lock_types()
+    opmap, caches = _opcodes()
     native._setup(threading._active, _threading_file(), _ddlock_dir(), _passthrough(),
-                  lock_type, rlock_type)
+                  lock_type, rlock_type, opmap, caches)
     native.start(
         output_prefix=cfg.output_pprof,
         capture_pct=cfg.capture_pct,

@@ -159,6 +159,17 @@ typedef struct {
  * RLock() (a Python function calling _thread.RLock). */
 #define DDL_PASSTHROUGH_MAX 4
 
+/* The running interpreter's opcodes that creation bindings read
+ * (frames.c), from its opcode module; -1 when it has none of that name. */
+typedef struct {
+    int known;                /* the table was given */
+    unsigned char cache[256]; /* inline cache entries after each opcode */
+    int extended_arg;
+    int store_fast, store_fast_store_fast, store_fast_load_fast;
+    int store_deref, store_name, store_global, store_attr, store_subscr;
+    int load_const, load_fast, load_deref, load_name, load_global, load_attr;
+} ddl_opcodes;
+
 typedef struct ddl_locktab ddl_locktab;       /* lock.c */
 typedef struct ddl_trackertab ddl_trackertab; /* tracker.c */
 
@@ -169,6 +180,7 @@ typedef struct {
     PyObject *threading_file;   /* co_filename of threading.py */
     PyObject *ddlock_dir;       /* directory prefix of the ddlock package */
     PyObject *passthrough[DDL_PASSTHROUGH_MAX]; /* code objects */
+    ddl_opcodes ops;
     PyObject *name_cache; /* (site code, site lasti, user code) -> name */
     ddl_line_entry *line_cache; /* DDL_LINE_CACHE_SIZE entries */
     ddl_memo_entry *memo;       /* DDL_MEMO_SIZE entries, made on first use */
@@ -290,6 +302,11 @@ void ddl_stack_release(ddl_stack *stack);
  * resolves the variable name of target on first use. NULL (no exception)
  * when unknown. */
 PyObject *ddl_lock_name(ddl_state *st, ddl_prof *p, PyObject *target);
+/* The name the object made by the call at (code, lasti) was bound to
+ * there (new ref: "request_lock", "_lock", '_locks["db"]'), or NULL. */
+PyObject *ddl_creation_binding(ddl_state *st, PyObject *code, int lasti);
+/* Fill st->ops from the opcode module's opmap and cache sizes. */
+int ddl_opcodes_set(ddl_state *st, PyObject *opmap, PyObject *caches);
 /* Site label "file:line" for a code/lasti pair, new ref or NULL. */
 PyObject *ddl_site_label(PyObject *code, int lasti);
 /* The raw stack from the top frame: code, filename and lasti of each

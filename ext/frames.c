@@ -245,6 +245,211 @@ ddl_site_cache_clear(ddl_state *st)
     }
 }
 
+/* ---- creation bindings ---------------------------------------------------
+ * What the bytecode right after the call that made an object does with
+ * it: stores it in a variable, an attribute, or a constant key of a
+ * container. Read from the code's unspecialized bytecode with the running
+ * interpreter's opcode numbers and cache sizes (given by ddlock's Python
+ * layer from the opcode module). */
+
+int
+ddl_opcodes_set(ddl_state *st, PyObject *opmap, PyObject *caches)
+{
+    ddl_opcodes *o = &st->ops;
+    memset(o, 0, sizeof(*o));
+    if (!PyDict_Check(opmap) || !PyTuple_Check(caches) ||
+        PyTuple_GET_SIZE(caches) > 256) {
+        PyErr_SetString(PyExc_TypeError, "opcodes: (dict, tuple of <= 256)");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(caches); i++) {
+        long n = PyLong_AsLong(PyTuple_GET_ITEM(caches, i));
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        o->cache[i] = (unsigned char)(n < 0 ? 0 : n > 255 ? 255 : n);
+    }
+    static const struct {
+        const char *name;
+        size_t offset;
+    } names[] = {
+#define OP(n, f) {n, offsetof(ddl_opcodes, f)}
+        OP("EXTENDED_ARG", extended_arg),
+        OP("STORE_FAST", store_fast),
+        OP("STORE_FAST_STORE_FAST", store_fast_store_fast),
+        OP("STORE_FAST_LOAD_FAST", store_fast_load_fast),
+        OP("STORE_DEREF", store_deref),
+        OP("STORE_NAME", store_name),
+        OP("STORE_GLOBAL", store_global),
+        OP("STORE_ATTR", store_attr),
+        OP("STORE_SUBSCR", store_subscr),
+        OP("LOAD_CONST", load_const),
+        OP("LOAD_FAST", load_fast),
+        OP("LOAD_DEREF", load_deref),
+        OP("LOAD_NAME", load_name),
+        OP("LOAD_GLOBAL", load_global),
+        OP("LOAD_ATTR", load_attr),
+#undef OP
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        PyObject *v = PyDict_GetItemString(opmap, names[i].name);
+        long n = v != NULL && PyLong_Check(v) ? PyLong_AsLong(v) : -1;
+        if (n < 0 || n > 255) {
+            PyErr_Clear();
+            n = -1;
+        }
+        *(int *)((char *)o + names[i].offset) = (int)n;
+    }
+    o->known = o->extended_arg >= 0;
+    return 0;
+}
+
+typedef struct {
+    int op;
+    int arg;
+    Py_ssize_t next; /* byte offset of the following instruction */
+} insn;
+
+/* The instruction at byte offset pos (EXTENDED_ARG prefixes folded in);
+ * 0 past the end. */
+static int
+read_insn(const ddl_opcodes *o, const unsigned char *code, Py_ssize_t len,
+          Py_ssize_t pos, insn *out)
+{
+    int arg = 0;
+    while (pos >= 0 && pos + 1 < len) {
+        int op = code[pos];
+        arg = (int)(((unsigned)arg << 8) | code[pos + 1]);
+        pos += 2 + 2 * (Py_ssize_t)o->cache[op];
+        if (op == o->extended_arg) {
+            continue;
+        }
+        *out = (insn){op, arg, pos};
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+tuple_item(PyObject *t, int i)
+{
+    return t != NULL && PyTuple_Check(t) && i >= 0 && i < PyTuple_GET_SIZE(t)
+               ? PyTuple_GET_ITEM(t, i)
+               : NULL;
+}
+
+/* Borrowed name a load instruction reads, NULL for any other. */
+static PyObject *
+loaded_name(const ddl_opcodes *o, PyCodeObject *co, const insn *in)
+{
+    if (in->op == o->load_fast) {
+        return ddl_code_local_name(co, in->arg, 0);
+    }
+    if (in->op == o->load_deref) {
+        return ddl_code_local_name(co, in->arg, 1);
+    }
+    if (in->op == o->load_name) {
+        return tuple_item(co->co_names, in->arg);
+    }
+    if (in->op == o->load_global) {
+        return tuple_item(co->co_names, in->arg >> DDL_LOAD_GLOBAL_SHIFT);
+    }
+    if (in->op == o->load_attr) {
+        return tuple_item(co->co_names, in->arg >> DDL_LOAD_ATTR_SHIFT);
+    }
+    return NULL;
+}
+
+/* made stored through an object the next instructions load: obj.name =
+ * made gives "name" (self._lock = Lock()); x[key] = made gives "x[key]"
+ * for a constant str or int key, the container being the last name loaded
+ * (self._locks["db"]: _locks["db"]). NULL for anything else. */
+static PyObject *
+store_through_binding(const ddl_opcodes *o, PyCodeObject *co,
+                      const unsigned char *code, Py_ssize_t len, insn in)
+{
+    PyObject *container = NULL, *key = NULL;
+    for (int steps = 0; steps < 6; steps++) {
+        if (in.op == o->store_attr && container != NULL && key == NULL) {
+            PyObject *name = tuple_item(co->co_names, in.arg);
+            return name != NULL && PyUnicode_Check(name) ? Py_NewRef(name)
+                                                         : NULL;
+        }
+        if (in.op == o->store_subscr) {
+            break;
+        }
+        PyObject *name = loaded_name(o, co, &in);
+        if (name != NULL && key == NULL) {
+            container = name;
+        }
+        else if (in.op == o->load_const && container != NULL && key == NULL) {
+            key = tuple_item(co->co_consts, in.arg);
+        }
+        else {
+            return NULL;
+        }
+        if (!read_insn(o, code, len, in.next, &in)) {
+            return NULL;
+        }
+    }
+    if (in.op != o->store_subscr || container == NULL || key == NULL ||
+        !PyUnicode_Check(container) ||
+        !(PyUnicode_CheckExact(key) || PyLong_CheckExact(key))) {
+        return NULL;
+    }
+    return PyUnicode_FromFormat("%U[%R]", container, key);
+}
+
+PyObject *
+ddl_creation_binding(ddl_state *st, PyObject *code, int lasti)
+{
+    const ddl_opcodes *o = &st->ops;
+    if (!o->known || code == NULL || !PyCode_Check(code) || lasti < 0) {
+        return NULL;
+    }
+    PyCodeObject *co = (PyCodeObject *)code;
+    PyObject *bytes = ddl_code_bytes(co);
+    if (bytes == NULL || !PyBytes_Check(bytes)) {
+        Py_XDECREF(bytes);
+        PyErr_Clear();
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(bytes);
+    Py_ssize_t len = PyBytes_GET_SIZE(bytes);
+    PyObject *name = NULL, *result = NULL;
+    insn call, in;
+    if (!read_insn(o, b, len, lasti, &call) ||
+        !read_insn(o, b, len, call.next, &in)) {
+        goto done;
+    }
+    if (in.op == o->store_fast) {
+        name = ddl_code_local_name(co, in.arg, 0);
+    }
+    else if (in.op == o->store_fast_store_fast ||
+             in.op == o->store_fast_load_fast) {
+        name = ddl_code_local_name(co, in.arg >> 4, 0);
+    }
+    else if (in.op == o->store_deref) {
+        name = ddl_code_local_name(co, in.arg, 1);
+    }
+    else if (in.op == o->store_name || in.op == o->store_global ||
+             in.op == o->store_attr) {
+        name = tuple_item(co->co_names, in.arg);
+    }
+    else {
+        result = store_through_binding(o, co, b, len, in);
+    }
+    if (name != NULL && PyUnicode_Check(name)) {
+        result = Py_NewRef(name);
+    }
+done:
+    Py_DECREF(bytes);
+    if (result == NULL) {
+        PyErr_Clear();
+    }
+    return result;
+}
+
 static PyObject *
 basename_of(PyObject *filename)
 {
@@ -735,7 +940,8 @@ typedef struct {
     int level; /* 0: the value itself; 1: its attributes; 2: theirs */
     int pass;  /* level 1: 0 objects, 1 modules */
     PyObject *found;
-    int error; /* budget exhausted */
+    int error;     /* budget exhausted */
+    int in_locals; /* visiting the frame's local variables */
 } source_pass;
 
 static int
@@ -776,7 +982,9 @@ source_visit(void *arg, PyObject *name, PyObject *value)
 static void
 source_run(ddl_walk_frame *f, PyObject *globals, source_pass *sp)
 {
+    sp->in_locals = 1;
     ddl_walk_visit_locals(f, source_visit, sp);
+    sp->in_locals = sp->found != NULL;
     if (sp->found != NULL || sp->error || globals == NULL ||
         !PyDict_Check(globals) || globals == ddl_walk_namespace(f)) {
         return;
@@ -788,10 +996,12 @@ source_run(ddl_walk_frame *f, PyObject *globals, source_pass *sp)
 
 /* Search order: locals, globals, then one level into their values'
  * attributes (objects first, modules last), then a second level. Returns a
- * new reference to the name or NULL. */
+ * new reference to the name or NULL; *local: the name is one of f's own
+ * variables. */
 static PyObject *
-search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f)
+search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f, int *local)
 {
+    *local = 0;
     search_ctx c = {target, NAME_SEARCH_BUDGET};
     PyObject *globals = ddl_walk_globals(f);
     static const struct {
@@ -799,9 +1009,10 @@ search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f)
     } passes[] = {{0, 0}, {1, 0}, {1, 1}, {2, 0}};
     size_t npasses = st->inspect_dir ? 4 : 1;
     for (size_t i = 0; i < npasses; i++) {
-        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, 0};
+        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, 0, 0};
         source_run(f, globals, &sp);
         if (sp.found != NULL) {
+            *local = passes[i].level == 0 && sp.in_locals;
             return sp.found;
         }
         if (sp.error) {
@@ -877,8 +1088,24 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
     if (site == NULL) {
         goto error;
     }
+    int local = 0;
     if (f != NULL) {
-        var = search_name(st, target, f);
+        var = search_name(st, target, f, &local);
+    }
+    /* The acquire site's name, unless it is only what a function other
+     * than the creator was handed (a parameter or closure variable of a
+     * decorator, helper or library): then the name the object was bound
+     * to where it was made, when it was bound to one. */
+    if (lk->site_code != NULL &&
+        (var == NULL ||
+         (local && (PyObject *)ddl_walk_code(f) != lk->site_code &&
+          ddl_code_handed_name(ddl_walk_code(f), var)))) {
+        PyObject *bound =
+            ddl_creation_binding(st, lk->site_code, lk->site_lasti);
+        if (bound != NULL) {
+            Py_XSETREF(var, bound);
+        }
+        PyErr_Clear();
     }
     if (var != NULL) {
         st->names_resolved++;

@@ -395,17 +395,28 @@ mod_drain_logs(PyObject *module, PyObject *unused)
 static PyObject *
 mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {
-        "threading_active", "threading_file", "ddlock_dir", "passthrough",
-        "lock_type",        "rlock_type",     NULL};
+    static char *kwlist[] = {"threading_active",
+                             "threading_file",
+                             "ddlock_dir",
+                             "passthrough",
+                             "lock_type",
+                             "rlock_type",
+                             "opmap",
+                             "caches",
+                             NULL};
     PyObject *active, *tfile, *ddir, *pass = NULL, *lt = NULL, *rt = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!UU|O!O!O!:_setup",
-                                     kwlist, &PyDict_Type, &active, &tfile,
-                                     &ddir, &PyTuple_Type, &pass, &PyType_Type,
-                                     &lt, &PyType_Type, &rt)) {
+    PyObject *opmap = NULL, *caches = NULL;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "O!UU|O!O!O!OO:_setup", kwlist, &PyDict_Type,
+            &active, &tfile, &ddir, &PyTuple_Type, &pass, &PyType_Type, &lt,
+            &PyType_Type, &rt, &opmap, &caches)) {
         return NULL;
     }
     ddl_state *st = get_state(module);
+    if (opmap != NULL && caches != NULL &&
+        ddl_opcodes_set(st, opmap, caches) < 0) {
+        return NULL;
+    }
     if ((lt != NULL || rt != NULL) && ddl_locks_set_types(st, lt, rt) < 0) {
         return NULL;
     }

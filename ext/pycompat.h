@@ -489,6 +489,94 @@ ddl_code_freevars(PyCodeObject *co)
 #define DDL_DATACLASS_FACTORY_FREEVAR "_HAS_DEFAULT_FACTORY"
 #endif
 
+/* ---- bytecode (creation bindings, frames.c) --------------------------
+ * The instruction format is the same 2-byte word code on every supported
+ * version, with inline caches after some instructions from 3.11 (their
+ * sizes and the opcode numbers come from the running interpreter's opcode
+ * module). What differs is how some arguments index their tables. */
+
+/* New reference to the code's bytecode, not specialized (bytes), or NULL. */
+static inline PyObject *
+ddl_code_bytes(PyCodeObject *co)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    return PyCode_GetCode(co);
+#else
+    return PyObject_GetAttrString((PyObject *)co, "co_code");
+#endif
+}
+
+/* Borrowed name of the local variable STORE_FAST/STORE_DEREF's argument i
+ * stands for, or NULL. deref: STORE_DEREF (before 3.11 it counts cells and
+ * free variables on their own). */
+static inline PyObject *
+ddl_code_local_name(PyCodeObject *co, Py_ssize_t i, int deref)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    (void)deref;
+    PyObject *names = co->co_localsplusnames;
+#else
+    PyObject *names = co->co_varnames;
+    if (deref) {
+        Py_ssize_t ncells = PyTuple_GET_SIZE(co->co_cellvars);
+        names = i < ncells ? co->co_cellvars : co->co_freevars;
+        if (i >= ncells) {
+            i -= ncells;
+        }
+    }
+#endif
+    return names != NULL && PyTuple_Check(names) && i >= 0 &&
+                   i < PyTuple_GET_SIZE(names)
+               ? PyTuple_GET_ITEM(names, i)
+               : NULL;
+}
+
+/* LOAD_GLOBAL (3.11+) and LOAD_ATTR (3.12+) keep a flag in their
+ * argument's low bit: the name index is the argument shifted. */
+#define DDL_LOAD_GLOBAL_SHIFT (PY_VERSION_HEX >= 0x030B0000)
+#define DDL_LOAD_ATTR_SHIFT (PY_VERSION_HEX >= 0x030C0000)
+
+/* Is name one of the code's parameters or free variables (a name a
+ * function was handed, not one it bound)? */
+static inline int
+ddl_code_handed_name(PyCodeObject *co, PyObject *name)
+{
+    int nparams = co->co_argcount + co->co_kwonlyargcount +
+                  ((co->co_flags & CO_VARARGS) != 0) +
+                  ((co->co_flags & CO_VARKEYWORDS) != 0);
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *vars = PyCode_GetVarnames(co);
+#else
+    PyObject *vars = co->co_varnames;
+    Py_XINCREF(vars);
+#endif
+    int handed = 0;
+    for (int i = 0; vars != NULL && PyTuple_Check(vars) && i < nparams &&
+                    i < PyTuple_GET_SIZE(vars) && !handed;
+         i++) {
+        PyObject *v = PyTuple_GET_ITEM(vars, i);
+        handed = v == name ||
+                 (PyUnicode_Check(v) && PyUnicode_Compare(v, name) == 0);
+    }
+    Py_XDECREF(vars);
+    if (handed) {
+        PyErr_Clear();
+        return 1;
+    }
+    PyObject *free = ddl_code_freevars(co);
+    int found = 0;
+    for (Py_ssize_t i = 0; free != NULL && PyTuple_Check(free) &&
+                           i < PyTuple_GET_SIZE(free) && !found;
+         i++) {
+        PyObject *v = PyTuple_GET_ITEM(free, i);
+        found = v == name ||
+                (PyUnicode_Check(v) && PyUnicode_Compare(v, name) == 0);
+    }
+    Py_XDECREF(free);
+    PyErr_Clear();
+    return found;
+}
+
 /* ---- strings ----------------------------------------------------------- */
 
 /* The UTF-8 form of a compact ASCII str is its own data: a view of it

@@ -157,11 +157,12 @@ def test_lock_passed_as_argument(ddlock_profile, kind):
         account_lock = getattr(threading, kind)()  # !CREATE! argument
         _transfer(account_lock)
     # The search runs in the first frame outside threading.py/ddlock that
-    # acquires the lock, the callee: its parameter names the lock, not the
-    # caller's variable.
-    expect(ddlock_profile, "argument", "src_lock", "_transfer")
+    # acquires the lock, the callee, where only a parameter holds it: the
+    # name the lock was bound to where it was made wins over what another
+    # function was handed.
+    expect(ddlock_profile, "argument", "account_lock", "_transfer")
     assert labels_of(ddlock_profile, "argument") == [
-        "%s:%d:src_lock" % (FILENAME, ddlock_profile.linenos("argument").create)]
+        "%s:%d:account_lock" % (FILENAME, ddlock_profile.linenos("argument").create)]
 
 
 def _produce(LockT):
@@ -244,10 +245,13 @@ def test_per_request_locks_made_in_a_loop(ddlock_profile, kind):
 class _Service:
     def __init__(self, LockT):
         self.session_lock = LockT()  # !CREATE! member
+        self.adopted_lock = [LockT()][0]  # !CREATE! adopted
 
     def handle(self):
         with self.session_lock:  # !ACQUIRE! !RELEASE[>=3.10]! member
             pass  # !RELEASE[<3.10]! member
+        with self.adopted_lock:  # !ACQUIRE! !RELEASE[>=3.10]! adopted
+            pass  # !RELEASE[<3.10]! adopted
 
 
 @pytest.mark.parametrize("inspect", [True, False], ids=["inspect_on", "inspect_off"])
@@ -257,8 +261,12 @@ def test_class_member(ddlock_profile, kind, inspect):
         member_local = getattr(threading, kind)()  # !CREATE! member_local
         member_local.acquire()  # !ACQUIRE! member_local
         member_local.release()  # !RELEASE! member_local
-    # inspection off: attributes are not looked into, members are "<file>:<line>"
-    expect(ddlock_profile, "member", "session_lock" if inspect else None, "_Service.handle")
+    # inspection off: attributes are not looked into; a member is still
+    # named by the attribute it was bound to where it was made, but one
+    # made anonymously and stored in an attribute later is found only by
+    # looking into the attributes
+    expect(ddlock_profile, "member", "session_lock", "_Service.handle")
+    expect(ddlock_profile, "adopted", "adopted_lock" if inspect else None, "_Service.handle")
     # variables are named either way
     expect(ddlock_profile, "member_local", "member_local", "test_class_member")
 
@@ -423,8 +431,9 @@ def test_locks_made_and_used_in_another_thread(ddlock_profile, kind):
                     "thread_name": "naming-worker"}
     caller = "test_locks_made_and_used_in_another_thread.<locals>.worker"
     expect(ddlock_profile, "thread_own", "worker_lock", caller, thread=seen)
-    # made in the main thread, named in the worker that first acquires it
-    expect(ddlock_profile, "thread_shared", "shared", caller, thread=seen)
+    # made in the main thread and acquired in the worker, where only a
+    # parameter holds it: named as it was bound where it was made
+    expect(ddlock_profile, "thread_shared", "main_made_lock", caller, thread=seen)
 
 
 def test_same_code_in_two_files_keeps_each_files_label(ddlock_profile, tmp_path):
@@ -772,23 +781,21 @@ def test_hostile_namespaces_are_never_invoked(ddlock_profile, ns_type, tmp_path)
     # only the interpreter's own calls (STORE_NAME, LOAD_NAME, ...), as unprofiled
     assert profiled_logs == baseline_logs
     assert exec_locals.log == baseline_exec.log
-    is_dict = ns_type is _CountingNS
-    expect(ddlock_profile, "ns_plain", "ns_lock" if is_dict else None, "NoCell")
-    # the public API of 3.11 and 3.12 gives no access to a namespace without
-    # refreshing the frame's cells into it: on the portable path, with a
-    # cell, the class body's names are not read (the internal path reads the
-    # namespace in place)
-    portable = ddlock.build_info()["frame_walk"] == "public"
-    cell_readable = is_dict and not (portable and (3, 11) <= sys.version_info[:2] <= (3, 12))
-    expect(ddlock_profile, "ns_cell", "ns_cell_lock" if cell_readable else None, "WithCell")
-    # exec() locals that are not a dict are not read: "<file>:<line>"
+    # a namespace that is not a dict (or, on the portable path of 3.11 and
+    # 3.12, one with a cell: no public access without copying the cells
+    # into it) is not read: the locks are named by the store that follows
+    # their creation in the bytecode, STORE_NAME
+    expect(ddlock_profile, "ns_plain", "ns_lock", "NoCell")
+    expect(ddlock_profile, "ns_cell", "ns_cell_lock", "WithCell")
+    # exec() locals that are not a dict are not read; the lock is named by
+    # the store that follows its creation in the bytecode (no mapping call)
     ddlock_profile.assert_lock_events(
         expected_acquire_events=[LockAcquireEvent(
             caller_name="<module>", filename="exec_ns.py", create_line=1, acquire_line=2,
-            lock_name=None, count=1, **this_thread())],
+            lock_name="exec_lock", count=1, **this_thread())],
         expected_release_events=[LockReleaseEvent(
             caller_name="<module>", filename="exec_ns.py", create_line=1, release_line=3,
-            lock_name=None, count=1, **this_thread())],
+            lock_name="exec_lock", count=1, **this_thread())],
     )
 
 

@@ -106,7 +106,9 @@ class _Foo:
 
 class _Inspected:
     def __init__(self, lock_class):
-        self.member_lock = lock_class()  # !CREATE! inspect_off_member
+        # made anonymously, then stored: only looking into the attributes
+        # finds the name (the store right after creation would name it)
+        self.member_lock = [lock_class()][0]  # !CREATE! inspect_off_member
 
     def work(self):
         self.member_lock.acquire()  # !ACQUIRE! inspect_off_member
