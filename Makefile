@@ -4,7 +4,7 @@ PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYTEST_ARGS ?=
 export PYTHONDONTWRITEBYTECODE = 1
 
-.PHONY: all deps build proto test test-c test-py test-all sanitize demo bench \
+.PHONY: all deps build proto test test-c test-py test-all test-portable sanitize demo bench \
         format lint clean
 
 all: build
@@ -32,6 +32,11 @@ test: deps build test-c test-py
 # interpreter gets its own in-place extension (version-tagged .so) and build dir.
 test-all: deps proto
 	@scripts/test_all.sh $(PYVERSIONS)
+
+# The pytest suite on the portable build (public C API only: what CPython
+# versions ddlock was not tested on get) on every CPython 3.9-3.13.
+test-portable: deps proto
+	@scripts/test_portable.sh $(PYVERSIONS)
 
 # ASan/UBSan build of the extension running the whole pytest suite, and the
 # Check suite under valgrind memcheck.

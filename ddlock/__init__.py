@@ -173,6 +173,11 @@ def start(**config):
 
 def _start_with(cfg):
     native = _native()
+    if not native.main_interpreter():
+        # the native lock types, their hooks and the export thread are the
+        # process's: one profiler per process, in the main interpreter
+        raise RuntimeError("ddlock profiles the main interpreter only; "
+                           "this is a sub-interpreter")
     with _control:
         if native.is_running():
             raise RuntimeError("ddlock is already running; call ddlock.stop() first")

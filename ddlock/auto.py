@@ -22,6 +22,18 @@ def _warn(msg):
 def _auto_start():
     if is_running():
         return
+    from . import _native
+
+    try:
+        main = _native().main_interpreter()
+    except Exception:  # the extension cannot load here: nothing to profile
+        main = False
+    if not main:
+        # a sub-interpreter (mod_wsgi, _testcapi.run_in_subinterp, ...)
+        # inherits ddlock-run's sitecustomize: skipped, silently -- its
+        # stderr is the program's
+        log.debug("ddlock.auto: not the main interpreter: not profiled")
+        return
     cfg = _config.from_env(strict=False)
     for w in cfg.warnings:
         _warn(w)

@@ -76,8 +76,10 @@ typedef struct {
     int site_lasti;      /* byte offset in site_code, -1 unknown */
     unsigned char kind;  /* DDL_K_* */
     unsigned char name_done;
-    unsigned char has_target; /* labelled by another object's name (a
-                                 Condition for its lock), kept beside */
+    unsigned char has_target;  /* labelled by another object's name (a
+                                  Condition for its lock), kept beside */
+    unsigned char site_direct; /* the site's call made the object (not an
+                                  outer constructor's): its binding names it */
 } ddl_prof;
 
 void ddl_prof_clear(ddl_prof *p);
@@ -289,8 +291,10 @@ ddl_str_of(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
  * code: new ref to code + lasti; and the module check against the
  * exclusions. obj, when not NULL, is the object being initialised:
  * __init__ frames whose first argument it is are constructors, not the
- * site. Returns 1 when the object should be profiled, 0 when it must stay
- * native, -1 on error. */
+ * site. Returns DDL_SITE_DIRECT when the object should be profiled and the
+ * site is the call that made it, DDL_SITE_OUTER when the site is an outer
+ * call (a constructor's caller), 0 when it must stay native, -1 on error. */
+enum { DDL_SITE_DIRECT = 1, DDL_SITE_OUTER = 2 };
 int ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code,
                       int *lasti);
 /* Capture the current stack (leaf first, skipping leading threading.py
@@ -415,7 +419,7 @@ int ddl_is_native_lock(ddl_state *st, PyObject *obj);
  * weak reference is kept; NULL: obj's own), created at (code, lasti).
  * Returns 0, or -1 with an exception set. */
 int ddl_lock_register(ddl_state *st, PyObject *obj, int kind, PyObject *target,
-                      PyObject *code, int lasti);
+                      PyObject *code, int lasti, int direct);
 int ddl_locks_init(PyObject *module, ddl_state *st);
 /* The native types to profile (NULL: unchanged): _thread's, as they were
  * before anything (gevent) replaced them in the _thread module. Refused

@@ -141,22 +141,27 @@ creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
     }
     ddl_walk_frame *f = user_frame(st, caller);
     if (f == NULL) {
-        return 1;
+        return DDL_SITE_OUTER;
     }
+    /* direct: the site's call made the object -- the caller itself, or the
+     * call of a class whose __init__ chain (obj's constructors) led here;
+     * not the caller of a dataclass __init__, whose call made the instance
+     * holding the object */
+    int direct = f == caller;
     for (;;) {
+        int dataclass = is_dataclass_init(ddl_walk_code(f));
         ddl_walk_frame *back =
-            is_dataclass_init(ddl_walk_code(f)) || is_init_of(f, obj)
-                ? ddl_walk_back(f)
-                : NULL;
+            dataclass || is_init_of(f, obj) ? ddl_walk_back(f) : NULL;
         ddl_walk_frame *outer = back != NULL ? user_frame(st, back) : NULL;
         if (outer == NULL) {
             break;
         }
         f = outer;
+        direct &= !dataclass;
     }
     *code = Py_NewRef(ddl_walk_code(f));
     *lasti = ddl_walk_lasti(f);
-    return 1;
+    return direct ? DDL_SITE_DIRECT : DDL_SITE_OUTER;
 }
 
 /* Creation-site decision cache: for a calling (code, globals) pair, whether
@@ -211,16 +216,14 @@ ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code, int *lasti)
         if (e->verdict == DDL_SITE_CALLER) {
             *code = Py_NewRef(co);
             *lasti = ddl_walk_lasti(caller);
-            return 1;
+            return DDL_SITE_DIRECT;
         }
     }
     int r = creation_site_from(st, caller, NULL, code, lasti);
     if (r >= 0 && globals != NULL) {
-        int verdict =
-            r == 0 ? DDL_SITE_NATIVE
-            : *code == (PyObject *)co && *lasti == ddl_walk_lasti(caller)
-                ? DDL_SITE_CALLER
-                : DDL_SITE_WALK;
+        int verdict = r == 0                 ? DDL_SITE_NATIVE
+                      : r == DDL_SITE_DIRECT ? DDL_SITE_CALLER
+                                             : DDL_SITE_WALK;
         /* the references taken first: releasing the old ones may run code
          * (a weakref callback) that reaches this cache again */
         PyObject *old_code = e->code, *old_globals = e->globals;
@@ -1096,7 +1099,10 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
      * than the creator was handed (a parameter or closure variable of a
      * decorator, helper or library): then the name the object was bound
      * to where it was made, when it was bound to one. */
-    if (lk->site_code != NULL &&
+    /* (a lock labelled by another object whose target is itself: that
+     * object, a Condition, is gone; the binding named the Condition) */
+    int target_gone = lk->has_target && ddl_is_native_lock(st, target);
+    if (lk->site_code != NULL && lk->site_direct && !target_gone &&
         (var == NULL ||
          (local && (PyObject *)ddl_walk_code(f) != lk->site_code &&
           ddl_code_handed_name(ddl_walk_code(f), var)))) {

@@ -386,17 +386,19 @@ init_done(ddl_state *st, ddl_hook *h, PyObject *self)
             goto done;
         }
         if (h->kind == DDL_K_CONDITION && ddl_is_native_lock(st, lock)) {
-            if (ddl_lock_register(st, lock, DDL_K_CONDITION, self, code,
-                                  lasti) == 0) {
+            if (ddl_lock_register(st, lock, DDL_K_CONDITION, self, code, lasti,
+                                  profile == DDL_SITE_DIRECT) == 0) {
                 st->primitives_created++;
             }
         }
         else if (class_hooked(st, lock)) {
-            ddl_tracker_new(st, lock, h->kind, self, code, lasti);
+            ddl_tracker_new(st, lock, h->kind, self, code, lasti,
+                            profile == DDL_SITE_DIRECT);
         }
         goto done;
     }
-    ddl_tracker_new(st, self, h->kind, NULL, code, lasti);
+    ddl_tracker_new(st, self, h->kind, NULL, code, lasti,
+                    profile == DDL_SITE_DIRECT);
 done:
     PyErr_Clear();
     Py_XDECREF(code);

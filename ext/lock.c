@@ -302,7 +302,7 @@ lt_insert(ddl_locktab *t, PyObject *key)
     }
     lt_entry *e = lt_entry_at(t, n);
     e->key = key;
-    e->prof = (ddl_prof){NULL, NULL, -1, 0, 0, 0};
+    e->prof = (ddl_prof){NULL, NULL, -1, 0, 0, 0, 0};
     size_t i = lt_hash(key) & t->mask;
     while (t->index[i] >= LT_FIRST) {
         i = (i + 1) & t->mask;
@@ -419,7 +419,7 @@ ddl_is_native_lock(ddl_state *st, PyObject *obj)
 
 int
 ddl_lock_register(ddl_state *st, PyObject *obj, int kind, PyObject *target,
-                  PyObject *code, int lasti)
+                  PyObject *code, int lasti, int direct)
 {
     ddl_locktab *t = st->locktab;
     int has_target = target != NULL && target != obj;
@@ -451,6 +451,7 @@ ddl_lock_register(ddl_state *st, PyObject *obj, int kind, PyObject *target,
     e->prof.name = NULL;
     e->prof.name_done = 0;
     e->prof.has_target = (unsigned char)has_target;
+    e->prof.site_direct = (unsigned char)direct;
     if (old.site_code != NULL || old.name != NULL) {
         ddl_prof_clear(&old);
     }
@@ -472,7 +473,7 @@ register_new(PyObject *obj, int kind)
     int profile = ddl_creation_site(st, NULL, &code, &lasti);
     if (profile < 0) {
         PyErr_Clear(); /* never let the profiler break lock creation */
-        profile = 1;
+        profile = DDL_SITE_OUTER;
     }
     if (profile) {
         lt_entry *e = lt_insert(st->locktab, obj);
@@ -480,6 +481,7 @@ register_new(PyObject *obj, int kind)
             e->prof.site_code = code; /* the reference moves */
             e->prof.site_lasti = lasti;
             e->prof.kind = (unsigned char)kind;
+            e->prof.site_direct = profile == DDL_SITE_DIRECT;
             st->locks_created++;
             return;
         }

@@ -518,6 +518,14 @@ mod_fork_child(PyObject *module, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* Is this the main interpreter (the only one ddlock profiles)? */
+static PyObject *
+mod_main_interpreter(PyObject *module, PyObject *unused)
+{
+    return PyBool_FromLong(PyInterpreterState_Get() ==
+                           PyInterpreterState_Main());
+}
+
 static PyObject *
 mod_is_running(PyObject *module, PyObject *unused)
 {
@@ -851,6 +859,8 @@ static PyMethodDef module_methods[] = {
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"fork_child", mod_fork_child, METH_NOARGS, NULL},
     {"is_running", mod_is_running, METH_NOARGS, NULL},
+    {"main_interpreter", mod_main_interpreter, METH_NOARGS,
+     "Whether this is the main interpreter (the one ddlock profiles)."},
     {"build_info", mod_build_info, METH_NOARGS,
      "Which internal or public-API paths this build uses."},
     {"lock_name", mod_lock_name, METH_O,

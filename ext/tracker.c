@@ -194,7 +194,7 @@ static PyType_Spec tracker_spec = {
 
 ddl_tracker *
 ddl_tracker_new(ddl_state *st, PyObject *obj, int kind, PyObject *target,
-                PyObject *code, int lasti)
+                PyObject *code, int lasti, int direct)
 {
     ddl_tracker *t = ddl_tracker_of(st, obj);
     if (t != NULL) {
@@ -218,6 +218,7 @@ ddl_tracker_new(ddl_state *st, PyObject *obj, int kind, PyObject *target,
     t->prof.site_lasti = lasti;
     t->prof.kind = (unsigned char)kind;
     t->prof.has_target = tref != NULL;
+    t->prof.site_direct = (unsigned char)direct;
     t->target = tref;
     t->key = obj;
     /* the weak reference calls the tracker when obj goes, and keeps it */

@@ -42,7 +42,8 @@ ddl_tracker *ddl_tracker_of(ddl_state *st, PyObject *obj);
  * target's name (NULL: obj's), made at (code, lasti); obj's existing
  * tracker if it has one. Borrowed, or NULL with an exception set. */
 ddl_tracker *ddl_tracker_new(ddl_state *st, PyObject *obj, int kind,
-                             PyObject *target, PyObject *code, int lasti);
+                             PyObject *target, PyObject *code, int lasti,
+                             int direct);
 /* An acquire of t's object succeeded; restore_depth: the depth a
  * Condition.wait() re-acquire restores (0 otherwise). */
 void ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,

@@ -14,6 +14,9 @@ PIP_PKGS=(pytest hypothesis setuptools wheel)
 # PyPI has no wheel for an interpreter, build/no-<pkg>-wheel-X.Y records it
 # and those tests are skipped there
 PIP_WHEEL_ONLY=(gevent)
+# libraries that look at lock types (tests/test_differential.py: a profiled
+# lock must be a native lock to them)
+PIP_TEST_LIBS=(trio dill)
 PIP_TOOLS=(ddapm-test-agent)
 
 need_pip() {  # interpreter, modules...
@@ -55,6 +58,7 @@ python_tools() {
     for pkg in "${PIP_WHEEL_ONLY[@]}"; do
         wheel_only "$py" "$pkg"
     done
+    need_pip "$py" "${PIP_TEST_LIBS[@]}" || pip_install "$py" "${PIP_TEST_LIBS[@]}"
 }
 
 if [ "${1:-}" = "--python" ]; then

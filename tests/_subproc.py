@@ -121,11 +121,17 @@ MARKER = "@@DDLOCK-RESULT@@"
 '''
 
 
+def _package_root():
+    # DDLOCK_TEST_PYTHONPATH: where the package under test lives (the
+    # sanitizer or portable build, an installed copy), as in conftest.py
+    return os.environ.get("DDLOCK_TEST_PYTHONPATH") or REPO
+
+
 def python_env(extra=None):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DD_") and not k.startswith("DDLOCK_")}
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
-                                if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"]
+                                           if env.get("PYTHONPATH") else "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["DD_PROFILING_UPLOAD_ENABLED"] = "false"
     env.update(extra or {})
@@ -150,7 +156,7 @@ def run(code, timeout=90, env=None, prelude=True, expect_rc=0, params=None,
         src = PRELUDE + "\n" + src
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", src], env=python_env(env), cwd=REPO,
+            [sys.executable, "-c", src], env=python_env(env), cwd=_package_root(),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             universal_newlines=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:

@@ -22,6 +22,18 @@ def python_env(extra=None):
     return env
 
 
+def locals_readable():
+    """Whether the build under test reads the local variables of running
+    functions: every build but the portable one on 3.11, where no public C
+    API reads them without refreshing the program's locals() dict. There,
+    names found through locals -- a lock held in a local, `self.x` -- come
+    from creation bindings only (README: limitations)."""
+    import ddlock
+
+    return not (ddlock.build_info()["frame_walk"] == "public"
+                and sys.version_info[:2] == (3, 11))
+
+
 def run_python(code, env=None, timeout=120, check=True, args=(), cwd=None):
     """Run ``code`` (dedented) in a fresh interpreter; return CompletedProcess."""
     # `python -c` puts the working directory first on sys.path, ahead of

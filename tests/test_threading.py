@@ -29,6 +29,7 @@ import threading
 import pytest
 
 import ddlock
+from conftest import locals_readable
 from ddlock import _ddlock
 from ddlock.testing import LockAcquireEvent, LockReleaseEvent
 
@@ -167,7 +168,9 @@ class BaseThreadingLockCollectorTest:
         with ddlock_profile.run():
             foobar = _Foobar(self.lock_class)
             foobar.bar()
-        assert_acquire_release(ddlock_profile, "test_class_member_lock", "foobar_lock",
+        # found through self (a local); else the binding where it was made
+        assert_acquire_release(ddlock_profile, "test_class_member_lock",
+                               "foobar_lock" if locals_readable() else "lock",
                                "_Foobar.bar", this_thread())
 
     def test_private_lock(self, ddlock_profile):

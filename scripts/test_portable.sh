@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# make test-portable: the pytest suite against the portable build (the
+# public C API only, as on CPython versions ddlock has not been tested on:
+# 3.14, 3.15, ...) on every CPython 3.9-3.13 found under pyenv. Each build
+# goes to build/portable/ (the in-place build is left alone) and the suite
+# imports it through DDLOCK_TEST_PYTHONPATH.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+versions=("$@")
+[ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
+root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+out="$PWD/build/portable"
+mkdir -p "$out/ddlock"
+cp ddlock/*.py "$out/ddlock/"
+failed=()
+for v in "${versions[@]}"; do
+    py=$(ls -d "$root"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$py" ]; then
+        echo "test-portable: CPython $v not found under $root" >&2
+        failed+=("$v(missing)")
+        continue
+    fi
+    echo "=== CPython $v, portable build ($py)"
+    rm -f "$out"/ddlock/_ddlock*.so
+    scripts/deps.sh --python "$py" || { failed+=("$v(deps)"); continue; }
+    DDLOCK_PORTABLE=1 CFLAGS="${CFLAGS:-} -DDDL_PORTABLE=1" "$py" setup.py -q build_ext --force \
+        --build-lib "$out" --build-temp "build/portable-tmp-$v" >"build/portable-$v.log" 2>&1 \
+        || { cat "build/portable-$v.log"; failed+=("$v(build)"); continue; }
+    walk=$(cd /tmp && PYTHONPATH="$out" "$py" -c 'import ddlock; print(ddlock.build_info()["frame_walk"])')
+    if [ "$walk" != "public" ]; then
+        echo "test-portable: the build for $v is not the portable one ($walk)" >&2
+        failed+=("$v(not portable)")
+        continue
+    fi
+    # run from the build: the in-process tests import its ddlock, not the
+    # checkout's (python -m puts the working directory first on sys.path)
+    (cd "$out" && DDLOCK_TEST_PYTHONPATH="$out" "$py" -m pytest -q -p no:cacheprovider \
+        --rootdir "$OLDPWD" -c "$OLDPWD/pyproject.toml" ${PYTEST_ARGS:-} "$OLDPWD/tests") \
+        || failed+=("$v")
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "test-portable: FAILED on: ${failed[*]}" >&2
+    exit 1
+fi
+echo "test-portable: pytest suite passed on the portable build of ${versions[*]}"
