@@ -3,6 +3,8 @@ PYTHON ?= python3
 PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYTEST_ARGS ?=
 export PYTHONDONTWRITEBYTECODE = 1
+# the pure-C units (no Python.h): profile, pprof, the exporter
+PURE_C := ext/profile.c ext/pprof.c ext/export_util.c ext/writer.c ext/upload.c ext/export.c
 
 .PHONY: all deps build proto test test-c test-py test-all sanitize demo bench \
         format lint clean
@@ -52,7 +54,7 @@ format:
 lint:
 	clang-format --dry-run --Werror ext/*.c ext/*.h tests/c/*.c
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
-	  --suppress=missingIncludeSystem -I ext ext/profile.c ext/pprof.c ext/exporter.c
+	  --suppress=missingIncludeSystem -I ext $(PURE_C)
 
 clean:
 	rm -rf build ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san

@@ -1,0 +1,870 @@
+/* ddlock uploader (see upload.h): event.json, the multipart body, the
+ * headers, one libcurl transfer per attempt, the classification of its
+ * outcome and the retries with backoff.
+ *
+ * Pure C11 + POSIX threads + libcurl: never includes Python.h, never calls
+ * Python.
+ *
+ * Bounding stop(). Every transfer has CURLOPT_TIMEOUT_MS, so a transfer in
+ * flight when stop() is called ends by stop + timeout_ms; retries and the
+ * final upload only use what is left of that budget. stop(e, 0) aborts a
+ * transfer in flight at once (shutdown() of its sockets plus the progress
+ * callback).
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "upload.h"
+
+/* Retry backoff: 100 ms, 300 ms, 900 ms, then 1 s. */
+#define BACKOFF_FIRST_MS 100
+#define BACKOFF_MAX_MS 1000
+/* A retry is only worth starting with at least this much time left. */
+#define RETRY_MIN_ATTEMPT_NS (50 * NS_PER_MS)
+
+/* ------------------------------------------------------------------ */
+/* event.json                                                           */
+
+typedef struct {
+    char *p;
+    size_t len;
+    size_t cap;
+    int failed;
+} strbuf;
+
+static void
+sb_append(strbuf *sb, const char *s, size_t n)
+{
+    size_t need, cap;
+    char *p;
+
+    if (sb->failed) {
+        return;
+    }
+    if (n > SIZE_MAX - sb->len - 1) {
+        sb->failed = 1;
+        return;
+    }
+    need = sb->len + n + 1;
+    if (need > sb->cap) {
+        cap = sb->cap ? sb->cap : 256;
+        while (cap < need) {
+            cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        }
+        p = realloc(sb->p, cap);
+        if (p == NULL) {
+            sb->failed = 1;
+            return;
+        }
+        sb->p = p;
+        sb->cap = cap;
+    }
+    memcpy(sb->p + sb->len, s, n);
+    sb->len += n;
+    sb->p[sb->len] = '\0';
+}
+
+static void
+sb_puts(strbuf *sb, const char *s)
+{
+    sb_append(sb, s, strlen(s));
+}
+
+/* Length of the well-formed UTF-8 sequence starting at s (n bytes
+ * available), or 0 when it is not well formed. */
+static size_t
+utf8_sequence_length(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    uint32_t cp, min;
+    size_t len, i;
+
+    if (c < 0x80) {
+        return 1;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+        cp = c & 0x1f;
+        min = 0x80;
+    }
+    else if ((c & 0xf0) == 0xe0) {
+        len = 3;
+        cp = c & 0x0f;
+        min = 0x800;
+    }
+    else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        cp = c & 0x07;
+        min = 0x10000;
+    }
+    else {
+        return 0;
+    }
+    if (len > n) {
+        return 0;
+    }
+    for (i = 1; i < len; i++) {
+        if ((s[i] & 0xc0) != 0x80) {
+            return 0;
+        }
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
+        return 0;
+    }
+    return len;
+}
+
+/* Append s as a JSON string literal: quotes and backslashes escaped,
+ * control characters as \u00XX, malformed UTF-8 replaced by U+FFFD. */
+static void
+sb_json_string(strbuf *sb, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), i = 0, run;
+    char esc[8];
+
+    sb_append(sb, "\"", 1);
+    while (i < n) {
+        unsigned char c = p[i];
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            sb_append(sb, esc, 2);
+            i++;
+        }
+        else if (c < 0x20 || c == 0x7f) {
+            snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)c);
+            sb_append(sb, esc, 6);
+            i++;
+        }
+        else if (c < 0x80) {
+            run = 1;
+            while (i + run < n && p[i + run] >= 0x20 && p[i + run] < 0x7f &&
+                   p[i + run] != '"' && p[i + run] != '\\') {
+                run++;
+            }
+            sb_append(sb, s + i, run);
+            i += run;
+        }
+        else {
+            run = utf8_sequence_length(p + i, n - i);
+            if (run == 0) {
+                sb_puts(sb, "\\ufffd");
+                i++;
+            }
+            else {
+                sb_append(sb, s + i, run);
+                i += run;
+            }
+        }
+    }
+    sb_append(sb, "\"", 1);
+}
+
+/* Append "YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ" (quoted) for epoch ns. */
+static void
+sb_rfc3339(strbuf *sb, int64_t ns)
+{
+    struct tm tm;
+    time_t secs;
+    long frac;
+    char out[80];
+    size_t n;
+
+    if (ns < 0) {
+        ns = 0;
+    }
+    secs = (time_t)(ns / NS_PER_S);
+    frac = (long)(ns % NS_PER_S);
+    if (gmtime_r(&secs, &tm) == NULL) {
+        secs = 0;
+        frac = 0;
+        gmtime_r(&secs, &tm);
+    }
+    n = strftime(out, sizeof(out), "\"%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out + n, sizeof(out) - n, ".%09ldZ\"", frac);
+    sb_puts(sb, out);
+}
+
+char *
+ddl_exporter_event_json(const char *tags, int64_t start_ns, int64_t end_ns,
+                        const char *version)
+{
+    strbuf sb = {NULL, 0, 0, 0};
+
+    sb_puts(&sb, "{\"attachments\":[\"profile.pprof\"],\"tags_profiler\":");
+    sb_json_string(&sb, tags ? tags : "");
+    sb_puts(&sb, ",\"start\":");
+    sb_rfc3339(&sb, start_ns);
+    sb_puts(&sb, ",\"end\":");
+    sb_rfc3339(&sb, end_ns);
+    sb_puts(&sb, ",\"family\":\"python\",\"version\":\"4\","
+                 "\"endpoint_counts\":null,"
+                 "\"internal\":{\"profiler\":\"ddlock\","
+                 "\"profiler_version\":");
+    sb_json_string(&sb, version ? version : "");
+    sb_puts(&sb, "},\"info\":{}}");
+    if (sb.failed) {
+        free(sb.p);
+        return NULL;
+    }
+    return sb.p;
+}
+
+/* 1 when s contains a byte that must not appear in an HTTP header value. */
+static int
+has_control_chars(const char *s)
+{
+    if (s == NULL) {
+        return 0;
+    }
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c < 0x20 || c == 0x7f) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Transfers                                                            */
+
+static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+static CURLcode curl_init_result = CURLE_FAILED_INIT;
+/* The parent's curl handle, deliberately leaked in a forked child (see
+ * ddl_exporter_fork_child); kept reachable so leak checkers do not flag it.
+ * Only the most recent one is kept. */
+static CURL *curl_left_by_fork;
+
+static void
+curl_global_init_once(void)
+{
+    curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int
+ddl_upload_global_init(void)
+{
+    pthread_once(&curl_once, curl_global_init_once);
+    return curl_init_result == CURLE_OK ? 0 : -1;
+}
+
+static size_t
+discard_body_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    (void)ptr;
+    (void)userdata;
+    return size * nmemb;
+}
+
+/* Abort the transfer when stop() discards it or gave up on this thread. */
+static int
+progress_cb(void *clientp, curl_off_t dltotal, curl_off_t dlnow,
+            curl_off_t ultotal, curl_off_t ulnow)
+{
+    ddl_exporter *e = clientp;
+    int abort_transfer;
+
+    (void)dltotal;
+    (void)dlnow;
+    (void)ultotal;
+    (void)ulnow;
+    pthread_mutex_lock(&e->mu);
+    abort_transfer = e->abandoned || (e->stopping && !e->final_export);
+    pthread_mutex_unlock(&e->mu);
+    return abort_transfer;
+}
+
+/* Open the transfer's sockets ourselves: close-on-exec, and remembered so
+ * stop() can shut them down to interrupt a transfer at once. */
+static curl_socket_t
+open_socket_cb(void *clientp, curlsocktype purpose,
+               struct curl_sockaddr *address)
+{
+    ddl_exporter *e = clientp;
+    int fd, i, abort_now;
+
+    (void)purpose;
+#ifdef SOCK_CLOEXEC
+    fd = socket(address->family, address->socktype | SOCK_CLOEXEC,
+                address->protocol);
+#else
+    fd = socket(address->family, address->socktype, address->protocol);
+    if (fd >= 0) {
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+#endif
+    if (fd < 0) {
+        return CURL_SOCKET_BAD;
+    }
+    pthread_mutex_lock(&e->mu);
+    for (i = 0; i < MAX_SOCKETS; i++) {
+        if (e->sockets[i] < 0) {
+            e->sockets[i] = fd;
+            break;
+        }
+    }
+    abort_now = e->abandoned || (e->stopping && !e->final_export);
+    pthread_mutex_unlock(&e->mu);
+    if (abort_now) {
+        close(fd);
+        return CURL_SOCKET_BAD;
+    }
+    return fd;
+}
+
+static int
+close_socket_cb(void *clientp, curl_socket_t fd)
+{
+    ddl_exporter *e = clientp;
+    int i;
+
+    pthread_mutex_lock(&e->mu);
+    for (i = 0; i < MAX_SOCKETS; i++) {
+        if (e->sockets[i] == fd) {
+            e->sockets[i] = -1;
+        }
+    }
+    pthread_mutex_unlock(&e->mu);
+    return close(fd);
+}
+
+void
+ddl_upload_shutdown_locked(ddl_exporter *e)
+{
+    int i;
+
+    for (i = 0; i < MAX_SOCKETS; i++) {
+        if (e->sockets[i] >= 0) {
+            (void)shutdown(e->sockets[i], SHUT_RDWR);
+        }
+    }
+}
+
+static int
+append_header(struct curl_slist **list, const char *name, const char *value)
+{
+    struct curl_slist *tmp;
+    char *line = ddl_ex_format("%s: %s", name, value);
+
+    if (line == NULL) {
+        return -1;
+    }
+    tmp = curl_slist_append(*list, line);
+    ddl_ex_wipe(line, strlen(line)); /* may hold the API key */
+    free(line);
+    if (tmp == NULL) {
+        return -1;
+    }
+    *list = tmp;
+    return 0;
+}
+
+static struct curl_slist *
+build_headers(const ddl_exporter *e)
+{
+    struct curl_slist *list = NULL, *tmp;
+
+    if (append_header(&list, "DD-EVP-ORIGIN", "ddlock") < 0 ||
+        append_header(&list, "DD-EVP-ORIGIN-VERSION", e->version) < 0 ||
+        append_header(&list, "Connection", "close") < 0) {
+        goto error;
+    }
+    /* no "Expect: 100-continue" round trip for large bodies */
+    tmp = curl_slist_append(list, "Expect:");
+    if (tmp == NULL) {
+        goto error;
+    }
+    list = tmp;
+    if (e->api_key != NULL &&
+        append_header(&list, "DD-API-KEY", e->api_key) < 0) {
+        goto error;
+    }
+    return list;
+
+error:
+    curl_slist_free_all(list);
+    return NULL;
+}
+
+static curl_mime *
+build_mime(CURL *curl, const char *event_json, const ddl_buf *buf)
+{
+    curl_mime *mime = curl_mime_init(curl);
+    curl_mimepart *part;
+    static const char empty[1] = {0};
+
+    if (mime == NULL) {
+        return NULL;
+    }
+    part = curl_mime_addpart(mime);
+    if (part == NULL || curl_mime_name(part, "event") != CURLE_OK ||
+        curl_mime_filename(part, "event.json") != CURLE_OK ||
+        curl_mime_type(part, "application/json") != CURLE_OK ||
+        curl_mime_data(part, event_json, CURL_ZERO_TERMINATED) != CURLE_OK) {
+        goto error;
+    }
+    part = curl_mime_addpart(mime);
+    if (part == NULL || curl_mime_name(part, "profile.pprof") != CURLE_OK ||
+        curl_mime_filename(part, "profile.pprof") != CURLE_OK ||
+        curl_mime_type(part, "application/octet-stream") != CURLE_OK ||
+        curl_mime_data(part, buf->len > 0 ? (const char *)buf->data : empty,
+                       buf->len) != CURLE_OK) {
+        goto error;
+    }
+    return mime;
+
+error:
+    curl_mime_free(mime);
+    return NULL;
+}
+
+#define SETOPT(curl, opt, val)                                                \
+    do {                                                                      \
+        if (curl_easy_setopt((curl), (opt), (val)) != CURLE_OK) {             \
+            goto error;                                                       \
+        }                                                                     \
+    } while (0)
+
+/* Configure e->curl for one attempt. Returns 0, or -1 when an option was
+ * refused (e.g. libcurl built without unix socket support). */
+static int
+setup_request(ddl_exporter *e, curl_mime *mime, struct curl_slist *headers,
+              long attempt_timeout_ms)
+{
+    CURL *c = e->curl;
+
+    curl_easy_reset(c);
+    SETOPT(c, CURLOPT_URL, e->url);
+    SETOPT(c, CURLOPT_MIMEPOST, mime);
+    SETOPT(c, CURLOPT_HTTPHEADER, headers);
+    SETOPT(c, CURLOPT_USERAGENT, e->user_agent);
+    SETOPT(c, CURLOPT_NOSIGNAL, 1L);
+    SETOPT(c, CURLOPT_TIMEOUT_MS, attempt_timeout_ms);
+    SETOPT(c, CURLOPT_CONNECTTIMEOUT_MS, attempt_timeout_ms);
+    SETOPT(c, CURLOPT_FOLLOWLOCATION, 0L);
+    /* HTTP/1.1 even over TLS: one request per connection, as the agent and
+     * the intake expect ("Connection: close") */
+    SETOPT(c, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+#if LIBCURL_VERSION_NUM >= 0x075500
+    SETOPT(c, CURLOPT_PROTOCOLS_STR, "http,https");
+#else
+    SETOPT(c, CURLOPT_PROTOCOLS, (long)(CURLPROTO_HTTP | CURLPROTO_HTTPS));
+#endif
+    SETOPT(c, CURLOPT_SSL_VERIFYPEER, 1L);
+    SETOPT(c, CURLOPT_SSL_VERIFYHOST, 2L);
+    if (e->ca_file != NULL) {
+        SETOPT(c, CURLOPT_CAINFO, e->ca_file);
+    }
+    if (e->unix_socket != NULL) {
+        SETOPT(c, CURLOPT_UNIX_SOCKET_PATH, e->unix_socket);
+    }
+    if (e->noproxy != NULL) {
+        SETOPT(c, CURLOPT_NOPROXY, e->noproxy);
+    }
+    SETOPT(c, CURLOPT_FORBID_REUSE, 1L);
+    SETOPT(c, CURLOPT_WRITEFUNCTION, discard_body_cb);
+    SETOPT(c, CURLOPT_NOPROGRESS, 0L);
+    SETOPT(c, CURLOPT_XFERINFOFUNCTION, progress_cb);
+    SETOPT(c, CURLOPT_XFERINFODATA, (void *)e);
+    SETOPT(c, CURLOPT_OPENSOCKETFUNCTION, open_socket_cb);
+    SETOPT(c, CURLOPT_OPENSOCKETDATA, (void *)e);
+    SETOPT(c, CURLOPT_CLOSESOCKETFUNCTION, close_socket_cb);
+    SETOPT(c, CURLOPT_CLOSESOCKETDATA, (void *)e);
+    return 0;
+
+error:
+    return -1;
+}
+
+#undef SETOPT
+
+typedef struct {
+    int ok;
+    int retryable;
+    const char *kind;
+} attempt_outcome;
+
+static attempt_outcome
+classify(CURLcode rc, long status)
+{
+    attempt_outcome o = {0, 0, "upload-error"};
+
+    if (rc == CURLE_OK) {
+        if (status >= 200 && status < 300) {
+            o.ok = 1;
+            o.kind = "upload-ok";
+        }
+        else if (status >= 500 && status < 600) {
+            o.retryable = 1;
+            o.kind = "upload-http-5xx";
+        }
+        else if (status >= 400 && status < 500) {
+            o.kind = "upload-http-4xx";
+        }
+        return o;
+    }
+    switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        o.retryable = 1;
+        o.kind = "upload-connect";
+        break;
+    case CURLE_OPERATION_TIMEDOUT:
+        o.retryable = 1;
+        o.kind = "upload-timeout";
+        break;
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+        /* the connection dropped mid-request */
+        o.retryable = 1;
+        break;
+    default:
+        break;
+    }
+    return o;
+}
+
+/* Time budget for attempt number `attempt` (0 = first) of an upload that
+ * started at started_ns. Returns the attempt's timeout in ms, or 0 when no
+ * attempt may be made. Retries must end before the next interval and, once
+ * stop() was called, before its deadline (and only for the final export). */
+static long
+attempt_budget_ms(ddl_exporter *e, int attempt, int64_t started_ns,
+                  int is_final)
+{
+    int64_t now = ddl_ex_mono_ns(), limit = INT64_MAX, left;
+    long timeout_ms = e->timeout_ms;
+
+    pthread_mutex_lock(&e->mu);
+    if (e->stopping) {
+        if (!e->final_export || e->abandoned || (attempt > 0 && !is_final)) {
+            pthread_mutex_unlock(&e->mu);
+            return 0;
+        }
+        limit = e->stop_deadline_ns;
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (attempt > 0 && started_ns + e->interval_ns < limit) {
+        limit = started_ns + e->interval_ns;
+    }
+    if (limit == INT64_MAX) {
+        return timeout_ms;
+    }
+    left = limit - now;
+    if (left <= 0 || (attempt > 0 && left < RETRY_MIN_ATTEMPT_NS)) {
+        return 0;
+    }
+    if (left / NS_PER_MS < timeout_ms) {
+        timeout_ms = (long)(left / NS_PER_MS);
+        if (timeout_ms < 1) {
+            timeout_ms = 1;
+        }
+    }
+    return timeout_ms;
+}
+
+/* Sleep before retry number `retry` (1-based). Returns 1 after sleeping, 0
+ * when the retry would end past its limit or stop() interrupted. */
+static int
+backoff_wait(ddl_exporter *e, int retry, int64_t started_ns, int is_final)
+{
+    int64_t delay_ms = BACKOFF_FIRST_MS, wake_at, limit;
+    int i, slept = 0;
+
+    for (i = 1; i < retry && delay_ms < BACKOFF_MAX_MS; i++) {
+        delay_ms *= 3;
+    }
+    if (delay_ms > BACKOFF_MAX_MS) {
+        delay_ms = BACKOFF_MAX_MS;
+    }
+    wake_at = ddl_ex_mono_ns() + delay_ms * NS_PER_MS;
+
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        limit = started_ns + e->interval_ns;
+        if (e->stopping) {
+            if (!e->final_export || e->abandoned || !is_final) {
+                break;
+            }
+            if (e->stop_deadline_ns < limit) {
+                limit = e->stop_deadline_ns;
+            }
+        }
+        if (wake_at + RETRY_MIN_ATTEMPT_NS > limit) {
+            break;
+        }
+        if (ddl_ex_mono_ns() >= wake_at) {
+            slept = 1;
+            break;
+        }
+        ddl_ex_timedwait(&e->wake, &e->mu, wake_at);
+    }
+    pthread_mutex_unlock(&e->mu);
+    return slept;
+}
+
+int
+ddl_upload(ddl_exporter *e, const ddl_buf *buf, int64_t start_ns,
+           int64_t end_ns, int is_final)
+{
+    char *json = NULL;
+    curl_mime *mime = NULL;
+    struct curl_slist *headers = NULL;
+    attempt_outcome outcome = {0, 0, "upload-error"};
+    CURLcode rc = CURLE_OK;
+    long status = 0, timeout_ms;
+    int64_t started_ns = ddl_ex_mono_ns();
+    int attempt = 0, ret = -1, abandoned, discarded = 0;
+    char msg[sizeof(e->stats.last_error)];
+
+    msg[0] = '\0';
+    if (e->curl == NULL) {
+        if (ddl_upload_global_init() < 0 ||
+            (e->curl = curl_easy_init()) == NULL) {
+            snprintf(msg, sizeof(msg),
+                     "upload failed: cannot initialise libcurl");
+            goto done;
+        }
+    }
+    json = ddl_exporter_event_json(e->tags, start_ns, end_ns, e->version);
+    headers = json ? build_headers(e) : NULL;
+    if (headers == NULL) {
+        snprintf(msg, sizeof(msg), "upload failed: out of memory");
+        goto done;
+    }
+
+    for (;;) {
+        timeout_ms = attempt_budget_ms(e, attempt, started_ns, is_final);
+        if (timeout_ms == 0) {
+            if (attempt == 0) {
+                pthread_mutex_lock(&e->mu);
+                discarded = !e->final_export;
+                pthread_mutex_unlock(&e->mu);
+                outcome.kind = "upload-timeout";
+                snprintf(msg, sizeof(msg), "%s",
+                         discarded ? "upload aborted: exporter stopping"
+                                   : "upload skipped: no time left before "
+                                     "the stop deadline");
+            }
+            break;
+        }
+        /* a fresh body per attempt: libcurl does not rewind a mime
+         * structure reused after curl_easy_reset() */
+        mime = build_mime(e->curl, json, buf);
+        if (mime == NULL) {
+            outcome.kind = "upload-error";
+            snprintf(msg, sizeof(msg), "upload failed: out of memory");
+            break;
+        }
+        if (setup_request(e, mime, headers, timeout_ms) < 0) {
+            outcome.kind = "upload-error";
+            snprintf(msg, sizeof(msg),
+                     "upload failed: libcurl refused an option");
+            break;
+        }
+        pthread_mutex_lock(&e->mu);
+        e->phase = PHASE_UPLOAD;
+        pthread_mutex_unlock(&e->mu);
+
+        rc = curl_easy_perform(e->curl);
+
+        pthread_mutex_lock(&e->mu);
+        e->phase = PHASE_BUSY;
+        abandoned = e->abandoned;
+        /* stop(e, 0) shut the transfer down: whatever curl reports */
+        discarded = rc != CURLE_OK && e->stopping && !e->final_export;
+        pthread_mutex_unlock(&e->mu);
+        if (abandoned) {
+            ret = EXPORT_ABANDONED;
+            goto done;
+        }
+        status = 0;
+        if (rc == CURLE_OK &&
+            curl_easy_getinfo(e->curl, CURLINFO_RESPONSE_CODE, &status) !=
+                CURLE_OK) {
+            status = 0;
+        }
+        curl_easy_reset(e->curl); /* unbinds mime and headers */
+        curl_mime_free(mime);
+        mime = NULL;
+        outcome = classify(rc, status);
+        if (outcome.ok) {
+            ret = 0;
+            break;
+        }
+        /* Messages are built from the status or the curl code only: never
+         * from headers, the URL or libcurl's error buffer. */
+        if (rc == CURLE_OK) {
+            snprintf(msg, sizeof(msg), "upload failed: HTTP %ld", status);
+        }
+        else if (discarded) {
+            snprintf(msg, sizeof(msg), "upload aborted: exporter stopping");
+        }
+        else {
+            snprintf(msg, sizeof(msg), "upload failed: %s (curl error %d)",
+                     curl_easy_strerror(rc), (int)rc);
+        }
+        if (!outcome.retryable || attempt >= e->max_retries ||
+            !backoff_wait(e, attempt + 1, started_ns, is_final)) {
+            break;
+        }
+        attempt++;
+        pthread_mutex_lock(&e->mu);
+        e->stats.upload_retries++;
+        pthread_mutex_unlock(&e->mu);
+        ddl_ex_log(e, DDL_LOG_DEBUG, "upload-retry", "%s; retry %d of %d", msg,
+                   attempt, e->max_retries);
+    }
+
+done:
+    if (ret != EXPORT_ABANDONED) {
+        pthread_mutex_lock(&e->mu);
+        e->stats.last_http_status = (int)status;
+        if (ret == 0) {
+            e->stats.uploads_ok++;
+            e->stats.bytes_uploaded += buf->len;
+        }
+        else {
+            e->stats.uploads_failed++;
+            if (attempt > 0) {
+                size_t n = strlen(msg);
+                snprintf(msg + n, sizeof(msg) - n, " (after %d attempts)",
+                         attempt + 1);
+            }
+            ddl_ex_set_error_locked(e, msg);
+        }
+        pthread_mutex_unlock(&e->mu);
+        if (ret == 0) {
+            ddl_ex_log(e, DDL_LOG_DEBUG, "upload-ok",
+                       "profile uploaded: HTTP %ld, %zu bytes", status,
+                       buf->len);
+        }
+        else if (discarded) {
+            ddl_ex_log(e, DDL_LOG_DEBUG, "upload-aborted", "%s", msg);
+        }
+        else {
+            ddl_ex_log(e, DDL_LOG_WARNING, outcome.kind, "%s", msg);
+        }
+    }
+    if (e->curl != NULL) {
+        curl_easy_reset(e->curl); /* unbinds mime and headers */
+    }
+    curl_mime_free(mime);
+    curl_slist_free_all(headers);
+    free(json);
+    return ret;
+}
+
+const char *
+ddl_upload_check_config(const ddl_exporter_config *cfg)
+{
+    if (cfg->url == NULL || cfg->url[0] == '\0') {
+        return "upload enabled but no URL given";
+    }
+    if (cfg->timeout_ms <= 0) {
+        return "upload timeout must be positive";
+    }
+    if (has_control_chars(cfg->api_key)) {
+        return "API key contains invalid characters";
+    }
+    if (has_control_chars(cfg->version)) {
+        return "version contains invalid characters";
+    }
+    if (ddl_upload_global_init() < 0) {
+        return "libcurl initialisation failed";
+    }
+    return NULL;
+}
+
+/* no_proxy from the environment plus the loopback names: a local agent is
+ * never reached through a proxy. */
+static char *
+build_noproxy(void)
+{
+    const char *env = getenv("no_proxy");
+
+    if (env == NULL || env[0] == '\0') {
+        env = getenv("NO_PROXY");
+    }
+    if (env != NULL && strcmp(env, "*") == 0) {
+        return strdup("*");
+    }
+    if (env == NULL || env[0] == '\0') {
+        return strdup("localhost,127.0.0.1,::1");
+    }
+    return ddl_ex_format("%s,localhost,127.0.0.1,::1", env);
+}
+
+int
+ddl_upload_configure(ddl_exporter *e, const ddl_exporter_config *cfg)
+{
+    e->url = strdup(cfg->url);
+    e->user_agent = ddl_ex_format("ddlock/%s", e->version);
+    e->noproxy = build_noproxy();
+    if (e->url == NULL || e->user_agent == NULL || e->noproxy == NULL) {
+        return -1;
+    }
+    if (ddl_ex_copy_optional(&e->unix_socket, cfg->unix_socket) < 0 ||
+        ddl_ex_copy_optional(&e->api_key, cfg->api_key) < 0 ||
+        ddl_ex_copy_optional(&e->ca_file, cfg->ca_file) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+void
+ddl_upload_fork_child(ddl_exporter *e)
+{
+    int i;
+
+    /* The parent's curl handle may be mid-transfer in a thread that does
+     * not exist here, and cleaning it up could write a TLS close_notify
+     * into the parent's connection or take a lock that thread held: leak it
+     * rather than touch it. Its sockets are our copies of the parent's
+     * connection: close them. */
+    if (e->curl != NULL) {
+        curl_left_by_fork = e->curl;
+        e->curl = NULL;
+    }
+    for (i = 0; i < MAX_SOCKETS; i++) {
+        if (e->sockets[i] >= 0) {
+            close(e->sockets[i]);
+            e->sockets[i] = -1;
+        }
+    }
+}
+
+void
+ddl_upload_free(ddl_exporter *e)
+{
+    if (e->curl != NULL) {
+        curl_easy_cleanup(e->curl);
+        e->curl = NULL;
+    }
+    free(e->url);
+    free(e->unix_socket);
+    ddl_ex_free_secret(e->api_key);
+    free(e->ca_file);
+    free(e->user_agent);
+    free(e->noproxy);
+    e->url = e->unix_socket = e->api_key = e->ca_file = NULL;
+    e->user_agent = e->noproxy = NULL;
+}
