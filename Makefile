@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE = 1
 PURE_C := ext/profile.c ext/pprof.c ext/export_util.c ext/writer.c ext/upload.c ext/export.c
 
 .PHONY: all deps build proto test test-c test-py test-all sanitize demo bench \
-        format lint clean
+        format lint check-layers clean
 
 all: build
 
@@ -55,6 +55,13 @@ lint:
 	clang-format --dry-run --Werror ext/*.c ext/*.h tests/c/*.c
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
 	  --suppress=missingIncludeSystem -I ext $(PURE_C)
+
+# No cycle among C units (who references whose symbols, by nm): by default
+# the pure-C units; e.g. CHECK_LAYERS_ARGS="--units ext/*.c" for all of them,
+# or "--objdir build/tmp-3.11/ext" for objects already built.
+CHECK_LAYERS_ARGS ?= --units $(PURE_C) ext/proto/profile.pb-c.c
+check-layers: proto
+	$(PYTHON) scripts/check_c_layers.py $(CHECK_LAYERS_ARGS)
 
 clean:
 	rm -rf build ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san
