@@ -188,7 +188,7 @@ def _start_with(cfg):
     if cfg.debug:
         _enable_debug_logging()
         log.debug("ddlock started: capture %.3g%%, output %s, upload %s",
-                  cfg.capture_pct, cfg.output_pprof, cfg.upload_target()[0])
+                  cfg.capture_pct, cfg.output_pprof, cfg.upload_target_shown())
 
 
 def stop(flush=True):

@@ -53,6 +53,8 @@ struct ddl_exporter {
     char *ca_file;    /* NULL = system CAs */
     char *user_agent; /* "ddlock/<version>" */
     char *noproxy;    /* no_proxy from the environment + loopback */
+    char *shown_url;  /* where uploads go, as messages may show it:
+                         credentials and query values redacted */
     long timeout_ms;
     int max_retries;
     ddl_produce_fn produce;

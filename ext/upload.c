@@ -711,7 +711,8 @@ ddl_upload(ddl_exporter *e, const ddl_buf *buf, int64_t start_ns,
             break;
         }
         /* Messages are built from the status or the curl code only: never
-         * from headers, the URL or libcurl's error buffer. */
+         * from headers, the URL (only its redacted form is appended) or
+         * libcurl's error buffer. */
         if (rc == CURLE_OK) {
             snprintf(msg, sizeof(msg), "upload failed: HTTP %ld", status);
         }
@@ -744,18 +745,22 @@ done:
         }
         else {
             e->stats.uploads_failed++;
+            size_t n = strlen(msg);
             if (attempt > 0) {
-                size_t n = strlen(msg);
                 snprintf(msg + n, sizeof(msg) - n, " (after %d attempts)",
                          attempt + 1);
+                n = strlen(msg);
+            }
+            if (!discarded && e->shown_url != NULL) {
+                snprintf(msg + n, sizeof(msg) - n, " to %s", e->shown_url);
             }
             ddl_ex_set_error_locked(e, msg);
         }
         pthread_mutex_unlock(&e->mu);
         if (ret == 0) {
             ddl_ex_log(e, DDL_LOG_DEBUG, "upload-ok",
-                       "profile uploaded: HTTP %ld, %zu bytes", status,
-                       buf->len);
+                       "profile uploaded to %s: HTTP %ld, %zu bytes",
+                       e->shown_url ? e->shown_url : "?", status, buf->len);
         }
         else if (discarded) {
             ddl_ex_log(e, DDL_LOG_DEBUG, "upload-aborted", "%s", msg);
@@ -813,13 +818,71 @@ build_noproxy(void)
     return ddl_ex_format("%s,localhost,127.0.0.1,::1", env);
 }
 
+char *
+ddl_upload_redact_url(const char *url)
+{
+    strbuf sb = {NULL, 0, 0, 0};
+    const char *p = url, *auth, *auth_end, *at, *q, *end;
+
+    /* scheme and "://" */
+    auth = strstr(url, "://");
+    auth = auth != NULL ? auth + 3 : url;
+    sb_append(&sb, url, (size_t)(auth - url));
+    auth_end = auth + strcspn(auth, "/?#");
+    at = NULL;
+    for (p = auth; p < auth_end; p++) {
+        if (*p == '@') {
+            at = p;
+        }
+    }
+    if (at != NULL) {
+        sb_puts(&sb, "***");
+        auth = at;
+    }
+    /* authority (from the '@'), then the path */
+    q = auth_end + strcspn(auth_end, "?#");
+    sb_append(&sb, auth, (size_t)(q - auth));
+    if (*q == '?') {
+        end = q + 1 + strcspn(q + 1, "#");
+        p = q + 1;
+        sb_puts(&sb, "?");
+        while (p < end) {
+            const char *amp = memchr(p, '&', (size_t)(end - p));
+            const char *stop = amp != NULL ? amp : end;
+            const char *eq = memchr(p, '=', (size_t)(stop - p));
+
+            if (eq != NULL) {
+                sb_append(&sb, p, (size_t)(eq + 1 - p));
+            }
+            sb_puts(&sb, "***");
+            if (amp == NULL) {
+                break;
+            }
+            sb_puts(&sb, "&");
+            p = amp + 1;
+        }
+    }
+    if (sb.failed || sb.p == NULL) {
+        free(sb.p);
+        return sb.failed ? NULL : strdup("");
+    }
+    return sb.p;
+}
+
 int
 ddl_upload_configure(ddl_exporter *e, const ddl_exporter_config *cfg)
 {
     e->url = strdup(cfg->url);
     e->user_agent = ddl_ex_format("ddlock/%s", e->version);
     e->noproxy = build_noproxy();
-    if (e->url == NULL || e->user_agent == NULL || e->noproxy == NULL) {
+    if (cfg->unix_socket != NULL && cfg->unix_socket[0] != '\0') {
+        e->shown_url = ddl_ex_format("unix://%s", cfg->unix_socket);
+    }
+    else {
+        e->shown_url = ddl_upload_redact_url(cfg->url);
+    }
+    if (e->url == NULL || e->user_agent == NULL || e->noproxy == NULL ||
+        e->shown_url == NULL) {
         return -1;
     }
     if (ddl_ex_copy_optional(&e->unix_socket, cfg->unix_socket) < 0 ||
@@ -865,6 +928,7 @@ ddl_upload_free(ddl_exporter *e)
     free(e->ca_file);
     free(e->user_agent);
     free(e->noproxy);
+    free(e->shown_url);
     e->url = e->unix_socket = e->api_key = e->ca_file = NULL;
-    e->user_agent = e->noproxy = NULL;
+    e->user_agent = e->noproxy = e->shown_url = NULL;
 }

@@ -29,6 +29,11 @@ void ddl_upload_shutdown_locked(ddl_exporter *e);
  * child's copies of the transfer's sockets. */
 void ddl_upload_fork_child(ddl_exporter *e);
 
+/* url as messages and stats may show it: "user:password@" becomes "***@",
+ * every query value "***" ("?token=***&flag" -> "?token=***&***"), the
+ * fragment is dropped. malloc'd; NULL when out of memory. */
+char *ddl_upload_redact_url(const char *url);
+
 /* Free the curl handle and the upload settings (the API key wiped). */
 void ddl_upload_free(ddl_exporter *e);
 

@@ -422,6 +422,80 @@ def test_upload_to_ddapm_test_agent(ddapm_agent, program, prefix):
 
 
 # ---------------------------------------------------------------------------
+# Agent URLs with credentials and a query
+# ---------------------------------------------------------------------------
+
+URL_SECRETS = ("hunter2pw", "tok7q")
+
+
+def secret_url(base):
+    """base (http://host:port) with a user, a password and a query token."""
+    return "http://ddlock:%s@%s/?token=%s" % (URL_SECRETS[0], base[len("http://"):], URL_SECRETS[1])
+
+
+def assert_no_url_secret(run):
+    for name, text in (("stdout (stats)", run.stdout), ("stderr (logs)", run.stderr)):
+        for needle in URL_SECRETS:
+            assert needle not in text, "%s in %s:\n%s" % (needle, name, run.describe())
+
+
+def test_agent_url_with_credentials_and_query(ddapm_agent, program, prefix):
+    with urllib.request.urlopen(ddapm_agent + "/test/session/start", timeout=10) as r:
+        assert r.status == 200
+    env = {"DD_TRACE_AGENT_URL": secret_url(ddapm_agent), "DD_PROFILING_OUTPUT_PPROF": prefix,
+           "DD_PROFILING_DEBUG": "true"}
+    run = run_program(program, env, rounds=1)
+    assert upload_counters(run.after[-1]) == {"exports": 1, "uploads_ok": 1, "uploads_failed": 0,
+                                              "upload_retries": 0, "last_http_status": 200}, run.describe()
+    reqs = agent_requests(ddapm_agent, "/profiling/v1/input")
+    assert len(reqs) == 1, reqs
+    # the endpoint path goes before the query, which is kept
+    assert reqs[0]["url"] == ddapm_agent + "/profiling/v1/input?token=" + URL_SECRETS[1]
+    headers = {k.lower(): v for k, v in reqs[0]["headers"].items()}
+    assert headers["authorization"] == "Basic " + base64.b64encode(
+        ("ddlock:%s" % URL_SECRETS[0]).encode()).decode()
+    # shown redacted, never whole
+    shown = "http://***@%s/profiling/v1/input?token=***" % ddapm_agent[len("http://"):]
+    assert "upload %s" % shown in run.stderr, run.describe()
+    assert "profile uploaded to %s: HTTP 200" % shown in run.stderr, run.describe()
+    assert_no_url_secret(run)
+
+
+def test_agent_url_secrets_not_in_failures(program, baseline):
+    base = "http://127.0.0.1:%d" % free_port()  # connection refused
+    run = run_program(program, {"DD_TRACE_AGENT_URL": secret_url(base), "DD_PROFILING_DEBUG": "true"})
+    assert_work_unaffected(run, baseline)
+    last = run.after[-1]
+    assert last["uploads_failed"] == 1, run.describe()
+    shown = "http://***@%s/profiling/v1/input?token=***" % base[len("http://"):]
+    assert last["last_error"].endswith(" to " + shown), last["last_error"]
+    assert "curl error 7" in last["last_error"]
+    assert shown in "".join(run.warnings()), run.describe()
+    assert_no_url_secret(run)
+
+
+def test_agent_url_config():
+    def target(url):
+        return _config.from_env(environ={"DD_TRACE_AGENT_URL": url}).upload_target()[0]
+
+    assert target("http://h:1") == "http://h:1/profiling/v1/input"
+    assert target("http://h:1/") == "http://h:1/profiling/v1/input"
+    assert target("http://h:1/agent/?a=1&b=2#x") == "http://h:1/agent/profiling/v1/input?a=1&b=2"
+    assert target("http://u:p@[::1]:8126?t=1") == "http://u:p@[::1]:8126/profiling/v1/input?t=1"
+    redact = _config.redact_url
+    assert redact("http://u:p@h:1/x?token=t&flag&e=") == "http://***@h:1/x?token=***&***&e=***"
+    assert redact("https://h/api/v2/profile") == "https://h/api/v2/profile"
+    assert redact("http://a@b@h/p?k=v#frag") == "http://***@h/p?k=***"
+    # a malformed URL is a ValueError at start() that does not show the password
+    for bad in ("http://u:hunter2pw@h:99999/", "http://u:hunter2pw@:80/", "ftp://u:hunter2pw@h/"):
+        with pytest.raises(ValueError, match="DD_TRACE_AGENT_URL") as info:
+            _config.from_env(environ={"DD_TRACE_AGENT_URL": bad})
+        assert "hunter2pw" not in str(info.value)
+    cfg = _config.from_env(environ={}, strict=False, overrides={"agent_url": "http://u:hunter2pw@h:x/"})
+    assert cfg.agent_url is None and "hunter2pw" not in " ".join(cfg.warnings), cfg.warnings
+
+
+# ---------------------------------------------------------------------------
 # Unix socket
 # ---------------------------------------------------------------------------
 

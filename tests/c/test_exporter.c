@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "exporter.h"
+#include "upload.h"
 
 #if defined(__has_include)
 #if __has_include(<valgrind/valgrind.h>)
@@ -1411,6 +1412,74 @@ START_TEST(test_no_retry_on_400)
 }
 END_TEST
 
+START_TEST(test_redact_url)
+{
+    static const char *cases[][2] = {
+        {"http://user:s3cret@host:8126/?token=qv1&flag&x=",
+         "http://***@host:8126/?token=***&***&x=***"},
+        {"http://127.0.0.1:8126/profiling/v1/input",
+         "http://127.0.0.1:8126/profiling/v1/input"},
+        {"https://u@h/p/a?k=v#frag", "https://***@h/p/a?k=***"},
+        {"http://a@b@h/x@y?e=m@n", "http://***@h/x@y?e=***"},
+        {"http://[::1]:1/", "http://[::1]:1/"},
+        {"http://h/?", "http://h/?"},
+        {"", ""},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *got = ddl_upload_redact_url(cases[i][0]);
+        ck_assert_ptr_nonnull(got);
+        ck_assert_str_eq(got, cases[i][1]);
+        free(got);
+    }
+}
+END_TEST
+
+/* Credentials and a query in the agent URL: the request goes to the path
+ * with its query, the failure message names the URL redacted. */
+START_TEST(test_failure_message_redacts_url)
+{
+    server srv;
+    ddl_exporter_config cfg = base_config();
+    ddl_exporter_stats st;
+    ddl_exporter *e;
+    char url[160], shown[160];
+
+    server_start(&srv, NULL);
+    srv.statuses[0] = 403;
+    srv.nstatuses = 1;
+    snprintf(url, sizeof(url),
+             "http://agent:s3cret@127.0.0.1:%d/profiling/v1/input?token=qv1",
+             srv.port);
+    snprintf(shown, sizeof(shown),
+             "upload failed: HTTP 403 to http://***@127.0.0.1:%d"
+             "/profiling/v1/input?token=***",
+             srv.port);
+    cfg.upload_enabled = 1;
+    cfg.url = url;
+    e = start_ok(&cfg);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), -1);
+    ddl_exporter_get_stats(e, &st);
+    ddl_exporter_stop(e, 0);
+    server_stop(&srv);
+    ck_assert_int_eq(srv.nreq, 1);
+    ck_assert_msg(strncmp(srv.reqs[0].head,
+                          "POST /profiling/v1/input?token=qv1 HTTP/1.1\r\n",
+                          44) == 0,
+                  "request line: %.60s", srv.reqs[0].head);
+    /* libcurl sends the URL's credentials as basic authentication */
+    ck_assert_ptr_nonnull(
+        strcasestr(srv.reqs[0].head, "Authorization: Basic"));
+    ck_assert_str_eq(st.last_error, shown);
+    ck_assert_int_eq(log_count(&sink, "upload-http-4xx", DDL_LOG_WARNING), 1);
+    ck_assert(!log_contains(&sink, "s3cret"));
+    ck_assert(!log_contains(&sink, "qv1"));
+    ck_assert(log_contains(&sink, shown));
+    server_free(&srv);
+}
+END_TEST
+
 START_TEST(test_5xx_exhausts_retries)
 {
     server srv;
@@ -1888,6 +1957,7 @@ exporter_suite(void)
     tc = tcase_create("event_json");
     tcase_add_test(tc, test_event_json_fields);
     tcase_add_test(tc, test_event_json_escaping);
+    tcase_add_test(tc, test_redact_url);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");
@@ -1920,6 +1990,7 @@ exporter_suite(void)
     tcase_add_test(tc, test_upload_file_and_upload);
     tcase_add_test(tc, test_retry_500_then_200);
     tcase_add_test(tc, test_no_retry_on_400);
+    tcase_add_test(tc, test_failure_message_redacts_url);
     tcase_add_test(tc, test_5xx_exhausts_retries);
     tcase_add_test(tc, test_retries_bounded_by_interval);
     tcase_add_test(tc, test_connection_refused);
