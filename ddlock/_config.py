@@ -208,6 +208,10 @@ VARIABLES = {
     "lock_wait_rate_ns": (("DD_PROFILING_LOCK_WAIT_RATE_NS",), _parse_int(0, 10**15), 1000000),
     "sampling_seed": (("DD_PROFILING_SAMPLING_SEED",), _parse_int(0, 2**63 - 1), 0),
     "output_mode": (("DD_PROFILING_OUTPUT_MODE",), _parse_mode, 0o600),
+    # files this process keeps (the oldest it wrote are removed; 0 = all)
+    "output_max_files": (("DD_PROFILING_OUTPUT_MAX_FILES",), _parse_int(0, 100000), 100),
+    # no file is written while less would be left free on its filesystem
+    "output_min_free_mb": (("DD_PROFILING_OUTPUT_MIN_FREE_MB",), _parse_int(0, 2**40), 100),
     "debug": (("DD_PROFILING_DEBUG", "DD_TRACE_DEBUG"), _parse_bool, False),
     "resolve_names": (("DD_PROFILING_LOCK_NAME_RESOLUTION",), _parse_bool, True),
     "lock_types": (("DD_PROFILING_LOCK_TYPES",), _parse_lock_types, LOCK_TYPES),

@@ -315,6 +315,7 @@ exporter_free(ddl_exporter *e)
         pthread_mutex_destroy(&e->mu);
     }
     ddl_upload_free(e);
+    ddl_file_history_free(e->own_history);
     free(e->flush_path);
     free(e->output_prefix);
     free(e->tags);
@@ -370,6 +371,15 @@ ddl_exporter_start(const ddl_exporter_config *cfg, const char **err)
     e->seq_store = cfg->seq_store;
     if (e->seq_store != NULL) {
         e->seq = __atomic_load_n(e->seq_store, __ATOMIC_RELAXED);
+    }
+    e->max_files = cfg->max_files;
+    e->min_free_bytes = cfg->min_free_bytes;
+    e->history = cfg->history;
+    if (e->history == NULL) {
+        e->history = e->own_history = ddl_file_history_new();
+        if (e->history == NULL) {
+            goto error;
+        }
     }
     e->produce = cfg->produce;
     e->produce_ctx = cfg->produce_ctx;
@@ -596,6 +606,9 @@ ddl_exporter_fork_child(ddl_exporter *e)
     if (e->seq_store != NULL) {
         __atomic_store_n(e->seq_store, 0, __ATOMIC_RELAXED);
     }
+    /* the parent's files are not the child's to remove */
+    ddl_file_history_clear(e->history);
+    e->disk_low = 0;
     memset(&e->stats, 0, sizeof(e->stats));
     e->next_export_ns = ddl_ex_mono_ns() + e->interval_ns;
     if (was_stopping) {

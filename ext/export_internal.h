@@ -43,6 +43,8 @@ struct ddl_exporter {
     /* Configuration, copied at start and immutable afterwards. */
     char *output_prefix; /* NULL = no files */
     unsigned file_mode;
+    unsigned max_files;      /* 0 = no limit */
+    uint64_t min_free_bytes; /* 0 = no check */
     int64_t interval_ns;
     int upload_enabled;
     char *url;
@@ -64,7 +66,11 @@ struct ddl_exporter {
 
     /* Used only by the thread that exports (the export thread, or the
      * caller of stop() when no thread runs). */
-    void *curl; /* the uploader's CURL handle, created lazily, reused */
+    void *curl;   /* the uploader's CURL handle, created lazily, reused */
+    int disk_low; /* the last file was not written for want of space */
+    /* monotonic time before which no upload may start (the agent's
+     * Retry-After), 0 = none */
+    int64_t upload_not_before_ns;
 
     int sync_ready; /* mu, wake and done are initialised */
     pthread_mutex_t mu;
@@ -85,10 +91,12 @@ struct ddl_exporter {
     uint64_t pickups;         /* callers yet to collect the published result */
     int flush_result;
     char *flush_path; /* file written by the published flush, or NULL */
-    int sockets[MAX_SOCKETS]; /* sockets of the transfer in flight, or -1 */
-    uint64_t seq;             /* sequence number of the last file written */
-    uint64_t *seq_store;      /* process-wide copy of seq, or NULL */
-    int parked;               /* the thread has reached its wait loop */
+    int sockets[MAX_SOCKETS];  /* sockets of the transfer in flight, or -1 */
+    uint64_t seq;              /* sequence number of the last file written */
+    uint64_t *seq_store;       /* process-wide copy of seq, or NULL */
+    ddl_file_history *history; /* files written (max_files), or NULL */
+    ddl_file_history *own_history; /* history when the caller gave none */
+    int parked;                    /* the thread has reached its wait loop */
     ddl_exporter_stats stats;
 };
 

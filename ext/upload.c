@@ -33,6 +33,9 @@
 #define BACKOFF_MAX_MS 1000
 /* A retry is only worth starting with at least this much time left. */
 #define RETRY_MIN_ATTEMPT_NS (50 * NS_PER_MS)
+/* A longer Retry-After is taken as this (a wrong or hostile agent cannot
+ * turn uploads off for longer). */
+#define MAX_RETRY_AFTER_S 3600
 
 /* ------------------------------------------------------------------ */
 /* event.json                                                           */
@@ -514,6 +517,8 @@ classify(CURLcode rc, long status)
             o.kind = "upload-http-5xx";
         }
         else if (status >= 400 && status < 500) {
+            /* 429 Too Many Requests: later, not never */
+            o.retryable = status == 429;
             o.kind = "upload-http-4xx";
         }
         return o;
@@ -596,6 +601,9 @@ backoff_wait(ddl_exporter *e, int retry, int64_t started_ns, int is_final)
         delay_ms = BACKOFF_MAX_MS;
     }
     wake_at = ddl_ex_mono_ns() + delay_ms * NS_PER_MS;
+    if (wake_at < e->upload_not_before_ns) {
+        wake_at = e->upload_not_before_ns; /* the agent's Retry-After */
+    }
 
     pthread_mutex_lock(&e->mu);
     for (;;) {
@@ -621,6 +629,50 @@ backoff_wait(ddl_exporter *e, int retry, int64_t started_ns, int is_final)
     return slept;
 }
 
+/* After a 429 or 503: the agent's Retry-After (seconds or an HTTP date,
+ * as libcurl reads it) becomes the time before which no upload starts.
+ * Returns it in seconds, 0 when there is none. */
+static long
+note_retry_after(ddl_exporter *e)
+{
+#if LIBCURL_VERSION_NUM >= 0x074200
+    curl_off_t secs = 0;
+
+    if (curl_easy_getinfo(e->curl, CURLINFO_RETRY_AFTER, &secs) != CURLE_OK ||
+        secs <= 0) {
+        return 0;
+    }
+    if (secs > MAX_RETRY_AFTER_S) {
+        secs = MAX_RETRY_AFTER_S;
+    }
+    e->upload_not_before_ns = ddl_ex_mono_ns() + (int64_t)secs * NS_PER_S;
+    return (long)secs;
+#else
+    (void)e;
+    return 0; /* libcurl < 7.66 does not read Retry-After */
+#endif
+}
+
+/* 1 when the agent's Retry-After has not passed: the upload is skipped
+ * (counted, logged at debug level). */
+static int
+skip_for_retry_after(ddl_exporter *e)
+{
+    int64_t left = e->upload_not_before_ns - ddl_ex_mono_ns();
+
+    if (left <= 0) {
+        return 0;
+    }
+    pthread_mutex_lock(&e->mu);
+    e->stats.uploads_skipped_retry_after++;
+    pthread_mutex_unlock(&e->mu);
+    ddl_ex_log(e, DDL_LOG_DEBUG, "upload-retry-after",
+               "upload skipped: the agent asked to wait %lld s more "
+               "(Retry-After)",
+               (long long)((left + NS_PER_S - 1) / NS_PER_S));
+    return 1;
+}
+
 int
 ddl_upload(ddl_exporter *e, const ddl_buf *buf, int64_t start_ns,
            int64_t end_ns, int is_final)
@@ -633,9 +685,13 @@ ddl_upload(ddl_exporter *e, const ddl_buf *buf, int64_t start_ns,
     long status = 0, timeout_ms;
     int64_t started_ns = ddl_ex_mono_ns();
     int attempt = 0, ret = -1, abandoned, discarded = 0;
+    long retry_after_s;
     char msg[sizeof(e->stats.last_error)];
 
     msg[0] = '\0';
+    if (skip_for_retry_after(e)) {
+        return -1;
+    }
     if (e->curl == NULL) {
         if (ddl_upload_global_init() < 0 ||
             (e->curl = curl_easy_init()) == NULL) {
@@ -702,6 +758,8 @@ ddl_upload(ddl_exporter *e, const ddl_buf *buf, int64_t start_ns,
                 CURLE_OK) {
             status = 0;
         }
+        retry_after_s =
+            status == 429 || status == 503 ? note_retry_after(e) : 0;
         curl_easy_reset(e->curl); /* unbinds mime and headers */
         curl_mime_free(mime);
         mime = NULL;
@@ -713,7 +771,12 @@ ddl_upload(ddl_exporter *e, const ddl_buf *buf, int64_t start_ns,
         /* Messages are built from the status or the curl code only: never
          * from headers, the URL (only its redacted form is appended) or
          * libcurl's error buffer. */
-        if (rc == CURLE_OK) {
+        if (rc == CURLE_OK && retry_after_s > 0) {
+            snprintf(msg, sizeof(msg),
+                     "upload failed: HTTP %ld (Retry-After: %ld s)", status,
+                     retry_after_s);
+        }
+        else if (rc == CURLE_OK) {
             snprintf(msg, sizeof(msg), "upload failed: HTTP %ld", status);
         }
         else if (discarded) {

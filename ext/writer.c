@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/random.h>
@@ -22,6 +23,185 @@
 #include "writer.h"
 
 #define TEMP_NAME_ATTEMPTS 16
+#define BYTES_PER_MB (UINT64_C(1) << 20)
+
+/* ------------------------------------------------------------------ */
+/* Files written                                                        */
+
+struct ddl_file_history {
+    char **paths; /* oldest first */
+    size_t n;
+    size_t cap;
+};
+
+ddl_file_history *
+ddl_file_history_new(void)
+{
+    return calloc(1, sizeof(ddl_file_history));
+}
+
+void
+ddl_file_history_clear(ddl_file_history *h)
+{
+    size_t i;
+
+    if (h == NULL) {
+        return;
+    }
+    for (i = 0; i < h->n; i++) {
+        free(h->paths[i]);
+    }
+    h->n = 0;
+}
+
+void
+ddl_file_history_free(ddl_file_history *h)
+{
+    if (h != NULL) {
+        ddl_file_history_clear(h);
+        free(h->paths);
+        free(h);
+    }
+}
+
+/* Remember path (a copy). Called with mu held. -1 when out of memory. */
+static int
+history_push(ddl_file_history *h, const char *path)
+{
+    char *copy = strdup(path);
+
+    if (copy == NULL) {
+        return -1;
+    }
+    if (h->n == h->cap) {
+        size_t cap = h->cap ? h->cap * 2 : 16;
+        char **paths = realloc(h->paths, cap * sizeof(char *));
+        if (paths == NULL) {
+            free(copy);
+            return -1;
+        }
+        h->paths = paths;
+        h->cap = cap;
+    }
+    h->paths[h->n++] = copy;
+    return 0;
+}
+
+/* The oldest path when more than max are remembered (the caller frees it
+ * and removes the file), else NULL. Called with mu held. */
+static char *
+history_pop_excess(ddl_file_history *h, unsigned max)
+{
+    char *oldest;
+
+    if (h->n <= max) {
+        return NULL;
+    }
+    oldest = h->paths[0];
+    memmove(h->paths, h->paths + 1, (h->n - 1) * sizeof(char *));
+    h->n--;
+    return oldest;
+}
+
+/* Remove the oldest files this process wrote beyond max_files. */
+static void
+remove_excess_files(ddl_exporter *e)
+{
+    char errbuf[128];
+    char *oldest;
+
+    for (;;) {
+        pthread_mutex_lock(&e->mu);
+        oldest = history_pop_excess(e->history, e->max_files);
+        pthread_mutex_unlock(&e->mu);
+        if (oldest == NULL) {
+            return;
+        }
+        if (unlink(oldest) == 0 || errno == ENOENT) {
+            pthread_mutex_lock(&e->mu);
+            e->stats.files_removed++;
+            pthread_mutex_unlock(&e->mu);
+            ddl_ex_log(e, DDL_LOG_DEBUG, "file-removed",
+                       "removed %s (keeping the last %u files)", oldest,
+                       e->max_files);
+        }
+        else {
+            ddl_ex_log(e, DDL_LOG_WARNING, "file-remove",
+                       "cannot remove %s: %s", oldest,
+                       ddl_ex_strerror(errno, errbuf, sizeof(errbuf)));
+        }
+        free(oldest);
+    }
+}
+
+/* 1 when writing len more bytes would leave less than min_free_bytes
+ * available where the files go (then the file is counted as skipped, and
+ * the first of a run of them logged), else 0. */
+static int
+disk_too_full(ddl_exporter *e, size_t len)
+{
+    struct statvfs sv;
+    const char *slash;
+    char *dir;
+    uint64_t avail;
+    char msg[sizeof(e->stats.last_error)];
+    int rc;
+
+    if (e->min_free_bytes == 0) {
+        return 0;
+    }
+    slash = strrchr(e->output_prefix, '/');
+    if (slash == NULL) {
+        dir = strdup(".");
+    }
+    else if (slash == e->output_prefix) {
+        dir = strdup("/");
+    }
+    else {
+        dir = ddl_ex_format("%.*s", (int)(slash - e->output_prefix),
+                            e->output_prefix);
+    }
+    if (dir == NULL) {
+        return 0;
+    }
+    rc = statvfs(dir, &sv);
+    if (rc != 0 || sv.f_blocks == 0) {
+        /* unknown, or a pseudo filesystem (sysfs, procfs) that counts no
+         * blocks: the write itself will tell */
+        free(dir);
+        return 0;
+    }
+    avail = (uint64_t)sv.f_bavail * (uint64_t)sv.f_frsize;
+    if (avail >= e->min_free_bytes && avail - e->min_free_bytes >= len) {
+        if (e->disk_low) {
+            e->disk_low = 0;
+            ddl_ex_log(e, DDL_LOG_INFO, "file-disk-ok",
+                       "%" PRIu64 " MB free in %s again: writing profiles",
+                       avail / BYTES_PER_MB, dir);
+        }
+        free(dir);
+        return 0;
+    }
+    snprintf(msg, sizeof(msg),
+             "not writing profiles: %" PRIu64 " MB free in %s, the floor is "
+             "%" PRIu64 " MB",
+             avail / BYTES_PER_MB, dir, e->min_free_bytes / BYTES_PER_MB);
+    free(dir);
+    pthread_mutex_lock(&e->mu);
+    e->stats.files_skipped_low_disk++;
+    if (!e->disk_low) {
+        ddl_ex_set_error_locked(e, msg);
+    }
+    pthread_mutex_unlock(&e->mu);
+    if (!e->disk_low) {
+        e->disk_low = 1;
+        ddl_ex_log(e, DDL_LOG_WARNING, "file-disk-low", "%s", msg);
+    }
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Writing one file                                                     */
 
 static void
 random_bytes(unsigned char *out, size_t n)
@@ -95,8 +275,11 @@ ddl_writer_write(ddl_exporter *e, const ddl_buf *buf, char **path_out)
     const char *step = "create";
     char errbuf[128], msg[sizeof(e->stats.last_error)];
     uint64_t seq;
-    int fd = -1, err = 0, i;
+    int fd = -1, err = 0, i, tracked;
 
+    if (disk_too_full(e, buf->len)) {
+        return -1;
+    }
     pthread_mutex_lock(&e->mu);
     seq = e->seq + 1;
     pthread_mutex_unlock(&e->mu);
@@ -158,9 +341,14 @@ ddl_writer_write(ddl_exporter *e, const ddl_buf *buf, char **path_out)
     e->stats.files_written++;
     e->stats.bytes_written += buf->len;
     snprintf(e->stats.last_path, sizeof(e->stats.last_path), "%s", path);
+    /* out of memory: this file is not remembered, so never removed */
+    tracked = e->max_files > 0 && history_push(e->history, path) == 0;
     pthread_mutex_unlock(&e->mu);
     ddl_ex_log(e, DDL_LOG_DEBUG, "file-ok", "wrote %zu bytes to %s", buf->len,
                path);
+    if (tracked) {
+        remove_excess_files(e);
+    }
     *path_out = path;
     return 0;
 

@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 import uuid
@@ -600,6 +601,71 @@ def test_agent_closing_mid_request(program, baseline):
     assert [(r.method, r.path, r.action) for r in rcv.requests] == \
         [("POST", "/profiling/v1/input", "close")] * 3
     assert len(run.warnings()) == 1, run.describe()
+
+
+# ---------------------------------------------------------------------------
+# Agent back-off: Retry-After
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_seconds_delays_the_retry(program, status):
+    with Receiver([(status, {"Retry-After": "2"})], default=200) as rcv:
+        run = run_program(program, {"DD_TRACE_AGENT_URL": rcv.url, "DD_PROFILING_UPLOAD_INTERVAL": "60"})
+    assert upload_counters(run.after[0]) == {"exports": 1, "uploads_ok": 1, "uploads_failed": 0,
+                                             "upload_retries": 1, "last_http_status": 200}, run.describe()
+    assert len(rcv.requests) == 2, rcv.requests
+    first, second = rcv.requests
+    assert second.time - first.time >= 2.0, (first.time, second.time)
+    assert run.warnings() == [], run.describe()
+
+
+def test_retry_after_http_date_delays_the_retry(program):
+    import email.utils
+
+    not_before = []
+
+    def date():  # 3 s from when the answer is sent, whole seconds
+        t = int(time.time()) + 3
+        not_before.append(t)
+        return email.utils.formatdate(t, usegmt=True)
+
+    with Receiver([(503, {"Retry-After": date})], default=200) as rcv:
+        run = run_program(program, {"DD_TRACE_AGENT_URL": rcv.url, "DD_PROFILING_UPLOAD_INTERVAL": "60"})
+    assert run.after[0]["uploads_ok"] == 1 and run.after[0]["upload_retries"] == 1, run.describe()
+    assert len(rcv.requests) == 2, rcv.requests
+    assert rcv.requests[1].time >= not_before[0], (rcv.requests[1].time, not_before)
+
+
+def test_retry_after_beyond_the_interval_skips_uploads_until_then(tmp_path):
+    # periodic exports every 0.3 s for 4 s; the first upload is told to
+    # come back in 2 s: no request before that, then uploads resume
+    prog = tmp_path / "busy.py"
+    prog.write_text(textwrap.dedent("""
+        import json, threading, time
+        import ddlock
+        ddlock.start(capture_pct=100, upload_interval=0.3)
+        lock = threading.Lock()
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            with lock:
+                pass
+            time.sleep(0.001)
+        ddlock.stop()
+        print("@@stats " + json.dumps(ddlock.stats()), flush=True)
+    """))
+    with Receiver([(429, {"Retry-After": "2"})], default=200) as rcv:
+        proc = subprocess.run([sys.executable, str(prog)], env=python_env({"DD_TRACE_AGENT_URL": rcv.url}),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.split("@@stats ", 1)[1])
+    times = [r.time for r in rcv.requests]
+    assert len(times) >= 2, (times, stats)
+    assert all(t >= times[0] + 2.0 for t in times[1:]), [t - times[0] for t in times]
+    assert stats["uploads_skipped_retry_after"] >= 3, stats
+    assert stats["uploads_ok"] >= 1 and stats["uploads_ok"] == len(times) - 1, (stats, len(times))
+    # one warning for the 429, none for the skipped uploads
+    assert proc.stderr.count("Retry-After") == 1, proc.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -793,6 +793,109 @@ START_TEST(test_file_naming_and_seq)
 }
 END_TEST
 
+static int
+file_exists(const char *path)
+{
+    struct stat sb;
+
+    return stat(path, &sb) == 0;
+}
+
+/* max_files: after each file the oldest this process wrote go, over
+ * start/stop/start when the history is shared; other files stay. */
+START_TEST(test_max_files_removes_oldest_own_files)
+{
+    char *dir = make_tmpdir();
+    char prefix[4096], path[8192], decoy[8192];
+    ddl_exporter_config cfg = base_config();
+    ddl_file_history *history = ddl_file_history_new();
+    ddl_exporter_stats st;
+    ddl_exporter *e;
+    uint64_t seq = 0;
+    int i, fd;
+
+    ck_assert_ptr_nonnull(history);
+    snprintf(prefix, sizeof(prefix), "%s/prof", dir);
+    /* named like one of ours, but not written by this exporter */
+    snprintf(decoy, sizeof(decoy), "%s.%ld.99.pprof", prefix, (long)getpid());
+    fd = open(decoy, O_CREAT | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    cfg.output_prefix = prefix;
+    cfg.max_files = 3;
+    cfg.history = history;
+    cfg.seq_store = &seq;
+    e = start_ok(&cfg);
+    for (i = 1; i <= 2; i++) {
+        ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    }
+    ddl_exporter_stop(e, 0);
+    e = start_ok(&cfg); /* a new session of the same process */
+    for (i = 3; i <= 5; i++) {
+        ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    }
+    ddl_exporter_get_stats(e, &st);
+    ddl_exporter_stop(e, 0);
+    ck_assert_uint_eq(st.files_written, 3);
+    ck_assert_uint_eq(st.files_removed, 2);
+    for (i = 1; i <= 5; i++) {
+        snprintf(path, sizeof(path), "%s.%ld.%d.pprof", prefix, (long)getpid(),
+                 i);
+        ck_assert_msg(file_exists(path) == (i >= 3), "%s", path);
+    }
+    ck_assert(file_exists(decoy));
+    ck_assert_int_eq(count_dir_entries(dir), 4);
+    ck_assert_int_eq(log_count(&sink, "file-removed", DDL_LOG_DEBUG), 2);
+
+    /* 0 = no limit: nothing removed */
+    cfg.max_files = 0;
+    e = start_ok(&cfg);
+    for (i = 6; i <= 9; i++) {
+        ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    }
+    ddl_exporter_stop(e, 0);
+    ck_assert_int_eq(count_dir_entries(dir), 8);
+    ddl_file_history_free(history);
+    remove_tmpdir(dir);
+}
+END_TEST
+
+/* Below min_free_bytes on the target filesystem: nothing written, counted,
+ * logged once per run of skipped files. */
+START_TEST(test_min_free_bytes_stops_writing)
+{
+    char *dir = make_tmpdir();
+    char prefix[4096];
+    ddl_exporter_config cfg = base_config();
+    ddl_exporter_stats st;
+    ddl_exporter *e;
+
+    snprintf(prefix, sizeof(prefix), "%s/prof", dir);
+    cfg.output_prefix = prefix;
+    cfg.min_free_bytes = UINT64_C(1) << 62; /* more than any disk */
+    e = start_ok(&cfg);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), -1);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), -1);
+    ddl_exporter_get_stats(e, &st);
+    ddl_exporter_stop(e, 0);
+    ck_assert_int_eq(count_dir_entries(dir), 0);
+    ck_assert_uint_eq(st.files_written, 0);
+    ck_assert_uint_eq(st.file_errors, 0);
+    ck_assert_uint_eq(st.files_skipped_low_disk, 2);
+    ck_assert_ptr_nonnull(strstr(st.last_error, "not writing profiles"));
+    ck_assert_ptr_nonnull(strstr(st.last_error, dir));
+    ck_assert_int_eq(log_count(&sink, "file-disk-low", DDL_LOG_WARNING), 1);
+
+    /* a floor the disk is above: written */
+    cfg.min_free_bytes = 1;
+    e = start_ok(&cfg);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    ddl_exporter_stop(e, 0);
+    ck_assert_int_eq(count_dir_entries(dir), 1);
+    remove_tmpdir(dir);
+}
+END_TEST
+
 START_TEST(test_file_mode)
 {
     char *dir = make_tmpdir();
@@ -1964,6 +2067,8 @@ exporter_suite(void)
     tcase_add_checked_fixture(tc, fixture_setup, fixture_teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_file_naming_and_seq);
+    tcase_add_test(tc, test_max_files_removes_oldest_own_files);
+    tcase_add_test(tc, test_min_free_bytes_stops_writing);
     tcase_add_test(tc, test_file_mode);
     tcase_add_test(tc, test_symlink_replaced_not_followed);
     tcase_add_test(tc, test_missing_directory);
