@@ -52,7 +52,8 @@ struct ddl_exporter {
     char *api_key;     /* NULL = none; wiped on free */
     char *tags;
     char *version;
-    char *ca_file;    /* NULL = system CAs */
+    char *ca_file;    /* CURLOPT_CAINFO, NULL = libcurl's default */
+    char *ca_path;    /* CURLOPT_CAPATH, NULL = libcurl's default */
     char *user_agent; /* "ddlock/<version>" */
     char *noproxy;    /* no_proxy from the environment + loopback */
     char *shown_url;  /* where uploads go, as messages may show it:

@@ -76,8 +76,11 @@ typedef struct {
                                 by the exporter) */
     const char *version;     /* ddlock version for DD-EVP-ORIGIN-VERSION,
                                 User-Agent and the event "internal" */
-    const char *ca_file;     /* NULL = system CAs; tests pass a self-signed
-                                certificate here */
+    const char *ca_file;     /* CA bundle for TLS verification; wins over
+                                everything. NULL = $SSL_CERT_FILE and/or
+                                $SSL_CERT_DIR when set, else the system
+                                bundle found in the usual places (see
+                                upload.c), else libcurl's default */
 
     /* Sequence numbers are per process, not per exporter: when not NULL,
      * *seq_store holds the last sequence number written (0 = none yet); the

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -472,6 +473,9 @@ setup_request(ddl_exporter *e, curl_mime *mime, struct curl_slist *headers,
     SETOPT(c, CURLOPT_SSL_VERIFYHOST, 2L);
     if (e->ca_file != NULL) {
         SETOPT(c, CURLOPT_CAINFO, e->ca_file);
+    }
+    if (e->ca_path != NULL) {
+        SETOPT(c, CURLOPT_CAPATH, e->ca_path);
     }
     if (e->unix_socket != NULL) {
         SETOPT(c, CURLOPT_UNIX_SOCKET_PATH, e->unix_socket);
@@ -932,6 +936,100 @@ ddl_upload_redact_url(const char *url)
     return sb.p;
 }
 
+/* Where the CA certificates of the common Linux distributions (and a few
+ * others) are, for a libcurl built elsewhere whose compiled-in paths may
+ * not exist here: bundles first, then hashed directories. */
+static const char *const system_ca_files[] = {
+    "/etc/ssl/certs/ca-certificates.crt", /* Debian, Ubuntu, Arch, Gentoo */
+    "/etc/pki/tls/certs/ca-bundle.crt",   /* Fedora, RHEL, CentOS */
+    "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem", /* RHEL, Amazon */
+    "/etc/ssl/ca-bundle.pem",                            /* openSUSE, SLES */
+    "/etc/ssl/cert.pem",                      /* Alpine, the BSDs, macOS */
+    "/etc/pki/tls/cacert.pem",                /* OpenELEC */
+    "/usr/local/share/certs/ca-root-nss.crt", /* FreeBSD */
+    NULL,
+};
+static const char *const system_ca_dirs[] = {
+    "/etc/ssl/certs",
+    "/etc/pki/tls/certs",
+    "/system/etc/security/cacerts", /* Android */
+    NULL,
+};
+
+const char *
+ddl_upload_pick_ca(const char *const *files, const char *const *dirs,
+                   int *is_dir)
+{
+    struct stat sb;
+    size_t i;
+
+    *is_dir = 0;
+    for (i = 0; files[i] != NULL; i++) {
+        if (stat(files[i], &sb) == 0 && S_ISREG(sb.st_mode) &&
+            access(files[i], R_OK) == 0) {
+            return files[i];
+        }
+    }
+    for (i = 0; dirs[i] != NULL; i++) {
+        if (stat(dirs[i], &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            *is_dir = 1;
+            return dirs[i];
+        }
+    }
+    return NULL;
+}
+
+static const char *
+nonempty_env(const char *name)
+{
+    const char *v = getenv(name);
+
+    return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* The CA certificates TLS verification uses: the configured ca_file wins;
+ * else SSL_CERT_FILE and/or SSL_CERT_DIR (OpenSSL's variables, which
+ * Python's ssl and requests follow too); else the system's, found in the
+ * usual places. Logged once for https. -1 when out of memory. */
+static int
+resolve_ca(ddl_exporter *e, const ddl_exporter_config *cfg)
+{
+    const char *file = NULL, *dir = NULL, *from, *found;
+    int is_dir;
+
+    if (cfg->ca_file != NULL && cfg->ca_file[0] != '\0') {
+        file = cfg->ca_file;
+        from = "the ca_file setting";
+    }
+    else {
+        file = nonempty_env("SSL_CERT_FILE");
+        dir = nonempty_env("SSL_CERT_DIR");
+        from = "SSL_CERT_FILE/SSL_CERT_DIR";
+        if (file == NULL && dir == NULL) {
+            found =
+                ddl_upload_pick_ca(system_ca_files, system_ca_dirs, &is_dir);
+            if (is_dir) {
+                dir = found;
+            }
+            else {
+                file = found;
+            }
+            from = found != NULL ? "the system's usual place"
+                                 : "none found: libcurl's default";
+        }
+    }
+    if (ddl_ex_copy_optional(&e->ca_file, file) < 0 ||
+        ddl_ex_copy_optional(&e->ca_path, dir) < 0) {
+        return -1;
+    }
+    if (strncmp(cfg->url, "https:", 6) == 0) {
+        ddl_ex_log(e, DDL_LOG_DEBUG, "upload-tls",
+                   "TLS CA certificates: file %s, directory %s (%s)",
+                   file ? file : "-", dir ? dir : "-", from);
+    }
+    return 0;
+}
+
 int
 ddl_upload_configure(ddl_exporter *e, const ddl_exporter_config *cfg)
 {
@@ -950,7 +1048,7 @@ ddl_upload_configure(ddl_exporter *e, const ddl_exporter_config *cfg)
     }
     if (ddl_ex_copy_optional(&e->unix_socket, cfg->unix_socket) < 0 ||
         ddl_ex_copy_optional(&e->api_key, cfg->api_key) < 0 ||
-        ddl_ex_copy_optional(&e->ca_file, cfg->ca_file) < 0) {
+        resolve_ca(e, cfg) < 0) {
         return -1;
     }
     return 0;
@@ -989,9 +1087,10 @@ ddl_upload_free(ddl_exporter *e)
     free(e->unix_socket);
     ddl_ex_free_secret(e->api_key);
     free(e->ca_file);
+    free(e->ca_path);
     free(e->user_agent);
     free(e->noproxy);
     free(e->shown_url);
-    e->url = e->unix_socket = e->api_key = e->ca_file = NULL;
+    e->url = e->unix_socket = e->api_key = e->ca_file = e->ca_path = NULL;
     e->user_agent = e->noproxy = e->shown_url = NULL;
 }

@@ -34,6 +34,12 @@ void ddl_upload_fork_child(ddl_exporter *e);
  * fragment is dropped. malloc'd; NULL when out of memory. */
 char *ddl_upload_redact_url(const char *url);
 
+/* The first of files that is a readable regular file, else the first of
+ * dirs that is a directory (then *is_dir = 1); NULL when none is. Both
+ * lists end with NULL. How the system's CA certificates are found. */
+const char *ddl_upload_pick_ca(const char *const *files,
+                               const char *const *dirs, int *is_dir);
+
 /* Free the curl handle and the upload settings (the API key wiped). */
 void ddl_upload_free(ddl_exporter *e);
 

@@ -1539,6 +1539,46 @@ START_TEST(test_redact_url)
 }
 END_TEST
 
+/* The system CA search: the first readable regular file, else the first
+ * directory, in list order. */
+START_TEST(test_pick_ca)
+{
+    char *dir = make_tmpdir();
+    char missing[4096], bundle[4096], later[4096];
+    const char *none[] = {NULL};
+    int is_dir = -1, fd;
+
+    snprintf(missing, sizeof(missing), "%s/missing.pem", dir);
+    snprintf(bundle, sizeof(bundle), "%s/bundle.pem", dir);
+    snprintf(later, sizeof(later), "%s/later.pem", dir);
+    fd = open(bundle, O_CREAT | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    fd = open(later, O_CREAT | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    {
+        /* a directory where a file is expected is skipped */
+        const char *files[] = {missing, dir, bundle, later, NULL};
+        const char *dirs[] = {dir, NULL};
+        ck_assert_ptr_eq(ddl_upload_pick_ca(files, dirs, &is_dir), bundle);
+        ck_assert_int_eq(is_dir, 0);
+    }
+    {
+        const char *files[] = {missing, NULL};
+        const char *dirs[] = {missing, bundle, dir, NULL};
+        ck_assert_ptr_eq(ddl_upload_pick_ca(files, dirs, &is_dir), dir);
+        ck_assert_int_eq(is_dir, 1);
+    }
+    {
+        const char *files[] = {missing, NULL};
+        ck_assert_ptr_null(ddl_upload_pick_ca(files, none, &is_dir));
+        ck_assert_int_eq(is_dir, 0);
+    }
+    remove_tmpdir(dir);
+}
+END_TEST
+
 /* Credentials and a query in the agent URL: the request goes to the path
  * with its query, the failure message names the URL redacted. */
 START_TEST(test_failure_message_redacts_url)
@@ -2061,6 +2101,7 @@ exporter_suite(void)
     tcase_add_test(tc, test_event_json_fields);
     tcase_add_test(tc, test_event_json_escaping);
     tcase_add_test(tc, test_redact_url);
+    tcase_add_test(tc, test_pick_ca);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");
