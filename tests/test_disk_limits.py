@@ -156,3 +156,38 @@ def test_no_file_below_the_free_space_floor(tmp_path, small_fs):
     assert steps["recovered"]["stats"]["files_written"] == 3
     # logged once for the run of skipped files
     assert proc.stderr.count("file-disk-low") == 1, proc.stderr
+
+
+FORKED = """
+    import json, os, threading, ddlock
+    prefix = %(prefix)r
+    ddlock.start(output_pprof=prefix, capture_pct=100, upload_enabled=False, output_max_files=2)
+    lock = threading.Lock()
+
+    def flushes(n):
+        for _ in range(n):
+            with lock:
+                pass
+            assert len(ddlock.flush()) == 1
+
+    flushes(2)
+    pid = os.fork()
+    if pid == 0:  # the child's files are its own; the parent's are not its to remove
+        flushes(3)
+        ddlock.stop(flush=False)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert status == 0
+    flushes(1)
+    ddlock.stop(flush=False)
+    print("@@pids " + json.dumps([os.getpid(), pid]))
+"""
+
+
+def test_forked_child_keeps_its_own_files(tmp_path):
+    prefix = str(tmp_path / "prof")
+    proc = run_script(write_script(tmp_path, FORKED % {"prefix": prefix}))
+    parent, child = last_json(proc.stdout, "@@pids")[0]
+    for pid in (parent, child):
+        assert sorted(glob.glob("%s.%d.*.pprof" % (prefix, pid))) == [
+            "%s.%d.%d.pprof" % (prefix, pid, seq) for seq in (2, 3)], os.listdir(str(tmp_path))
