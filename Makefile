@@ -4,7 +4,7 @@ PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYTEST_ARGS ?=
 export PYTHONDONTWRITEBYTECODE = 1
 # the pure-C units (no Python.h): profile, pprof, the exporter
-PURE_C := ext/profile.c ext/pprof.c ext/export_util.c ext/writer.c ext/upload.c ext/export.c
+PURE_C := ext/profile.c ext/pprof.c ext/export_util.c ext/writer.c ext/event.c ext/upload.c ext/export.c
 
 .PHONY: all deps build proto test test-c test-py test-all sanitize demo bench \
         format lint check-layers clean

@@ -77,6 +77,7 @@ ext = Extension(
         "ext/pprof.c",
         "ext/export_util.c",
         "ext/writer.c",
+        "ext/event.c",
         "ext/upload.c",
         "ext/export.c",
         "ext/proto/profile.pb-c.c",

@@ -1,8 +1,10 @@
-/* ddlock exporter internals shared by export.c, writer.c, upload.c and
- * export_util.c: the exporter's state and the helpers all of them use.
+/* ddlock exporter internals shared by export.c, writer.c, upload.c,
+ * event.c and export_util.c: the exporter's state and the helpers all of
+ * them use.
  *
  * Pure C: no Python.h. Calls go one way: export.c uses writer.c and
- * upload.c, which use export_util.c; nothing below calls back up.
+ * upload.c; upload.c uses event.c; all of them use export_util.c; nothing
+ * below calls back up.
  *
  * Threading model. One mutex (mu) protects every mutable field below the
  * "shared state" marker. It is only ever held for short bookkeeping, never
@@ -126,6 +128,17 @@ char *ddl_ex_format(const char *fmt, ...)
 
 /* Thread-safe strerror into buf. */
 const char *ddl_ex_strerror(int err, char *buf, size_t size);
+
+/* A growing NUL-terminated string; after an allocation failure `failed`
+ * is set and appends do nothing. Start from {NULL, 0, 0, 0}; free(p). */
+typedef struct {
+    char *p;
+    size_t len;
+    size_t cap;
+    int failed;
+} ddl_strbuf;
+void ddl_ex_sb_append(ddl_strbuf *sb, const char *s, size_t n);
+void ddl_ex_sb_puts(ddl_strbuf *sb, const char *s);
 
 /* Log through the configured callback. Never called with mu held. */
 void ddl_ex_log(ddl_exporter *e, int level, const char *kind, const char *fmt,

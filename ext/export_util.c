@@ -1,5 +1,6 @@
 /* ddlock exporter helpers: clocks, strings, secrets, logging and the error
- * record, shared by export.c, writer.c and upload.c (export_internal.h).
+ * record, shared by export.c, writer.c, upload.c and event.c
+ * (export_internal.h).
  *
  * Pure C11 + POSIX threads: never includes Python.h, never calls Python.
  */
@@ -139,4 +140,42 @@ void
 ddl_ex_set_error_locked(ddl_exporter *e, const char *msg)
 {
     snprintf(e->stats.last_error, sizeof(e->stats.last_error), "%s", msg);
+}
+
+void
+ddl_ex_sb_append(ddl_strbuf *sb, const char *s, size_t n)
+{
+    size_t need, cap;
+    char *p;
+
+    if (sb->failed) {
+        return;
+    }
+    if (n > SIZE_MAX - sb->len - 1) {
+        sb->failed = 1;
+        return;
+    }
+    need = sb->len + n + 1;
+    if (need > sb->cap) {
+        cap = sb->cap ? sb->cap : 256;
+        while (cap < need) {
+            cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+        }
+        p = realloc(sb->p, cap);
+        if (p == NULL) {
+            sb->failed = 1;
+            return;
+        }
+        sb->p = p;
+        sb->cap = cap;
+    }
+    memcpy(sb->p + sb->len, s, n);
+    sb->len += n;
+    sb->p[sb->len] = '\0';
+}
+
+void
+ddl_ex_sb_puts(ddl_strbuf *sb, const char *s)
+{
+    ddl_ex_sb_append(sb, s, strlen(s));
 }

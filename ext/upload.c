@@ -1,6 +1,7 @@
-/* ddlock uploader (see upload.h): event.json, the multipart body, the
- * headers, one libcurl transfer per attempt, the classification of its
- * outcome and the retries with backoff.
+/* ddlock uploader (see upload.h): the multipart body (event.json from
+ * event.c), the headers, one libcurl transfer per attempt, the
+ * classification of its outcome, the retries with backoff and Retry-After,
+ * the upload settings (URL shown redacted, CA certificates).
  *
  * Pure C11 + POSIX threads + libcurl: never includes Python.h, never calls
  * Python.
@@ -37,196 +38,6 @@
 /* A longer Retry-After is taken as this (a wrong or hostile agent cannot
  * turn uploads off for longer). */
 #define MAX_RETRY_AFTER_S 3600
-
-/* ------------------------------------------------------------------ */
-/* event.json                                                           */
-
-typedef struct {
-    char *p;
-    size_t len;
-    size_t cap;
-    int failed;
-} strbuf;
-
-static void
-sb_append(strbuf *sb, const char *s, size_t n)
-{
-    size_t need, cap;
-    char *p;
-
-    if (sb->failed) {
-        return;
-    }
-    if (n > SIZE_MAX - sb->len - 1) {
-        sb->failed = 1;
-        return;
-    }
-    need = sb->len + n + 1;
-    if (need > sb->cap) {
-        cap = sb->cap ? sb->cap : 256;
-        while (cap < need) {
-            cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-        }
-        p = realloc(sb->p, cap);
-        if (p == NULL) {
-            sb->failed = 1;
-            return;
-        }
-        sb->p = p;
-        sb->cap = cap;
-    }
-    memcpy(sb->p + sb->len, s, n);
-    sb->len += n;
-    sb->p[sb->len] = '\0';
-}
-
-static void
-sb_puts(strbuf *sb, const char *s)
-{
-    sb_append(sb, s, strlen(s));
-}
-
-/* Length of the well-formed UTF-8 sequence starting at s (n bytes
- * available), or 0 when it is not well formed. */
-static size_t
-utf8_sequence_length(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0];
-    uint32_t cp, min;
-    size_t len, i;
-
-    if (c < 0x80) {
-        return 1;
-    }
-    if (c >= 0xc2 && c <= 0xdf) {
-        len = 2;
-        cp = c & 0x1f;
-        min = 0x80;
-    }
-    else if ((c & 0xf0) == 0xe0) {
-        len = 3;
-        cp = c & 0x0f;
-        min = 0x800;
-    }
-    else if (c >= 0xf0 && c <= 0xf4) {
-        len = 4;
-        cp = c & 0x07;
-        min = 0x10000;
-    }
-    else {
-        return 0;
-    }
-    if (len > n) {
-        return 0;
-    }
-    for (i = 1; i < len; i++) {
-        if ((s[i] & 0xc0) != 0x80) {
-            return 0;
-        }
-        cp = (cp << 6) | (s[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) {
-        return 0;
-    }
-    return len;
-}
-
-/* Append s as a JSON string literal: quotes and backslashes escaped,
- * control characters as \u00XX, malformed UTF-8 replaced by U+FFFD. */
-static void
-sb_json_string(strbuf *sb, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    size_t n = strlen(s), i = 0, run;
-    char esc[8];
-
-    sb_append(sb, "\"", 1);
-    while (i < n) {
-        unsigned char c = p[i];
-        if (c == '"' || c == '\\') {
-            esc[0] = '\\';
-            esc[1] = (char)c;
-            sb_append(sb, esc, 2);
-            i++;
-        }
-        else if (c < 0x20 || c == 0x7f) {
-            snprintf(esc, sizeof(esc), "\\u%04x", (unsigned)c);
-            sb_append(sb, esc, 6);
-            i++;
-        }
-        else if (c < 0x80) {
-            run = 1;
-            while (i + run < n && p[i + run] >= 0x20 && p[i + run] < 0x7f &&
-                   p[i + run] != '"' && p[i + run] != '\\') {
-                run++;
-            }
-            sb_append(sb, s + i, run);
-            i += run;
-        }
-        else {
-            run = utf8_sequence_length(p + i, n - i);
-            if (run == 0) {
-                sb_puts(sb, "\\ufffd");
-                i++;
-            }
-            else {
-                sb_append(sb, s + i, run);
-                i += run;
-            }
-        }
-    }
-    sb_append(sb, "\"", 1);
-}
-
-/* Append "YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ" (quoted) for epoch ns. */
-static void
-sb_rfc3339(strbuf *sb, int64_t ns)
-{
-    struct tm tm;
-    time_t secs;
-    long frac;
-    char out[80];
-    size_t n;
-
-    if (ns < 0) {
-        ns = 0;
-    }
-    secs = (time_t)(ns / NS_PER_S);
-    frac = (long)(ns % NS_PER_S);
-    if (gmtime_r(&secs, &tm) == NULL) {
-        secs = 0;
-        frac = 0;
-        gmtime_r(&secs, &tm);
-    }
-    n = strftime(out, sizeof(out), "\"%Y-%m-%dT%H:%M:%S", &tm);
-    snprintf(out + n, sizeof(out) - n, ".%09ldZ\"", frac);
-    sb_puts(sb, out);
-}
-
-char *
-ddl_exporter_event_json(const char *tags, int64_t start_ns, int64_t end_ns,
-                        const char *version)
-{
-    strbuf sb = {NULL, 0, 0, 0};
-
-    sb_puts(&sb, "{\"attachments\":[\"profile.pprof\"],\"tags_profiler\":");
-    sb_json_string(&sb, tags ? tags : "");
-    sb_puts(&sb, ",\"start\":");
-    sb_rfc3339(&sb, start_ns);
-    sb_puts(&sb, ",\"end\":");
-    sb_rfc3339(&sb, end_ns);
-    sb_puts(&sb, ",\"family\":\"python\",\"version\":\"4\","
-                 "\"endpoint_counts\":null,"
-                 "\"internal\":{\"profiler\":\"ddlock\","
-                 "\"profiler_version\":");
-    sb_json_string(&sb, version ? version : "");
-    sb_puts(&sb, "},\"info\":{}}");
-    if (sb.failed) {
-        free(sb.p);
-        return NULL;
-    }
-    return sb.p;
-}
 
 /* 1 when s contains a byte that must not appear in an HTTP header value. */
 static int
@@ -888,13 +699,13 @@ build_noproxy(void)
 char *
 ddl_upload_redact_url(const char *url)
 {
-    strbuf sb = {NULL, 0, 0, 0};
+    ddl_strbuf sb = {NULL, 0, 0, 0};
     const char *p = url, *auth, *auth_end, *at, *q, *end;
 
     /* scheme and "://" */
     auth = strstr(url, "://");
     auth = auth != NULL ? auth + 3 : url;
-    sb_append(&sb, url, (size_t)(auth - url));
+    ddl_ex_sb_append(&sb, url, (size_t)(auth - url));
     auth_end = auth + strcspn(auth, "/?#");
     at = NULL;
     for (p = auth; p < auth_end; p++) {
@@ -903,29 +714,29 @@ ddl_upload_redact_url(const char *url)
         }
     }
     if (at != NULL) {
-        sb_puts(&sb, "***");
+        ddl_ex_sb_puts(&sb, "***");
         auth = at;
     }
     /* authority (from the '@'), then the path */
     q = auth_end + strcspn(auth_end, "?#");
-    sb_append(&sb, auth, (size_t)(q - auth));
+    ddl_ex_sb_append(&sb, auth, (size_t)(q - auth));
     if (*q == '?') {
         end = q + 1 + strcspn(q + 1, "#");
         p = q + 1;
-        sb_puts(&sb, "?");
+        ddl_ex_sb_puts(&sb, "?");
         while (p < end) {
             const char *amp = memchr(p, '&', (size_t)(end - p));
             const char *stop = amp != NULL ? amp : end;
             const char *eq = memchr(p, '=', (size_t)(stop - p));
 
             if (eq != NULL) {
-                sb_append(&sb, p, (size_t)(eq + 1 - p));
+                ddl_ex_sb_append(&sb, p, (size_t)(eq + 1 - p));
             }
-            sb_puts(&sb, "***");
+            ddl_ex_sb_puts(&sb, "***");
             if (amp == NULL) {
                 break;
             }
-            sb_puts(&sb, "&");
+            ddl_ex_sb_puts(&sb, "&");
             p = amp + 1;
         }
     }

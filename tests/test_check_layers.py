@@ -14,7 +14,7 @@ from conftest import REPO
 
 SCRIPT = os.path.join(REPO, "scripts", "check_c_layers.py")
 # the pure-C units, bottom to top (Makefile's PURE_C)
-PURE_C = ["profile", "pprof", "export_util", "writer", "upload", "export"]
+PURE_C = ["profile", "pprof", "export_util", "writer", "event", "upload", "export"]
 
 pytestmark = pytest.mark.skipif(shutil.which("nm") is None or shutil.which("cc") is None,
                                 reason="needs cc and nm")
@@ -111,7 +111,8 @@ def test_export_side_units_are_layered():
         uses[name] = set() if rest == "-" else set(rest.split(", "))
     assert uses["export_util"] == set()
     assert uses["writer"] <= {"export_util", "pprof"}
-    assert uses["upload"] <= {"export_util", "pprof"}
+    assert uses["event"] <= {"export_util"}
+    assert uses["upload"] <= {"export_util", "event", "pprof"}
     assert {"writer", "upload"} <= uses["export"]
-    for low in ("profile", "pprof", "export_util", "writer", "upload"):
+    for low in ("profile", "pprof", "export_util", "writer", "event", "upload"):
         assert "export" not in uses[low]

@@ -1,7 +1,7 @@
-/* Check suite for the exporter (ext/export.c, writer.c, upload.c): the
- * export thread, the atomic file writer and the libcurl uploader, exercised
- * for real against loopback HTTP servers (TCP on 127.0.0.1 and a unix
- * socket) written here with plain sockets. */
+/* Check suite for the exporter (ext/export.c, writer.c, upload.c, event.c):
+ * the export thread, the atomic file writer and the libcurl uploader,
+ * exercised for real against loopback HTTP servers (TCP on 127.0.0.1 and a
+ * unix socket) written here with plain sockets. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
