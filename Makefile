@@ -3,9 +3,11 @@ PYTHON ?= python3
 PYVERSIONS ?= 3.9 3.10 3.11 3.12 3.13
 PYTEST_ARGS ?=
 export PYTHONDONTWRITEBYTECODE = 1
+# the pure-C units (no Python.h): profile, pprof, the exporter
+PURE_C := ext/profile.c ext/pprof.c ext/export_util.c ext/writer.c ext/event.c ext/upload.c ext/export.c
 
 .PHONY: all deps build proto test test-c test-py test-all test-portable sanitize demo bench \
-        format lint clean
+        format lint check-layers clean
 
 all: build
 
@@ -54,10 +56,18 @@ bench: deps build
 format:
 	clang-format -i ext/*.c ext/*.h tests/c/*.c
 
-lint:
+lint: check-layers
 	clang-format --dry-run --Werror ext/*.c ext/*.h tests/c/*.c
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
-	  --suppress=missingIncludeSystem -I ext ext/profile.c ext/pprof.c ext/exporter.c
+	  --suppress=missingIncludeSystem -I ext $(PURE_C)
+
+# No cycle among C units (who references whose symbols, by nm): every unit
+# of the extension (docs/ARCHITECTURE.md); e.g. CHECK_LAYERS_ARGS="--units
+# $(PURE_C)" for the pure-C ones, or "--objdir build/tmp-3.11/ext" for
+# objects already built.
+CHECK_LAYERS_ARGS ?= --units ext/*.c ext/proto/profile.pb-c.c
+check-layers: proto
+	$(PYTHON) scripts/check_c_layers.py $(CHECK_LAYERS_ARGS)
 
 clean:
 	rm -rf build ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san

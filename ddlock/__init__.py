@@ -153,6 +153,8 @@ def _start_native(native, cfg):
         version=__version__,
         ca_file=cfg.ca_file,
         file_mode=cfg.output_mode,
+        max_files=cfg.output_max_files,
+        min_free_bytes=cfg.output_min_free_mb << 20,
         resolve_names=cfg.resolve_names,
     )
 
@@ -193,7 +195,7 @@ def _start_with(cfg):
     if cfg.debug:
         _enable_debug_logging()
         log.debug("ddlock started: capture %.3g%%, output %s, upload %s",
-                  cfg.capture_pct, cfg.output_pprof, cfg.upload_target()[0])
+                  cfg.capture_pct, cfg.output_pprof, cfg.upload_target_shown())
 
 
 def stop(flush=True):

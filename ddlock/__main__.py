@@ -6,7 +6,8 @@
 
 FILES are pprof files, output prefixes (``DD_PROFILING_OUTPUT_PPROF``) or
 directories. ``check`` exits 1 when a lock-name criterion fails, 2 on a usage
-or input error.
+or input error (a profile that is not one, or larger than a reading limit:
+--max-bytes, --max-samples, ... or the DDLOCK_READ_MAX_* variables).
 """
 
 from __future__ import annotations
@@ -16,6 +17,41 @@ import sys
 from typing import List, Optional
 
 USAGE_ERROR = 2
+
+
+_LIMIT_HELP = {
+    "max_bytes": "decompressed size of one profile (K, M, G suffixes; default 64M)",
+    "max_samples": "samples, over all files (default 500000)",
+    "max_locations": "locations per profile (default 1000000)",
+    "max_functions": "functions per profile (default 1000000)",
+    "max_strings": "string table entries per profile (default 1000000)",
+    "max_labels": "labels per profile (default 5000000)",
+    "max_frames": "stack entries per profile: samples' location ids and locations' lines (default 25000000)",
+}
+
+
+def _positive(parse):
+    def convert(text: str) -> int:
+        try:
+            v = parse(text)
+        except ValueError:
+            v = 0
+        if v < 1:
+            raise argparse.ArgumentTypeError("expected a positive integer, got %r" % text)
+        return v
+
+    return convert
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    from ._pprof import Limits, parse_size
+
+    g = p.add_argument_group("reading limits", "a profile beyond any of them is refused "
+                                               "(exit 2) before it takes the memory")
+    for name, text in _LIMIT_HELP.items():
+        parse = parse_size if name == "max_bytes" else (lambda t: int(t, 10))
+        g.add_argument("--" + name.replace("_", "-"), dest=name, type=_positive(parse), metavar="N",
+                       help="%s; also %s" % (text, Limits.env_name(name)))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--svg", metavar="OUT.svg", help="also write a flame graph to OUT.svg")
     r.add_argument("--value", choices=("wait", "hold"), default="wait",
                    help="value drawn in the flame graph (default wait)")
+    _add_limits(r)
 
     c = sub.add_parser("check", help="verify lock names against the production stress test's criteria",
                        description="Verify the 'lock name' labels: names visible (file:line:variable), "
@@ -45,18 +82,23 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--expect", action="append", default=[], metavar="NAME",
                    help="a variable name that must appear (repeatable), e.g. --expect user_session_lock")
     c.add_argument("-q", "--quiet", action="store_true", help="print failures only")
+    _add_limits(c)
 
     sub.add_parser("run", help="profile a program: python -m ddlock run python app.py ...", add_help=False)
     return p
 
 
-def _load(files: List[str]):
+def _load(args: argparse.Namespace):
     from . import _pprof, report
 
     try:
-        paths = report.expand_paths(files)
-        return paths, report.load_profile(paths)
-    except (FileNotFoundError, _pprof.DecodeError) as exc:
+        # the command line's limits, then DDLOCK_READ_MAX_*, then the defaults
+        limits = _pprof.Limits.from_env(**{name: getattr(args, name) for name in _LIMIT_HELP})
+        paths = report.expand_paths(args.files)
+        return paths, report.load_profile(paths, limits)
+    except (OSError, ValueError, MemoryError) as exc:  # DecodeError is a ValueError
+        if isinstance(exc, MemoryError):
+            exc = "out of memory reading the profile (lower --max-samples or --max-bytes)"
         sys.stderr.write("ddlock: %s\n" % exc)
         return None, None
 
@@ -64,7 +106,7 @@ def _load(files: List[str]):
 def cmd_report(args: argparse.Namespace) -> int:
     from . import report
 
-    paths, profile = _load(args.files)
+    paths, profile = _load(args)
     if profile is None:
         return USAGE_ERROR
     sys.stdout.write(report.render_report(profile, paths, top=max(args.top, 1), stacks=max(args.stacks, 0),
@@ -82,7 +124,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from . import report
 
-    paths, profile = _load(args.files)
+    paths, profile = _load(args)
     if profile is None:
         return USAGE_ERROR
     labels = report.lock_names(profile)

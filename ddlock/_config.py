@@ -13,8 +13,9 @@ import os
 import platform
 import sys
 import uuid
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Config", "from_env", "VARIABLES"]
+__all__ = ["Config", "from_env", "VARIABLES", "redact_url"]
 
 DEFAULT_EXCLUDES = ("threading", "asyncio", "concurrent", "ddlock")
 # every primitive ddlock profiles; DD_PROFILING_LOCK_TYPES picks among them
@@ -98,13 +99,55 @@ def _parse_list(raw):
     return tuple(out)
 
 
+REDACTED = "***"
+
+
+def redact_url(url):
+    """``url`` as it may be shown: user and password replaced by ``***``,
+    every query value too (``?token=***``), no fragment. Never raises."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if "@" in netloc:
+            netloc = REDACTED + "@" + netloc.rpartition("@")[2]
+        query = "&".join(
+            (item.partition("=")[0] + "=" + REDACTED) if "=" in item else REDACTED
+            for item in parts.query.split("&")) if parts.query else ""
+        return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    except Exception:  # not a URL: show nothing of it
+        return REDACTED
+
+
+def _join_endpoint(base, path):
+    """``base`` with ``path`` appended to its path, before its query:
+    ``http://h:1/x?token=t`` + ``/profiling/v1/input`` ->
+    ``http://h:1/x/profiling/v1/input?token=t``."""
+    parts = urlsplit(base)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, parts.query, ""))
+
+
+def _check_http_url(s, schemes):
+    try:
+        parts = urlsplit(s)
+        parts.port  # raises ValueError when the port is not a number in range
+    except ValueError:
+        raise ValueError("not a valid URL") from None
+    if parts.scheme not in schemes:
+        raise ValueError("expected %s URL" % " or ".join("a %s://" % x for x in schemes))
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("the URL has no host")
+    return s
+
+
 def _parse_url(raw):
     s = _parse_str(raw)
     if s is None or s == "":
         return None
     if not (s.startswith("http://") or s.startswith("https://") or s.startswith("unix://")):
         raise ValueError("expected an http://, https:// or unix:// URL")
-    return s
+    return _check_http_url(s, ("http", "https", "unix"))
 
 
 def _parse_https_url(raw):
@@ -114,7 +157,7 @@ def _parse_https_url(raw):
     if not s.startswith("https://"):
         # the API key travels with every request to this URL
         raise ValueError("expected an https:// URL")
-    return s
+    return _check_http_url(s, ("https",))
 
 
 def _parse_mode(raw):
@@ -165,6 +208,10 @@ VARIABLES = {
     "lock_wait_rate_ns": (("DD_PROFILING_LOCK_WAIT_RATE_NS",), _parse_int(0, 10**15), 1000000),
     "sampling_seed": (("DD_PROFILING_SAMPLING_SEED",), _parse_int(0, 2**63 - 1), 0),
     "output_mode": (("DD_PROFILING_OUTPUT_MODE",), _parse_mode, 0o600),
+    # files this process keeps (the oldest it wrote are removed; 0 = all)
+    "output_max_files": (("DD_PROFILING_OUTPUT_MAX_FILES",), _parse_int(0, 100000), 100),
+    # no file is written while less would be left free on its filesystem
+    "output_min_free_mb": (("DD_PROFILING_OUTPUT_MIN_FREE_MB",), _parse_int(0, 2**40), 100),
     "debug": (("DD_PROFILING_DEBUG", "DD_TRACE_DEBUG"), _parse_bool, False),
     "resolve_names": (("DD_PROFILING_LOCK_NAME_RESOLUTION",), _parse_bool, True),
     "lock_types": (("DD_PROFILING_LOCK_TYPES",), _parse_lock_types, LOCK_TYPES),
@@ -182,6 +229,9 @@ VARIABLES = {
     # (a private intake, or a loopback HTTPS server in tests)
     "intake_url": (("DDLOCK_INTAKE_URL",), _parse_https_url, None),
 }
+
+# settings holding a URL: shown redacted in messages
+_URL_KEYS = ("agent_url", "intake_url")
 
 ALIASES = {"interval": "upload_interval", "inspect_dir": "lock_name_inspect_dir",
            "exclude_modules": "lock_exclude_modules", "timeout_ms": "api_timeout_ms",
@@ -218,7 +268,17 @@ class Config(object):
             base = "http://localhost:8126"
         if base.startswith("unix://"):
             return "http://localhost/profiling/v1/input", base[len("unix://"):], None
-        return base.rstrip("/") + "/profiling/v1/input", None, None
+        return _join_endpoint(base, "/profiling/v1/input"), None, None
+
+    def upload_target_shown(self):
+        """Where uploads go, as it may be logged: credentials and query
+        values redacted (see redact_url); None when not uploading."""
+        url, unix_socket, _ = self.upload_target()
+        if url is None:
+            return None
+        if unix_socket is not None:
+            return "unix://" + unix_socket
+        return redact_url(url)
 
     def tags_string(self, profiler_version):
         tags = []
@@ -288,6 +348,8 @@ def from_env(overrides=None, strict=True, environ=None):
         except ValueError as exc:
             if key == "api_key":
                 raw = "<redacted>"  # the key never appears in messages
+            elif key in _URL_KEYS:
+                raw = redact_url(raw) if isinstance(raw, str) else raw
             if strict:
                 raise ValueError("%s=%r: %s" % (source, raw, exc)) from None
             warnings.append("%s=%r: %s; using the default %s" % (source, raw, exc, _show(key, default)))

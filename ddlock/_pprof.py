@@ -9,6 +9,9 @@ Entry points:
 
 * :func:`parse_bytes` -- decode gzip-compressed or raw protobuf bytes;
 * :func:`parse_file` -- the same for a file on disk;
+* :class:`Limits` -- what reading one profile may cost (decompressed size,
+  numbers of samples, locations, functions, strings and labels); a profile
+  beyond them raises :class:`LimitError` before it can take the memory;
 * :func:`merge` -- concatenate several profiles into one (ids renumbered);
 * :func:`aggregate` -- sum samples that share a stack and labels;
 * :func:`format_profile` / :func:`format_sample` -- human-readable dumps.
@@ -25,16 +28,19 @@ ddlock package), so it can be used on profiles written by any producer.
 
 from __future__ import annotations
 
-import gzip
+import io
+import os
 import zlib
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from dataclasses import dataclass, field, fields
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping as MappingT, NamedTuple, Optional, Tuple, Union
 
 __all__ = [
     "DecodeError",
     "Frame",
     "Function",
     "Label",
+    "LimitError",
+    "Limits",
     "Location",
     "Mapping",
     "Profile",
@@ -59,6 +65,118 @@ _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 class DecodeError(ValueError):
     """The bytes are not a well-formed pprof profile."""
+
+
+class LimitError(DecodeError):
+    """The profile is larger than a reading limit (see :class:`Limits`)."""
+
+
+_MIB = 1 << 20
+_READ_CHUNK = 1 << 16
+# at most this much decompressed output per step (no large temporaries)
+_INFLATE_STEP = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what reading one profile may cost; beyond any of them the
+    reader raises :class:`LimitError` instead of taking the memory and time.
+
+    The reader builds Python objects: about 5 KB and 60 us per sample of
+    12 frames and 5 labels (CPython 3.11), so 500,000 samples are about
+    2.5 GB and 30 s, the worst a profile within the defaults costs.  Real
+    profiles are far below: a ddlock profile has at most
+    ``DD_PROFILING_MAX_SAMPLES`` samples (10,000 by default, about 1 MB
+    decompressed); a 200,000-sample profile is 17 MB.  The decompressed
+    bytes are held while they are decoded, so ``max_bytes`` (64 MiB) is also
+    about the memory a gzip bomb takes before it is refused.
+
+    Each default can be changed with an environment variable
+    (``DDLOCK_READ_MAX_BYTES``, ``DDLOCK_READ_MAX_SAMPLES``, ...; see
+    :meth:`from_env`), every reading function takes ``limits=`` (a
+    ``Limits`` or a dict of the fields to change) and ``python -m ddlock
+    report|check`` take ``--max-bytes``, ``--max-samples``, ...
+    """
+
+    #: decompressed (raw protobuf) size in bytes
+    max_bytes: int = 64 * _MIB
+    #: samples (in ``report``/``check``: over all files read together)
+    max_samples: int = 500_000
+    max_locations: int = 1_000_000
+    max_functions: int = 1_000_000
+    #: string table entries
+    max_strings: int = 1_000_000
+    #: labels, summed over all samples
+    max_labels: int = 5_000_000
+    #: stack entries: location ids of all samples plus lines of all locations
+    max_frames: int = 25_000_000
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError("Limits.%s must be a positive integer, got %r" % (f.name, v))
+
+    @staticmethod
+    def env_name(name: str) -> str:
+        """The environment variable of limit ``name`` (``max_samples`` ->
+        ``DDLOCK_READ_MAX_SAMPLES``)."""
+        return "DDLOCK_READ_" + name.upper()
+
+    @classmethod
+    def from_env(cls, environ: Optional[MappingT[str, str]] = None, **overrides: int) -> "Limits":
+        """The defaults, changed by the ``DDLOCK_READ_MAX_*`` environment
+        variables, then by ``overrides``.  A malformed variable raises
+        ValueError naming it."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(cls.env_name(f.name))
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                values[f.name] = parse_size(raw) if f.name == "max_bytes" else int(raw.strip(), 10)
+            except ValueError:
+                values[f.name] = None
+            if values[f.name] is None or values[f.name] < 1:
+                raise ValueError("%s=%r: expected a positive integer" % (cls.env_name(f.name), raw))
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError("unknown limit(s): %s" % ", ".join(unknown))
+        values.update((k, v) for k, v in overrides.items() if v is not None)
+        return cls(**values)
+
+    @classmethod
+    def resolve(cls, limits: "Union[Limits, MappingT[str, int], None]") -> "Limits":
+        """``limits`` as a Limits: None means :meth:`from_env`; a dict changes
+        those fields of :meth:`from_env`."""
+        if limits is None:
+            return cls.from_env()
+        if isinstance(limits, Limits):
+            return limits
+        return cls.from_env(**dict(limits))
+
+    def exceeded(self, name: str, what: str) -> LimitError:
+        """The error for going past limit ``name``: ``what`` says what is more
+        (``"profile holds more samples"``)."""
+        return LimitError(
+            "%s than %s=%d (raise it with --%s or %s)"
+            % (what, name, getattr(self, name), name.replace("_", "-"), self.env_name(name))
+        )
+
+
+def parse_size(text: str) -> int:
+    """A byte count: an integer, optionally with a K, M or G suffix (powers
+    of 1024): ``"512M"`` -> 536870912.  ValueError when malformed."""
+    t = str(text).strip().upper()
+    if t.endswith("B") and len(t) > 1 and t[-2] in "KMG":
+        t = t[:-1]
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(t[-1:], 1)
+    if scale != 1:
+        t = t[:-1]
+    if not t.isdigit():
+        raise ValueError("expected a size such as 1048576, 512K, 256M or 1G, got %r" % (text,))
+    return int(t) * scale
 
 
 # ---------------------------------------------------------------------------
@@ -395,12 +513,31 @@ _PROFILE = {
 _WIRE_NAMES = {0: "varint", 1: "fixed64", 2: "length-delimited", 5: "fixed32"}
 
 
-def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str) -> dict:
+class _OverBudget(Exception):
+    """More repeated items of one kind than the decoding budget allows; the
+    argument is the name of the :class:`Limits` field."""
+
+
+# repeated fields counted while decoding -> the Limits field they count against
+_BUDGETED = {"label": "max_labels", "line": "max_frames", "location_id": "max_frames"}
+
+
+def _spend(budget: Dict[str, int], limit: str, n: int) -> None:
+    budget[limit] -= n
+    if budget[limit] < 0:
+        raise _OverBudget(limit)
+
+
+def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str,
+                    budget: Optional[Dict[str, int]] = None) -> dict:
     """Decode one message into a dict ``{attribute: value}`` following ``schema``.
 
     Unknown fields are skipped (forward compatibility).  Absent scalars get
     their proto3 default; absent embedded messages are None.  The set of
     attribute names actually present on the wire is stored under ``"_present"``.
+    ``budget`` maps the Limits fields of :data:`_BUDGETED` to how many more
+    of their items (in this message and those below it) may be decoded:
+    _OverBudget past it.
     """
     out: dict = {}
     for name, kind, repeated in schema.values():
@@ -422,7 +559,9 @@ def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str) 
         if isinstance(kind, dict):
             if wire != _LEN:
                 raise DecodeError("%s.%s: expected a message, got wire type %s" % (where, name, _WIRE_NAMES.get(wire, wire)))
-            sub = _decode_message(buf, value[0], value[1], kind, where + "." + name)  # type: ignore[index]
+            if budget is not None and name in _BUDGETED:
+                _spend(budget, _BUDGETED[name], 1)
+            sub = _decode_message(buf, value[0], value[1], kind, where + "." + name, budget)  # type: ignore[index]
             if repeated:
                 out[name].append(sub)
             else:
@@ -434,7 +573,7 @@ def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str) 
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DecodeError("%s.%s: string is not valid UTF-8: %r (%s)" % (where, name, raw, e)) from None
+                raise DecodeError("%s.%s: string is not valid UTF-8: %r (%s)" % (where, name, bytes(raw), e)) from None
             if repeated:
                 out[name].append(text)
             else:
@@ -443,6 +582,8 @@ def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str) 
             convert = _SCALAR_CONVERT[kind]
             if wire == _VARINT:
                 if repeated:
+                    if budget is not None and name in _BUDGETED:
+                        _spend(budget, _BUDGETED[name], 1)
                     out[name].append(convert(value))
                 else:
                     out[name] = convert(value)
@@ -450,9 +591,12 @@ def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str) 
                 # packed repeated varints
                 pos, stop = value  # type: ignore[misc]
                 items = out[name]
+                before = len(items)
                 while pos < stop:
                     v, pos = _read_varint(buf, pos, stop)
                     items.append(convert(v))
+                if budget is not None and name in _BUDGETED:
+                    _spend(budget, _BUDGETED[name], len(items) - before)
             else:
                 raise DecodeError(
                     "%s.%s: expected a varint%s, got wire type %s"
@@ -467,20 +611,100 @@ def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str) 
 # ---------------------------------------------------------------------------
 
 
-def decompress(data: bytes) -> bytes:
-    """Return the raw protobuf bytes of ``data`` (gunzipped if it is gzip)."""
-    data = bytes(data)
-    if data[:2] == _GZIP_MAGIC:
-        try:
-            return gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise DecodeError("corrupt gzip data: %s" % e) from None
-    if data[:4] == _ZSTD_MAGIC:
+def _gunzip_limited(read: Callable[[int], bytes], first: bytes, max_bytes: int, limits: Limits) -> bytearray:
+    """Decompress a gzip stream (one or more members) read in chunks, refusing
+    to produce more than ``max_bytes``: never holds more than that."""
+    out = bytearray()
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    buf = first
+    try:
+        while True:
+            if not buf:
+                buf = read(_READ_CHUNK)
+                if not buf:
+                    break
+            out += d.decompress(buf, min(max_bytes - len(out) + 1, _INFLATE_STEP))
+            if len(out) > max_bytes:
+                raise limits.exceeded("max_bytes", "decompressed profile larger")
+            buf = d.unconsumed_tail
+            if d.eof:
+                buf = d.unused_data
+                if not buf:
+                    buf = read(_READ_CHUNK)
+                    if not buf:
+                        return out
+                if buf[:1] != _GZIP_MAGIC[:1] or (len(buf) > 1 and buf[:2] != _GZIP_MAGIC):
+                    raise DecodeError("corrupt gzip data: unexpected bytes after the gzip stream")
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    except zlib.error as e:
+        raise DecodeError("corrupt gzip data: %s" % e) from None
+    raise DecodeError("corrupt gzip data: compressed data ends before the end of the gzip stream")
+
+
+def _read_limited(read: Callable[[int], bytes], limits: Limits) -> Union[bytes, bytearray]:
+    """The raw protobuf bytes of a stream: gunzipped if it is gzip; at most
+    ``limits.max_bytes`` of them, else LimitError."""
+    first = read(_READ_CHUNK)
+    while len(first) < len(_ZSTD_MAGIC):
+        more = read(_READ_CHUNK)
+        if not more:
+            break
+        first += more
+    if first[:2] == _GZIP_MAGIC:
+        return _gunzip_limited(read, first, limits.max_bytes, limits)
+    if first[:4] == _ZSTD_MAGIC:
         raise DecodeError("zstd-compressed profile: only gzip or raw protobuf is supported")
-    return data
+    out = bytearray(first)
+    while len(out) <= limits.max_bytes:
+        more = read(_READ_CHUNK)
+        if not more:
+            break
+        out += more
+    if len(out) > limits.max_bytes:
+        raise limits.exceeded("max_bytes", "profile larger")
+    return out
 
 
-def parse_bytes(data: bytes, strict: bool = True, path: Optional[str] = None) -> Profile:
+def decompress(data: bytes, limits: "Union[Limits, MappingT[str, int], None]" = None) -> bytes:
+    """Return the raw protobuf bytes of ``data`` (gunzipped if it is gzip).
+
+    Raises LimitError when they would be more than ``limits.max_bytes``
+    (default: :meth:`Limits.from_env`), without decompressing further.
+    """
+    return bytes(_read_limited(io.BytesIO(data).read, Limits.resolve(limits)))
+
+
+def _check_counts(buf: Union[bytes, bytearray], limits: Limits) -> None:
+    """Refuse, before decoding anything, a profile holding more samples,
+    locations, functions or strings than ``limits`` (one cheap pass over the
+    top-level fields; malformed data is left to the decoder)."""
+    caps = {
+        2: ("max_samples", "samples"),
+        4: ("max_locations", "locations"),
+        5: ("max_functions", "functions"),
+        6: ("max_strings", "strings"),
+    }
+    counts = dict.fromkeys(caps, 0)
+    left = {number: getattr(limits, name) for number, (name, _) in caps.items()}
+    try:
+        for number, _wire, _value in _iter_fields(buf, 0, len(buf)):
+            if number in counts:
+                counts[number] += 1
+                if counts[number] > left[number]:
+                    name, what = caps[number]
+                    raise limits.exceeded(name, "profile holds more %s" % what)
+    except LimitError:
+        raise
+    except DecodeError:
+        return
+
+
+def parse_bytes(
+    data: bytes,
+    strict: bool = True,
+    path: Optional[str] = None,
+    limits: "Union[Limits, MappingT[str, int], None]" = None,
+) -> Profile:
     """Decode a pprof profile from gzip-compressed or raw protobuf bytes.
 
     With ``strict`` (the default) the profile is also checked for the
@@ -489,20 +713,46 @@ def parse_bytes(data: bytes, strict: bool = True, path: Optional[str] = None) ->
     range; location/function/mapping ids are non-zero and unique; every
     referenced id exists; every sample has one value per sample type.
     With ``strict=False`` dangling references resolve to placeholders.
+
+    ``limits`` (a :class:`Limits`, a dict of its fields to change, or None
+    for :meth:`Limits.from_env`) bounds what decoding may take:
+    :class:`LimitError` past any of them.
     """
-    raw = decompress(data)
-    msg = _decode_message(raw, 0, len(raw), _PROFILE, "Profile")
+    lim = Limits.resolve(limits)
+    raw = _read_limited(io.BytesIO(data).read, lim)
+    return _parse_raw(raw, strict, path, lim)
+
+
+def _parse_raw(raw: Union[bytes, bytearray], strict: bool, path: Optional[str], limits: Limits) -> Profile:
+    _check_counts(raw, limits)
+    budget = {limit: getattr(limits, limit) for limit in set(_BUDGETED.values())}
+    try:
+        msg = _decode_message(raw, 0, len(raw), _PROFILE, "Profile", budget)
+    except _OverBudget as e:
+        limit = e.args[0]
+        what = "labels" if limit == "max_labels" else "stack frames (sample location ids and location lines)"
+        raise limits.exceeded(limit, "profile holds more %s" % what) from None
     return _build_profile(msg, strict, path)
 
 
-def parse_file(path: str, strict: bool = True) -> Profile:
-    """Read and decode the pprof file at ``path`` (gzip or raw protobuf)."""
-    with open(path, "rb") as f:
-        data = f.read()
+def parse_file(
+    path: str, strict: bool = True, limits: "Union[Limits, MappingT[str, int], None]" = None
+) -> Profile:
+    """Read and decode the pprof file at ``path`` (gzip or raw protobuf).
+
+    The file is read and decompressed in chunks, never past ``limits``
+    (see :func:`parse_bytes`); an empty file is a DecodeError (no profile
+    writer makes one).  Errors name the file.
+    """
+    lim = Limits.resolve(limits)
     try:
-        return parse_bytes(data, strict=strict, path=str(path))
+        with open(path, "rb") as f:
+            raw = _read_limited(f.read, lim)
+        if not raw and os.path.getsize(path) == 0:
+            raise DecodeError("empty file (0 bytes), not a pprof profile")
+        return _parse_raw(raw, strict, str(path), lim)
     except DecodeError as e:
-        raise DecodeError("%s: %s" % (path, e)) from None
+        raise type(e)("%s: %s" % (path, e)) from None
 
 
 def _build_profile(msg: dict, strict: bool, path: Optional[str]) -> Profile:

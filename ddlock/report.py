@@ -91,14 +91,25 @@ def expand_paths(args: Iterable[str]) -> List[str]:
     return out
 
 
-def load_profile(paths: Sequence[str]) -> _pprof.Profile:
-    """Parse and merge ``paths`` into one profile (DecodeError names the file)."""
+def load_profile(paths: Sequence[str], limits=None) -> _pprof.Profile:
+    """Parse and merge ``paths`` into one profile (DecodeError names the file).
+
+    ``limits`` (a :class:`ddlock._pprof.Limits`, a dict of its fields, or
+    None for the defaults and ``DDLOCK_READ_MAX_*``) bounds each file, and
+    ``max_samples`` also the samples of all files together: LimitError.
+    """
+    lim = _pprof.Limits.resolve(limits)
     profiles = []
+    total = 0
     for path in paths:
         try:
-            profiles.append(_pprof.parse_file(path))
-        except (OSError, _pprof.DecodeError, EOFError) as exc:
+            profile = _pprof.parse_file(path, limits=lim)
+        except (OSError, EOFError) as exc:  # a DecodeError names the file already
             raise _pprof.DecodeError("%s: not a readable pprof profile: %s" % (path, exc)) from None
+        total += len(profile.samples)
+        if total > lim.max_samples:
+            raise lim.exceeded("max_samples", "the %d files hold more samples together" % len(paths))
+        profiles.append(profile)
     return _pprof.merge(profiles)
 
 

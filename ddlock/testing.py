@@ -51,6 +51,8 @@ from ._pprof import (
     DecodeError,
     Frame,
     Label,
+    LimitError,
+    Limits,
     Location,
     Profile,
     Sample,
@@ -70,6 +72,8 @@ __all__ = [
     "Frame",
     "Label",
     "LineMarkers",
+    "LimitError",
+    "Limits",
     "LineNo",
     "Location",
     "LockAcquireEvent",
@@ -203,21 +207,28 @@ def _no_profile_error(prefix: str, pid: Optional[int]) -> FileNotFoundError:
     return FileNotFoundError("no profile file matches %s (%s)" % (what, detail))
 
 
-def parse_profile(path: str, strict: bool = True) -> Profile:
-    """Parse one pprof file (gzip or raw protobuf)."""
-    return parse_file(os.fspath(path), strict=strict)
+def parse_profile(path: str, strict: bool = True, limits=None) -> Profile:
+    """Parse one pprof file (gzip or raw protobuf).
+
+    ``limits``: a :class:`Limits` or a dict of its fields (``{"max_samples":
+    5_000_000}``); None = the defaults changed by ``DDLOCK_READ_MAX_*``.  A
+    profile beyond them raises :class:`LimitError` (an empty file and a
+    malformed one: :class:`DecodeError`).
+    """
+    return parse_file(os.fspath(path), strict=strict, limits=limits)
 
 
-def parse_profiles(prefix: str, pid: Optional[int] = None, strict: bool = True) -> List[Profile]:
+def parse_profiles(prefix: str, pid: Optional[int] = None, strict: bool = True, limits=None) -> List[Profile]:
     """Parse every ``<prefix>.<pid>.<seq>.pprof`` file, oldest first.
 
     Returns an empty list when there is none.  Each profile's ``path`` tells
-    which file it came from.
+    which file it came from.  ``limits`` bounds each file (see parse_profile).
     """
-    return [parse_file(p, strict=strict) for p in list_profile_files(prefix, pid)]
+    lim = Limits.resolve(limits)
+    return [parse_file(p, strict=strict, limits=lim) for p in list_profile_files(prefix, pid)]
 
 
-def parse_newest_profile(prefix: str, pid: Optional[int] = None, strict: bool = True) -> Profile:
+def parse_newest_profile(prefix: str, pid: Optional[int] = None, strict: bool = True, limits=None) -> Profile:
     """Parse the newest ``<prefix>.<pid>.<seq>.pprof`` file, by (mtime, seq).
 
     Raises FileNotFoundError (saying what is there instead) when none exists.
@@ -225,7 +236,7 @@ def parse_newest_profile(prefix: str, pid: Optional[int] = None, strict: bool = 
     paths = list_profile_files(prefix, pid)
     if not paths:
         raise _no_profile_error(os.fspath(prefix), pid)
-    return parse_file(paths[-1], strict=strict)
+    return parse_file(paths[-1], strict=strict, limits=limits)
 
 
 def merge_profiles(*profiles: Union[Profile, Iterable[Profile]]) -> Profile:
@@ -245,12 +256,12 @@ def merge_profiles(*profiles: Union[Profile, Iterable[Profile]]) -> Profile:
     return merge(flat)
 
 
-def parse_merged_profile(prefix: str, pid: Optional[int] = None, strict: bool = True) -> Profile:
+def parse_merged_profile(prefix: str, pid: Optional[int] = None, strict: bool = True, limits=None) -> Profile:
     """All ``<prefix>.<pid>.<seq>.pprof`` files merged into one profile.
 
     An empty profile (no samples) when there is no file.
     """
-    return merge(parse_profiles(prefix, pid, strict))
+    return merge(parse_profiles(prefix, pid, strict, limits))
 
 
 def aggregate_samples(profile: Profile) -> Profile:

@@ -209,6 +209,7 @@ typedef struct {
     ddl_profile *profile;
     ddl_exporter *exporter;
     uint64_t file_seq; /* last file sequence number of this process */
+    ddl_file_history *file_history; /* files this process wrote (max_files) */
     /* counters of the last session, reported by stats() after stop() */
     int has_last_stats;
     ddl_exporter_stats last_exporter_stats;

@@ -34,11 +34,31 @@ enum {
 typedef void (*ddl_log_fn)(void *ctx, int level, const char *kind,
                            const char *msg);
 
+/* The files one process wrote, oldest first: what max_files removes from.
+ * Owned by the caller so that it spans start/stop/start in one process;
+ * ddl_file_history_clear() in a forked child (the parent's files are not
+ * the child's). Not thread-safe: only the running exporter touches it. */
+typedef struct ddl_file_history ddl_file_history;
+ddl_file_history *ddl_file_history_new(void);
+void ddl_file_history_clear(ddl_file_history *h);
+void ddl_file_history_free(ddl_file_history *h);
+
 typedef struct {
     /* file output: "<prefix>.<pid>.<seq>.pprof", seq from 1, written via a
      * temp file in the same directory + rename; NULL or "" = no files */
     const char *output_prefix;
     unsigned file_mode; /* permissions of written files, e.g. 0600 */
+    /* at most this many files of this process are kept: after each file
+     * written, the oldest ones it wrote are removed (never another file);
+     * 0 = no limit (and none remembered) */
+    unsigned max_files;
+    /* no file is written while it would leave less than this many bytes
+     * available on the filesystem of the prefix's directory (statvfs);
+     * 0 = no check */
+    uint64_t min_free_bytes;
+    /* where the files written are remembered (see ddl_file_history); NULL =
+     * the exporter's own, forgotten at stop */
+    ddl_file_history *history;
 
     double interval_s; /* seconds between periodic exports (> 0) */
 
@@ -56,8 +76,11 @@ typedef struct {
                                 by the exporter) */
     const char *version;     /* ddlock version for DD-EVP-ORIGIN-VERSION,
                                 User-Agent and the event "internal" */
-    const char *ca_file;     /* NULL = system CAs; tests pass a self-signed
-                                certificate here */
+    const char *ca_file;     /* CA bundle for TLS verification; wins over
+                                everything. NULL = $SSL_CERT_FILE and/or
+                                $SSL_CERT_DIR when set, else the system
+                                bundle found in the usual places (see
+                                upload.c), else libcurl's default */
 
     /* Sequence numbers are per process, not per exporter: when not NULL,
      * *seq_store holds the last sequence number written (0 = none yet); the
@@ -101,7 +124,11 @@ typedef struct {
     uint64_t upload_retries;
     uint64_t bytes_written;
     uint64_t bytes_uploaded;
-    int last_http_status; /* 0 when none */
+    uint64_t files_removed;          /* oldest files removed (max_files) */
+    uint64_t files_skipped_low_disk; /* not written: below min_free_bytes */
+    uint64_t uploads_skipped_retry_after; /* not sent: the agent's
+                                             Retry-After had not passed */
+    int last_http_status;                 /* 0 when none */
     char last_error[256]; /* "" when none; never contains the API key */
     char last_path[4096]; /* last file written, "" when none */
 } ddl_exporter_stats;
@@ -117,7 +144,8 @@ void ddl_exporter_stop_stats(ddl_exporter *e, int final_export,
  * thread does not exist in the child: re-initialise mutexes and condition
  * variables, reset sequence numbers to 1 (files now use the child's pid),
  * drop the parent's curl state and start a fresh export thread (*seq_store,
- * when set, is reset to 0). Returns 0 on success in the child. */
+ * when set, is reset to 0; the file history is cleared). Returns 0 on
+ * success in the child. */
 void ddl_exporter_fork_prepare(ddl_exporter *e);
 void ddl_exporter_fork_parent(ddl_exporter *e);
 int ddl_exporter_fork_child(ddl_exporter *e);

@@ -1099,10 +1099,7 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
      * than the creator was handed (a parameter or closure variable of a
      * decorator, helper or library): then the name the object was bound
      * to where it was made, when it was bound to one. */
-    /* (a lock labelled by another object whose target is itself: that
-     * object, a Condition, is gone; the binding named the Condition) */
-    int target_gone = lk->has_target && ddl_is_native_lock(st, target);
-    if (lk->site_code != NULL && lk->site_direct && !target_gone &&
+    if (lk->site_code != NULL && lk->site_direct &&
         (var == NULL ||
          (local && (PyObject *)ddl_walk_code(f) != lk->site_code &&
           ddl_code_handed_name(ddl_walk_code(f), var)))) {

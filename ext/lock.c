@@ -382,15 +382,25 @@ target_key(PyObject *obj)
     return PyLong_FromVoidPtr(obj);
 }
 
+/* The object labelling entry e of obj: its target while that lives. Once
+ * it is gone (a Condition whose lock lives on), the entry labels obj
+ * itself, with no creation binding (it named the Condition). */
 static PyObject *
-lt_target(ddl_locktab *t, PyObject *obj)
+lt_target(ddl_locktab *t, lt_entry *e, PyObject *obj)
 {
     PyObject *key = target_key(obj);
     PyObject *ref = key != NULL && t->targets != NULL
                         ? PyDict_GetItem(t->targets, key)
                         : NULL;
-    Py_XDECREF(key);
     PyObject *target = ref != NULL ? ddl_weakref_peek(ref) : NULL;
+    if (target == NULL) {
+        e->prof.has_target = 0;
+        e->prof.site_direct = 0;
+        if (ref != NULL && PyDict_DelItem(t->targets, key) < 0) {
+            PyErr_Clear();
+        }
+    }
+    Py_XDECREF(key);
     return target != NULL ? target : obj;
 }
 
@@ -402,7 +412,7 @@ ddl_lock_prof(ddl_state *st, PyObject *obj, PyObject **target)
         return NULL;
     }
     if (target != NULL) {
-        *target = e->prof.has_target ? lt_target(st->locktab, obj) : obj;
+        *target = e->prof.has_target ? lt_target(st->locktab, e, obj) : obj;
     }
     return &e->prof;
 }

@@ -158,12 +158,28 @@ stop_collecting(ddl_state *st, int final_export)
 static PyObject *
 mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {
-        "output_prefix", "capture_pct",    "max_frames",    "interval",
-        "inspect_dir",   "exclude",        "max_samples",   "wait_rate_ns",
-        "seed",          "upload_enabled", "url",           "unix_socket",
-        "api_key",       "timeout_ms",     "tags",          "version",
-        "ca_file",       "file_mode",      "resolve_names", NULL};
+    static char *kwlist[] = {"output_prefix",
+                             "capture_pct",
+                             "max_frames",
+                             "interval",
+                             "inspect_dir",
+                             "exclude",
+                             "max_samples",
+                             "wait_rate_ns",
+                             "seed",
+                             "upload_enabled",
+                             "url",
+                             "unix_socket",
+                             "api_key",
+                             "timeout_ms",
+                             "tags",
+                             "version",
+                             "ca_file",
+                             "file_mode",
+                             "resolve_names",
+                             "max_files",
+                             "min_free_bytes",
+                             NULL};
     const char *output_prefix = NULL, *url = NULL, *unix_socket = NULL;
     const char *api_key = NULL, *tags = "", *version = DDL_VERSION;
     const char *ca_file = NULL;
@@ -174,13 +190,15 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_ssize_t max_samples = 10000;
     long long wait_rate_ns = 1000000, seed = 0;
     long timeout_ms = 10000;
-    unsigned int file_mode = 0600;
+    unsigned int file_mode = 0600, max_files = 0;
+    unsigned long long min_free_bytes = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "|$zdidpOnLLpzzzlzzzIp:start", kwlist,
+            args, kwargs, "|$zdidpOnLLpzzzlzzzIpIK:start", kwlist,
             &output_prefix, &capture_pct, &max_frames, &interval, &inspect_dir,
             &exclude, &max_samples, &wait_rate_ns, &seed, &upload_enabled,
             &url, &unix_socket, &api_key, &timeout_ms, &tags, &version,
-            &ca_file, &file_mode, &resolve_names)) {
+            &ca_file, &file_mode, &resolve_names, &max_files,
+            &min_free_bytes)) {
         return NULL;
     }
     if (!(capture_pct >= 0.0 && capture_pct <= 100.0)) {
@@ -206,6 +224,10 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
         set_excludes(st, exclude) < 0) {
         return NULL;
     }
+    if (st->file_history == NULL &&
+        (st->file_history = ddl_file_history_new()) == NULL) {
+        return PyErr_NoMemory();
+    }
     ddl_profile *profile = ddl_profile_new((size_t)max_samples, ddl_wall_ns());
     if (profile == NULL) {
         return PyErr_NoMemory();
@@ -213,6 +235,9 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
     ddl_exporter_config cfg = {
         .output_prefix = output_prefix,
         .file_mode = file_mode,
+        .max_files = max_files,
+        .min_free_bytes = min_free_bytes,
+        .history = st->file_history,
         .interval_s = interval,
         .upload_enabled = upload_enabled && url != NULL,
         .url = url,
@@ -345,6 +370,10 @@ mod_stats(PyObject *module, PyObject *unused)
         SET_U64(d, "upload_retries", es.upload_retries);
         SET_U64(d, "bytes_written", es.bytes_written);
         SET_U64(d, "bytes_uploaded", es.bytes_uploaded);
+        SET_U64(d, "files_removed", es.files_removed);
+        SET_U64(d, "files_skipped_low_disk", es.files_skipped_low_disk);
+        SET_U64(d, "uploads_skipped_retry_after",
+                es.uploads_skipped_retry_after);
         SET_U64(d, "last_http_status", (unsigned)es.last_http_status);
         PyObject *s = PyUnicode_DecodeUTF8(es.last_error,
                                            strlen(es.last_error), "replace");
@@ -506,6 +535,7 @@ mod_fork_child(PyObject *module, PyObject *unused)
     st->n_logs = 0;
     st->log_pending_scheduled = 0;
     st->file_seq = 0; /* the child's files: <prefix>.<child pid>.1, .2, ... */
+    ddl_file_history_clear(st->file_history); /* the parent's files */
     if (st->profile != NULL) {
         ddl_profile_fork_child(st->profile, ddl_wall_ns());
     }
@@ -1025,6 +1055,8 @@ module_free(void *module)
         fork_state = NULL;
     }
     stop_collecting(st, 0);
+    ddl_file_history_free(st->file_history);
+    st->file_history = NULL;
     free_excludes(st);
     module_clear((PyObject *)module);
     PyMem_Free(st->line_cache);

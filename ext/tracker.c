@@ -243,8 +243,19 @@ ddl_tracker_new(ddl_state *st, PyObject *obj, int kind, PyObject *target,
 static PyObject *
 tracker_target(ddl_tracker *t)
 {
-    PyObject *target = t->target != NULL ? ddl_weakref_peek(t->target) : NULL;
-    return target != NULL ? target : t->key;
+    if (t->target == NULL) {
+        return t->key;
+    }
+    PyObject *target = ddl_weakref_peek(t->target);
+    if (target == NULL) {
+        /* the labelling object (a Condition) is gone: t labels its own
+         * object, with no creation binding (it named the Condition) */
+        t->prof.has_target = 0;
+        t->prof.site_direct = 0;
+        Py_CLEAR(t->target);
+        return t->key;
+    }
+    return target;
 }
 
 #define RING_CAP 4

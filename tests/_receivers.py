@@ -5,13 +5,16 @@ per connection and answers it as its script says. The script is a list of
 actions, one per request, in arrival order (``default`` once it runs out):
 
     200, 500, 400 ...  read the whole request, answer with this status
+    (429, {"Retry-After": "2"})
+                       the same with these response headers (a callable
+                       value is called when the answer is sent)
     "close"            read the request headers, then close the connection
                        without reading the body or answering
     "hang"             read the whole request and never answer (the
                        connection stays open until the receiver is closed)
 
 Every request whose headers arrived is recorded in ``requests`` (``body`` is
-None for "close"). Written from the HTTP/1.1 message format only; no test
+None for "close"; ``time`` is when its headers arrived, epoch seconds). Written from the HTTP/1.1 message format only; no test
 depends on a third-party server.
 """
 
@@ -19,12 +22,13 @@ import os
 import socket
 import ssl
 import threading
+import time
 
 __all__ = ["Receiver", "Request", "free_port", "free_ports"]
 
 REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
-           403: "Forbidden", 404: "Not Found", 500: "Internal Server Error",
-           503: "Service Unavailable"}
+           403: "Forbidden", 404: "Not Found", 429: "Too Many Requests",
+           500: "Internal Server Error", 503: "Service Unavailable"}
 MAX_HEADER_BYTES = 64 * 1024
 IO_TIMEOUT = 15.0
 
@@ -52,6 +56,7 @@ class Request(object):
     """One received request."""
 
     def __init__(self, method, target, version, headers, body, tls, action):
+        self.time = time.time()
         self.method = method
         self.path = target
         self.version = version
@@ -267,9 +272,13 @@ class Receiver(object):
         if action == "hang":
             self._stop.wait(60)
             return
+        extra = {}
+        if isinstance(action, tuple):
+            action, extra = action
         status = int(action)
         body = b"{}" if status < 300 else b"receiver says no"
+        more = "".join("%s: %s\r\n" % (k, v() if callable(v) else v) for k, v in extra.items())
         response = ("HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                    "Connection: close\r\n\r\n" % (status, REASONS.get(status, "Status"),
-                                                   len(body))).encode("ascii") + body
+                    "%sConnection: close\r\n\r\n" % (status, REASONS.get(status, "Status"),
+                                                     len(body), more)).encode("ascii") + body
         conn.sock.sendall(response)

@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.request
 import uuid
@@ -422,6 +423,80 @@ def test_upload_to_ddapm_test_agent(ddapm_agent, program, prefix):
 
 
 # ---------------------------------------------------------------------------
+# Agent URLs with credentials and a query
+# ---------------------------------------------------------------------------
+
+URL_SECRETS = ("hunter2pw", "tok7q")
+
+
+def secret_url(base):
+    """base (http://host:port) with a user, a password and a query token."""
+    return "http://ddlock:%s@%s/?token=%s" % (URL_SECRETS[0], base[len("http://"):], URL_SECRETS[1])
+
+
+def assert_no_url_secret(run):
+    for name, text in (("stdout (stats)", run.stdout), ("stderr (logs)", run.stderr)):
+        for needle in URL_SECRETS:
+            assert needle not in text, "%s in %s:\n%s" % (needle, name, run.describe())
+
+
+def test_agent_url_with_credentials_and_query(ddapm_agent, program, prefix):
+    with urllib.request.urlopen(ddapm_agent + "/test/session/start", timeout=10) as r:
+        assert r.status == 200
+    env = {"DD_TRACE_AGENT_URL": secret_url(ddapm_agent), "DD_PROFILING_OUTPUT_PPROF": prefix,
+           "DD_PROFILING_DEBUG": "true"}
+    run = run_program(program, env, rounds=1)
+    assert upload_counters(run.after[-1]) == {"exports": 1, "uploads_ok": 1, "uploads_failed": 0,
+                                              "upload_retries": 0, "last_http_status": 200}, run.describe()
+    reqs = agent_requests(ddapm_agent, "/profiling/v1/input")
+    assert len(reqs) == 1, reqs
+    # the endpoint path goes before the query, which is kept
+    assert reqs[0]["url"] == ddapm_agent + "/profiling/v1/input?token=" + URL_SECRETS[1]
+    headers = {k.lower(): v for k, v in reqs[0]["headers"].items()}
+    assert headers["authorization"] == "Basic " + base64.b64encode(
+        ("ddlock:%s" % URL_SECRETS[0]).encode()).decode()
+    # shown redacted, never whole
+    shown = "http://***@%s/profiling/v1/input?token=***" % ddapm_agent[len("http://"):]
+    assert "upload %s" % shown in run.stderr, run.describe()
+    assert "profile uploaded to %s: HTTP 200" % shown in run.stderr, run.describe()
+    assert_no_url_secret(run)
+
+
+def test_agent_url_secrets_not_in_failures(program, baseline):
+    base = "http://127.0.0.1:%d" % free_port()  # connection refused
+    run = run_program(program, {"DD_TRACE_AGENT_URL": secret_url(base), "DD_PROFILING_DEBUG": "true"})
+    assert_work_unaffected(run, baseline)
+    last = run.after[-1]
+    assert last["uploads_failed"] == 1, run.describe()
+    shown = "http://***@%s/profiling/v1/input?token=***" % base[len("http://"):]
+    assert last["last_error"].endswith(" to " + shown), last["last_error"]
+    assert "curl error 7" in last["last_error"]
+    assert shown in "".join(run.warnings()), run.describe()
+    assert_no_url_secret(run)
+
+
+def test_agent_url_config():
+    def target(url):
+        return _config.from_env(environ={"DD_TRACE_AGENT_URL": url}).upload_target()[0]
+
+    assert target("http://h:1") == "http://h:1/profiling/v1/input"
+    assert target("http://h:1/") == "http://h:1/profiling/v1/input"
+    assert target("http://h:1/agent/?a=1&b=2#x") == "http://h:1/agent/profiling/v1/input?a=1&b=2"
+    assert target("http://u:p@[::1]:8126?t=1") == "http://u:p@[::1]:8126/profiling/v1/input?t=1"
+    redact = _config.redact_url
+    assert redact("http://u:p@h:1/x?token=t&flag&e=") == "http://***@h:1/x?token=***&***&e=***"
+    assert redact("https://h/api/v2/profile") == "https://h/api/v2/profile"
+    assert redact("http://a@b@h/p?k=v#frag") == "http://***@h/p?k=***"
+    # a malformed URL is a ValueError at start() that does not show the password
+    for bad in ("http://u:hunter2pw@h:99999/", "http://u:hunter2pw@:80/", "ftp://u:hunter2pw@h/"):
+        with pytest.raises(ValueError, match="DD_TRACE_AGENT_URL") as info:
+            _config.from_env(environ={"DD_TRACE_AGENT_URL": bad})
+        assert "hunter2pw" not in str(info.value)
+    cfg = _config.from_env(environ={}, strict=False, overrides={"agent_url": "http://u:hunter2pw@h:x/"})
+    assert cfg.agent_url is None and "hunter2pw" not in " ".join(cfg.warnings), cfg.warnings
+
+
+# ---------------------------------------------------------------------------
 # Unix socket
 # ---------------------------------------------------------------------------
 
@@ -526,6 +601,71 @@ def test_agent_closing_mid_request(program, baseline):
     assert [(r.method, r.path, r.action) for r in rcv.requests] == \
         [("POST", "/profiling/v1/input", "close")] * 3
     assert len(run.warnings()) == 1, run.describe()
+
+
+# ---------------------------------------------------------------------------
+# Agent back-off: Retry-After
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retry_after_seconds_delays_the_retry(program, status):
+    with Receiver([(status, {"Retry-After": "2"})], default=200) as rcv:
+        run = run_program(program, {"DD_TRACE_AGENT_URL": rcv.url, "DD_PROFILING_UPLOAD_INTERVAL": "60"})
+    assert upload_counters(run.after[0]) == {"exports": 1, "uploads_ok": 1, "uploads_failed": 0,
+                                             "upload_retries": 1, "last_http_status": 200}, run.describe()
+    assert len(rcv.requests) == 2, rcv.requests
+    first, second = rcv.requests
+    assert second.time - first.time >= 2.0, (first.time, second.time)
+    assert run.warnings() == [], run.describe()
+
+
+def test_retry_after_http_date_delays_the_retry(program):
+    import email.utils
+
+    not_before = []
+
+    def date():  # 3 s from when the answer is sent, whole seconds
+        t = int(time.time()) + 3
+        not_before.append(t)
+        return email.utils.formatdate(t, usegmt=True)
+
+    with Receiver([(503, {"Retry-After": date})], default=200) as rcv:
+        run = run_program(program, {"DD_TRACE_AGENT_URL": rcv.url, "DD_PROFILING_UPLOAD_INTERVAL": "60"})
+    assert run.after[0]["uploads_ok"] == 1 and run.after[0]["upload_retries"] == 1, run.describe()
+    assert len(rcv.requests) == 2, rcv.requests
+    assert rcv.requests[1].time >= not_before[0], (rcv.requests[1].time, not_before)
+
+
+def test_retry_after_beyond_the_interval_skips_uploads_until_then(tmp_path):
+    # periodic exports every 0.3 s for 4 s; the first upload is told to
+    # come back in 2 s: no request before that, then uploads resume
+    prog = tmp_path / "busy.py"
+    prog.write_text(textwrap.dedent("""
+        import json, threading, time
+        import ddlock
+        ddlock.start(capture_pct=100, upload_interval=0.3)
+        lock = threading.Lock()
+        end = time.monotonic() + 4.0
+        while time.monotonic() < end:
+            with lock:
+                pass
+            time.sleep(0.001)
+        ddlock.stop()
+        print("@@stats " + json.dumps(ddlock.stats()), flush=True)
+    """))
+    with Receiver([(429, {"Retry-After": "2"})], default=200) as rcv:
+        proc = subprocess.run([sys.executable, str(prog)], env=python_env({"DD_TRACE_AGENT_URL": rcv.url}),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                              timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.split("@@stats ", 1)[1])
+    times = [r.time for r in rcv.requests]
+    assert len(times) >= 2, (times, stats)
+    assert all(t >= times[0] + 2.0 for t in times[1:]), [t - times[0] for t in times]
+    assert stats["uploads_skipped_retry_after"] >= 3, stats
+    assert stats["uploads_ok"] >= 1 and stats["uploads_ok"] == len(times) - 1, (stats, len(times))
+    # one warning for the 429, none for the skipped uploads
+    assert proc.stderr.count("Retry-After") == 1, proc.stderr
 
 
 # ---------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-/* Check suite for ext/exporter.c: the export thread, the atomic file
- * writer and the libcurl uploader, exercised for real against loopback HTTP
- * servers (TCP on 127.0.0.1 and a unix socket) written here with plain
- * sockets. */
+/* Check suite for the exporter (ext/export.c, writer.c, upload.c, event.c):
+ * the export thread, the atomic file writer and the libcurl uploader,
+ * exercised for real against loopback HTTP servers (TCP on 127.0.0.1 and a
+ * unix socket) written here with plain sockets. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE 1
 #endif
@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "exporter.h"
+#include "upload.h"
 
 #if defined(__has_include)
 #if __has_include(<valgrind/valgrind.h>)
@@ -792,6 +793,109 @@ START_TEST(test_file_naming_and_seq)
 }
 END_TEST
 
+static int
+file_exists(const char *path)
+{
+    struct stat sb;
+
+    return stat(path, &sb) == 0;
+}
+
+/* max_files: after each file the oldest this process wrote go, over
+ * start/stop/start when the history is shared; other files stay. */
+START_TEST(test_max_files_removes_oldest_own_files)
+{
+    char *dir = make_tmpdir();
+    char prefix[4096], path[8192], decoy[8192];
+    ddl_exporter_config cfg = base_config();
+    ddl_file_history *history = ddl_file_history_new();
+    ddl_exporter_stats st;
+    ddl_exporter *e;
+    uint64_t seq = 0;
+    int i, fd;
+
+    ck_assert_ptr_nonnull(history);
+    snprintf(prefix, sizeof(prefix), "%s/prof", dir);
+    /* named like one of ours, but not written by this exporter */
+    snprintf(decoy, sizeof(decoy), "%s.%ld.99.pprof", prefix, (long)getpid());
+    fd = open(decoy, O_CREAT | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    cfg.output_prefix = prefix;
+    cfg.max_files = 3;
+    cfg.history = history;
+    cfg.seq_store = &seq;
+    e = start_ok(&cfg);
+    for (i = 1; i <= 2; i++) {
+        ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    }
+    ddl_exporter_stop(e, 0);
+    e = start_ok(&cfg); /* a new session of the same process */
+    for (i = 3; i <= 5; i++) {
+        ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    }
+    ddl_exporter_get_stats(e, &st);
+    ddl_exporter_stop(e, 0);
+    ck_assert_uint_eq(st.files_written, 3);
+    ck_assert_uint_eq(st.files_removed, 2);
+    for (i = 1; i <= 5; i++) {
+        snprintf(path, sizeof(path), "%s.%ld.%d.pprof", prefix, (long)getpid(),
+                 i);
+        ck_assert_msg(file_exists(path) == (i >= 3), "%s", path);
+    }
+    ck_assert(file_exists(decoy));
+    ck_assert_int_eq(count_dir_entries(dir), 4);
+    ck_assert_int_eq(log_count(&sink, "file-removed", DDL_LOG_DEBUG), 2);
+
+    /* 0 = no limit: nothing removed */
+    cfg.max_files = 0;
+    e = start_ok(&cfg);
+    for (i = 6; i <= 9; i++) {
+        ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    }
+    ddl_exporter_stop(e, 0);
+    ck_assert_int_eq(count_dir_entries(dir), 8);
+    ddl_file_history_free(history);
+    remove_tmpdir(dir);
+}
+END_TEST
+
+/* Below min_free_bytes on the target filesystem: nothing written, counted,
+ * logged once per run of skipped files. */
+START_TEST(test_min_free_bytes_stops_writing)
+{
+    char *dir = make_tmpdir();
+    char prefix[4096];
+    ddl_exporter_config cfg = base_config();
+    ddl_exporter_stats st;
+    ddl_exporter *e;
+
+    snprintf(prefix, sizeof(prefix), "%s/prof", dir);
+    cfg.output_prefix = prefix;
+    cfg.min_free_bytes = UINT64_C(1) << 62; /* more than any disk */
+    e = start_ok(&cfg);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), -1);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), -1);
+    ddl_exporter_get_stats(e, &st);
+    ddl_exporter_stop(e, 0);
+    ck_assert_int_eq(count_dir_entries(dir), 0);
+    ck_assert_uint_eq(st.files_written, 0);
+    ck_assert_uint_eq(st.file_errors, 0);
+    ck_assert_uint_eq(st.files_skipped_low_disk, 2);
+    ck_assert_ptr_nonnull(strstr(st.last_error, "not writing profiles"));
+    ck_assert_ptr_nonnull(strstr(st.last_error, dir));
+    ck_assert_int_eq(log_count(&sink, "file-disk-low", DDL_LOG_WARNING), 1);
+
+    /* a floor the disk is above: written */
+    cfg.min_free_bytes = 1;
+    e = start_ok(&cfg);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), 0);
+    ddl_exporter_stop(e, 0);
+    ck_assert_int_eq(count_dir_entries(dir), 1);
+    remove_tmpdir(dir);
+}
+END_TEST
+
 START_TEST(test_file_mode)
 {
     char *dir = make_tmpdir();
@@ -1411,6 +1515,114 @@ START_TEST(test_no_retry_on_400)
 }
 END_TEST
 
+START_TEST(test_redact_url)
+{
+    static const char *cases[][2] = {
+        {"http://user:s3cret@host:8126/?token=qv1&flag&x=",
+         "http://***@host:8126/?token=***&***&x=***"},
+        {"http://127.0.0.1:8126/profiling/v1/input",
+         "http://127.0.0.1:8126/profiling/v1/input"},
+        {"https://u@h/p/a?k=v#frag", "https://***@h/p/a?k=***"},
+        {"http://a@b@h/x@y?e=m@n", "http://***@h/x@y?e=***"},
+        {"http://[::1]:1/", "http://[::1]:1/"},
+        {"http://h/?", "http://h/?"},
+        {"", ""},
+    };
+    size_t i;
+
+    for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char *got = ddl_upload_redact_url(cases[i][0]);
+        ck_assert_ptr_nonnull(got);
+        ck_assert_str_eq(got, cases[i][1]);
+        free(got);
+    }
+}
+END_TEST
+
+/* The system CA search: the first readable regular file, else the first
+ * directory, in list order. */
+START_TEST(test_pick_ca)
+{
+    char *dir = make_tmpdir();
+    char missing[4096], bundle[4096], later[4096];
+    const char *none[] = {NULL};
+    int is_dir = -1, fd;
+
+    snprintf(missing, sizeof(missing), "%s/missing.pem", dir);
+    snprintf(bundle, sizeof(bundle), "%s/bundle.pem", dir);
+    snprintf(later, sizeof(later), "%s/later.pem", dir);
+    fd = open(bundle, O_CREAT | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    fd = open(later, O_CREAT | O_WRONLY, 0600);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    {
+        /* a directory where a file is expected is skipped */
+        const char *files[] = {missing, dir, bundle, later, NULL};
+        const char *dirs[] = {dir, NULL};
+        ck_assert_ptr_eq(ddl_upload_pick_ca(files, dirs, &is_dir), bundle);
+        ck_assert_int_eq(is_dir, 0);
+    }
+    {
+        const char *files[] = {missing, NULL};
+        const char *dirs[] = {missing, bundle, dir, NULL};
+        ck_assert_ptr_eq(ddl_upload_pick_ca(files, dirs, &is_dir), dir);
+        ck_assert_int_eq(is_dir, 1);
+    }
+    {
+        const char *files[] = {missing, NULL};
+        ck_assert_ptr_null(ddl_upload_pick_ca(files, none, &is_dir));
+        ck_assert_int_eq(is_dir, 0);
+    }
+    remove_tmpdir(dir);
+}
+END_TEST
+
+/* Credentials and a query in the agent URL: the request goes to the path
+ * with its query, the failure message names the URL redacted. */
+START_TEST(test_failure_message_redacts_url)
+{
+    server srv;
+    ddl_exporter_config cfg = base_config();
+    ddl_exporter_stats st;
+    ddl_exporter *e;
+    char url[160], shown[160];
+
+    server_start(&srv, NULL);
+    srv.statuses[0] = 403;
+    srv.nstatuses = 1;
+    snprintf(url, sizeof(url),
+             "http://agent:s3cret@127.0.0.1:%d/profiling/v1/input?token=qv1",
+             srv.port);
+    snprintf(shown, sizeof(shown),
+             "upload failed: HTTP 403 to http://***@127.0.0.1:%d"
+             "/profiling/v1/input?token=***",
+             srv.port);
+    cfg.upload_enabled = 1;
+    cfg.url = url;
+    e = start_ok(&cfg);
+    ck_assert_int_eq(ddl_exporter_flush(e, NULL), -1);
+    ddl_exporter_get_stats(e, &st);
+    ddl_exporter_stop(e, 0);
+    server_stop(&srv);
+    ck_assert_int_eq(srv.nreq, 1);
+    ck_assert_msg(strncmp(srv.reqs[0].head,
+                          "POST /profiling/v1/input?token=qv1 HTTP/1.1\r\n",
+                          44) == 0,
+                  "request line: %.60s", srv.reqs[0].head);
+    /* libcurl sends the URL's credentials as basic authentication */
+    ck_assert_ptr_nonnull(
+        strcasestr(srv.reqs[0].head, "Authorization: Basic"));
+    ck_assert_str_eq(st.last_error, shown);
+    ck_assert_int_eq(log_count(&sink, "upload-http-4xx", DDL_LOG_WARNING), 1);
+    ck_assert(!log_contains(&sink, "s3cret"));
+    ck_assert(!log_contains(&sink, "qv1"));
+    ck_assert(log_contains(&sink, shown));
+    server_free(&srv);
+}
+END_TEST
+
 START_TEST(test_5xx_exhausts_retries)
 {
     server srv;
@@ -1888,12 +2100,16 @@ exporter_suite(void)
     tc = tcase_create("event_json");
     tcase_add_test(tc, test_event_json_fields);
     tcase_add_test(tc, test_event_json_escaping);
+    tcase_add_test(tc, test_redact_url);
+    tcase_add_test(tc, test_pick_ca);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("files");
     tcase_add_checked_fixture(tc, fixture_setup, fixture_teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_file_naming_and_seq);
+    tcase_add_test(tc, test_max_files_removes_oldest_own_files);
+    tcase_add_test(tc, test_min_free_bytes_stops_writing);
     tcase_add_test(tc, test_file_mode);
     tcase_add_test(tc, test_symlink_replaced_not_followed);
     tcase_add_test(tc, test_missing_directory);
@@ -1920,6 +2136,7 @@ exporter_suite(void)
     tcase_add_test(tc, test_upload_file_and_upload);
     tcase_add_test(tc, test_retry_500_then_200);
     tcase_add_test(tc, test_no_retry_on_400);
+    tcase_add_test(tc, test_failure_message_redacts_url);
     tcase_add_test(tc, test_5xx_exhausts_retries);
     tcase_add_test(tc, test_retries_bounded_by_interval);
     tcase_add_test(tc, test_connection_refused);
