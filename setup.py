@@ -71,8 +71,10 @@ ext = Extension(
     sources=[
         "ext/module.c",
         "ext/frames.c",
+        "ext/names.c",
         "ext/tasks.c",
         "ext/record.c",
+        "ext/locktab.c",
         "ext/lock.c",
         "ext/tracker.c",
         "ext/hooks.c",

@@ -257,7 +257,11 @@ typedef struct {
     PyObject *str__bound_value;
 } ddl_state;
 
-/* ---- frames.c: the only code that reads frames ------------------------ */
+/* ---- frames.c, names.c: the only code that reads frames --------------- */
+
+/* frames.c: the first frame at or above f (borrowed) whose code is outside
+ * threading.py and ddlock; NULL if none. */
+ddl_walk_frame *ddl_user_frame(ddl_state *st, ddl_walk_frame *f);
 
 typedef struct {
     ddl_frame *frames; /* leaf first */

@@ -1,0 +1,800 @@
+/* Names and creation sites: where a profiled object was made (the creating
+ * frame, through the exclusions), the name it was bound to there (the
+ * bytecode after the constructor call), and the name found for it at the
+ * acquire site (the acquiring frame's variables, globals and their
+ * attributes). Reads frames through pycompat.h and frames.c's user frame.
+ *
+ * Name resolution never runs user code: it reads frame variables and
+ * globals in place, instance __dict__s through the generic slot, __slots__
+ * members directly and class __dict__s of heap types. No properties,
+ * __getattr__, __eq__ or __repr__ are ever invoked, and a fixed work budget
+ * bounds the search.
+ */
+#include "ddlock.h"
+
+#include <string.h>
+
+#define NAME_SEARCH_BUDGET 20000
+
+/* ---- creation site --------------------------------------------------------
+ */
+
+static int
+module_excluded(ddl_state *st, PyObject *globals)
+{
+    if (st->n_excludes == 0 || globals == NULL || !PyDict_Check(globals)) {
+        return 0;
+    }
+    PyObject *name = PyDict_GetItemWithError(globals, st->str_dunder_name);
+    if (name == NULL || !PyUnicode_Check(name)) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t len;
+    const char *s = PyUnicode_AsUTF8AndSize(name, &len);
+    if (s == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    for (int i = 0; i < st->n_excludes; i++) {
+        size_t n = strlen(st->excludes[i]);
+        if ((size_t)len >= n && memcmp(s, st->excludes[i], n) == 0 &&
+            ((size_t)len == n || s[n] == '.')) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Is this the __init__ that dataclasses generated for a class with a
+ * field(default_factory=...)? Its "<string>" source exists in no file, so a
+ * lock its factory makes is attributed to the code that made the instance. */
+static int
+is_dataclass_init(PyCodeObject *co)
+{
+    if (!PyUnicode_Check(co->co_filename) ||
+        PyUnicode_CompareWithASCIIString(co->co_filename, "<string>") != 0 ||
+        !PyUnicode_Check(co->co_name) ||
+        PyUnicode_CompareWithASCIIString(co->co_name, "__init__") != 0) {
+        return 0;
+    }
+    PyObject *freevars = ddl_code_freevars(co);
+    if (freevars == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int r = 0;
+    if (PyTuple_Check(freevars)) {
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(freevars) && !r; i++) {
+            PyObject *v = PyTuple_GET_ITEM(freevars, i);
+            r = PyUnicode_Check(v) &&
+                PyUnicode_CompareWithASCIIString(
+                    v, DDL_DATACLASS_FACTORY_FREEVAR) == 0;
+        }
+    }
+    Py_DECREF(freevars);
+    return r;
+}
+
+/* Is f an __init__ whose first argument is obj (a constructor of obj run
+ * by a subclass's __init__, or the dataclass __init__): not the site. */
+static int
+is_init_of(ddl_walk_frame *f, PyObject *obj)
+{
+    PyCodeObject *co = ddl_walk_code(f);
+    if (obj == NULL || co->co_argcount < 1 || !PyUnicode_Check(co->co_name) ||
+        PyUnicode_CompareWithASCIIString(co->co_name, "__init__") != 0) {
+        return 0;
+    }
+    return ddl_walk_first_arg(f) == obj;
+}
+
+static int
+creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
+                   PyObject **code, int *lasti)
+{
+    *code = NULL;
+    *lasti = -1;
+    if (caller == NULL) {
+        return 1; /* made from C with no Python frame: profile it */
+    }
+    if (module_excluded(st, ddl_walk_globals(caller))) {
+        return 0;
+    }
+    ddl_walk_frame *f = ddl_user_frame(st, caller);
+    if (f == NULL) {
+        return DDL_SITE_OUTER;
+    }
+    /* direct: the site's call made the object -- the caller itself, or the
+     * call of a class whose __init__ chain (obj's constructors) led here;
+     * not the caller of a dataclass __init__, whose call made the instance
+     * holding the object */
+    int direct = f == caller;
+    for (;;) {
+        int dataclass = is_dataclass_init(ddl_walk_code(f));
+        ddl_walk_frame *back =
+            dataclass || is_init_of(f, obj) ? ddl_walk_back(f) : NULL;
+        ddl_walk_frame *outer = back != NULL ? ddl_user_frame(st, back) : NULL;
+        if (outer == NULL) {
+            break;
+        }
+        f = outer;
+        direct &= !dataclass;
+    }
+    *code = Py_NewRef(ddl_walk_code(f));
+    *lasti = ddl_walk_lasti(f);
+    return direct ? DDL_SITE_DIRECT : DDL_SITE_OUTER;
+}
+
+/* Creation-site decision cache: for a calling (code, globals) pair, whether
+ * locks it makes stay native (excluded module) or are sited at the caller
+ * itself, the common case. Anything else (internal or generated frames)
+ * takes the full walk every time. Entries hold references to their code
+ * and globals, so a key never outlives what it names. */
+static size_t
+site_slot(PyCodeObject *co, PyObject *globals)
+{
+    uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)globals >> 6);
+    h ^= h >> 11;
+    return (size_t)(h & (DDL_SITE_CACHE_SIZE - 1));
+}
+
+/* Skip the frames of pass-through creation functions (threading.RLock()
+ * calling _thread.RLock): the frame that called them is the one making the
+ * lock. */
+static ddl_walk_frame *
+skip_passthrough(ddl_state *st, ddl_walk_frame *f)
+{
+    while (f != NULL && st->passthrough[0] != NULL) {
+        PyObject *co = (PyObject *)ddl_walk_code(f);
+        int pass = 0;
+        for (int i = 0; i < DDL_PASSTHROUGH_MAX && st->passthrough[i]; i++) {
+            pass |= st->passthrough[i] == co;
+        }
+        if (!pass) {
+            break;
+        }
+        f = ddl_walk_back(f);
+    }
+    return f;
+}
+
+int
+ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code, int *lasti)
+{
+    ddl_walk_frame *caller = skip_passthrough(st, ddl_walk_top());
+    if (caller == NULL || st->site_cache == NULL || obj != NULL) {
+        return creation_site_from(st, caller, obj, code, lasti);
+    }
+    PyCodeObject *co = ddl_walk_code(caller);
+    PyObject *globals = ddl_walk_globals(caller);
+    ddl_site_entry *e = &st->site_cache[site_slot(co, globals)];
+    if (e->code == (PyObject *)co && e->globals == globals) {
+        if (e->verdict == DDL_SITE_NATIVE) {
+            *code = NULL;
+            *lasti = -1;
+            return 0;
+        }
+        if (e->verdict == DDL_SITE_CALLER) {
+            *code = Py_NewRef(co);
+            *lasti = ddl_walk_lasti(caller);
+            return DDL_SITE_DIRECT;
+        }
+    }
+    int r = creation_site_from(st, caller, NULL, code, lasti);
+    if (r >= 0 && globals != NULL) {
+        int verdict = r == 0                 ? DDL_SITE_NATIVE
+                      : r == DDL_SITE_DIRECT ? DDL_SITE_CALLER
+                                             : DDL_SITE_WALK;
+        /* the references taken first: releasing the old ones may run code
+         * (a weakref callback) that reaches this cache again */
+        PyObject *old_code = e->code, *old_globals = e->globals;
+        e->code = Py_NewRef(co);
+        e->globals = Py_NewRef(globals);
+        e->verdict = verdict;
+        Py_XDECREF(old_code);
+        Py_XDECREF(old_globals);
+    }
+    return r;
+}
+
+void
+ddl_site_cache_clear(ddl_state *st)
+{
+    if (st->site_cache == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < DDL_SITE_CACHE_SIZE; i++) {
+        Py_CLEAR(st->site_cache[i].code);
+        Py_CLEAR(st->site_cache[i].globals);
+    }
+}
+
+/* ---- creation bindings ---------------------------------------------------
+ * What the bytecode right after the call that made an object does with
+ * it: stores it in a variable, an attribute, or a constant key of a
+ * container. Read from the code's unspecialized bytecode with the running
+ * interpreter's opcode numbers and cache sizes (given by ddlock's Python
+ * layer from the opcode module). */
+
+int
+ddl_opcodes_set(ddl_state *st, PyObject *opmap, PyObject *caches)
+{
+    ddl_opcodes *o = &st->ops;
+    memset(o, 0, sizeof(*o));
+    if (!PyDict_Check(opmap) || !PyTuple_Check(caches) ||
+        PyTuple_GET_SIZE(caches) > 256) {
+        PyErr_SetString(PyExc_TypeError, "opcodes: (dict, tuple of <= 256)");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(caches); i++) {
+        long n = PyLong_AsLong(PyTuple_GET_ITEM(caches, i));
+        if (n == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        o->cache[i] = (unsigned char)(n < 0 ? 0 : n > 255 ? 255 : n);
+    }
+    static const struct {
+        const char *name;
+        size_t offset;
+    } names[] = {
+#define OP(n, f) {n, offsetof(ddl_opcodes, f)}
+        OP("EXTENDED_ARG", extended_arg),
+        OP("STORE_FAST", store_fast),
+        OP("STORE_FAST_STORE_FAST", store_fast_store_fast),
+        OP("STORE_FAST_LOAD_FAST", store_fast_load_fast),
+        OP("STORE_DEREF", store_deref),
+        OP("STORE_NAME", store_name),
+        OP("STORE_GLOBAL", store_global),
+        OP("STORE_ATTR", store_attr),
+        OP("STORE_SUBSCR", store_subscr),
+        OP("LOAD_CONST", load_const),
+        OP("LOAD_FAST", load_fast),
+        OP("LOAD_DEREF", load_deref),
+        OP("LOAD_NAME", load_name),
+        OP("LOAD_GLOBAL", load_global),
+        OP("LOAD_ATTR", load_attr),
+#undef OP
+    };
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        PyObject *v = PyDict_GetItemString(opmap, names[i].name);
+        long n = v != NULL && PyLong_Check(v) ? PyLong_AsLong(v) : -1;
+        if (n < 0 || n > 255) {
+            PyErr_Clear();
+            n = -1;
+        }
+        *(int *)((char *)o + names[i].offset) = (int)n;
+    }
+    o->known = o->extended_arg >= 0;
+    return 0;
+}
+
+typedef struct {
+    int op;
+    int arg;
+    Py_ssize_t next; /* byte offset of the following instruction */
+} insn;
+
+/* The instruction at byte offset pos (EXTENDED_ARG prefixes folded in);
+ * 0 past the end. */
+static int
+read_insn(const ddl_opcodes *o, const unsigned char *code, Py_ssize_t len,
+          Py_ssize_t pos, insn *out)
+{
+    int arg = 0;
+    while (pos >= 0 && pos + 1 < len) {
+        int op = code[pos];
+        arg = (int)(((unsigned)arg << 8) | code[pos + 1]);
+        pos += 2 + 2 * (Py_ssize_t)o->cache[op];
+        if (op == o->extended_arg) {
+            continue;
+        }
+        *out = (insn){op, arg, pos};
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *
+tuple_item(PyObject *t, int i)
+{
+    return t != NULL && PyTuple_Check(t) && i >= 0 && i < PyTuple_GET_SIZE(t)
+               ? PyTuple_GET_ITEM(t, i)
+               : NULL;
+}
+
+/* Borrowed name a load instruction reads, NULL for any other. */
+static PyObject *
+loaded_name(const ddl_opcodes *o, PyCodeObject *co, const insn *in)
+{
+    if (in->op == o->load_fast) {
+        return ddl_code_local_name(co, in->arg, 0);
+    }
+    if (in->op == o->load_deref) {
+        return ddl_code_local_name(co, in->arg, 1);
+    }
+    if (in->op == o->load_name) {
+        return tuple_item(co->co_names, in->arg);
+    }
+    if (in->op == o->load_global) {
+        return tuple_item(co->co_names, in->arg >> DDL_LOAD_GLOBAL_SHIFT);
+    }
+    if (in->op == o->load_attr) {
+        return tuple_item(co->co_names, in->arg >> DDL_LOAD_ATTR_SHIFT);
+    }
+    return NULL;
+}
+
+/* made stored through an object the next instructions load: obj.name =
+ * made gives "name" (self._lock = Lock()); x[key] = made gives "x[key]"
+ * for a constant str or int key, the container being the last name loaded
+ * (self._locks["db"]: _locks["db"]). NULL for anything else. */
+static PyObject *
+store_through_binding(const ddl_opcodes *o, PyCodeObject *co,
+                      const unsigned char *code, Py_ssize_t len, insn in)
+{
+    PyObject *container = NULL, *key = NULL;
+    for (int steps = 0; steps < 6; steps++) {
+        if (in.op == o->store_attr && container != NULL && key == NULL) {
+            PyObject *name = tuple_item(co->co_names, in.arg);
+            return name != NULL && PyUnicode_Check(name) ? Py_NewRef(name)
+                                                         : NULL;
+        }
+        if (in.op == o->store_subscr) {
+            break;
+        }
+        PyObject *name = loaded_name(o, co, &in);
+        if (name != NULL && key == NULL) {
+            container = name;
+        }
+        else if (in.op == o->load_const && container != NULL && key == NULL) {
+            key = tuple_item(co->co_consts, in.arg);
+        }
+        else {
+            return NULL;
+        }
+        if (!read_insn(o, code, len, in.next, &in)) {
+            return NULL;
+        }
+    }
+    if (in.op != o->store_subscr || container == NULL || key == NULL ||
+        !PyUnicode_Check(container) ||
+        !(PyUnicode_CheckExact(key) || PyLong_CheckExact(key))) {
+        return NULL;
+    }
+    return PyUnicode_FromFormat("%U[%R]", container, key);
+}
+
+PyObject *
+ddl_creation_binding(ddl_state *st, PyObject *code, int lasti)
+{
+    const ddl_opcodes *o = &st->ops;
+    if (!o->known || code == NULL || !PyCode_Check(code) || lasti < 0) {
+        return NULL;
+    }
+    PyCodeObject *co = (PyCodeObject *)code;
+    PyObject *bytes = ddl_code_bytes(co);
+    if (bytes == NULL || !PyBytes_Check(bytes)) {
+        Py_XDECREF(bytes);
+        PyErr_Clear();
+        return NULL;
+    }
+    const unsigned char *b = (const unsigned char *)PyBytes_AS_STRING(bytes);
+    Py_ssize_t len = PyBytes_GET_SIZE(bytes);
+    PyObject *name = NULL, *result = NULL;
+    insn call, in;
+    if (!read_insn(o, b, len, lasti, &call) ||
+        !read_insn(o, b, len, call.next, &in)) {
+        goto done;
+    }
+    if (in.op == o->store_fast) {
+        name = ddl_code_local_name(co, in.arg, 0);
+    }
+    else if (in.op == o->store_fast_store_fast ||
+             in.op == o->store_fast_load_fast) {
+        name = ddl_code_local_name(co, in.arg >> 4, 0);
+    }
+    else if (in.op == o->store_deref) {
+        name = ddl_code_local_name(co, in.arg, 1);
+    }
+    else if (in.op == o->store_name || in.op == o->store_global ||
+             in.op == o->store_attr) {
+        name = tuple_item(co->co_names, in.arg);
+    }
+    else {
+        result = store_through_binding(o, co, b, len, in);
+    }
+    if (name != NULL && PyUnicode_Check(name)) {
+        result = Py_NewRef(name);
+    }
+done:
+    Py_DECREF(bytes);
+    if (result == NULL) {
+        PyErr_Clear();
+    }
+    return result;
+}
+
+/* ---- name search ----------------------------------------------------------
+ */
+
+typedef struct {
+    PyObject *target;
+    long budget;
+} search_ctx;
+
+/* Called for each (name, value) found; returns 1 to stop (found, with
+ * *found set to a new reference to the name). */
+typedef int (*attr_visit)(search_ctx *c, PyObject *name, PyObject *value,
+                          void *arg, PyObject **found);
+
+static int
+visit_match(search_ctx *c, PyObject *name, PyObject *value, void *arg,
+            PyObject **found)
+{
+    if (value == c->target && PyUnicode_Check(name)) {
+        *found = Py_NewRef(name);
+        return 1;
+    }
+    return 0;
+}
+
+static int
+visit_dict(search_ctx *c, PyObject *dict, attr_visit visit, void *arg,
+           PyObject **found)
+{
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(dict, &pos, &k, &v)) {
+        if (--c->budget < 0) {
+            return -1;
+        }
+        if (visit(c, k, v, arg, found)) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Visit obj's attributes without running any of its code: a heap type's own
+ * __dict__; an instance's __dict__ (read through the generic slot, never a
+ * class-level __dict__ override), its __slots__ members read directly, and
+ * its classes' __dict__s (class attributes). Modules only when allowed. */
+static int visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
+                            attr_visit visit, void *arg, PyObject **found);
+
+/* obj is usually borrowed from a dict being walked. On 3.9 nothing pauses
+ * the collector, so an allocation below (a lazily created instance dict) may
+ * run a finalizer that drops the last other reference to obj: hold one. */
+static int
+visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
+            void *arg, PyObject **found)
+{
+    Py_INCREF(obj);
+    int r = visit_attrs_held(c, obj, allow_modules, visit, arg, found);
+    Py_DECREF(obj);
+    return r;
+}
+
+static int
+visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
+                 attr_visit visit, void *arg, PyObject **found)
+{
+    PyTypeObject *tp = Py_TYPE(obj);
+    int r = 0;
+    if (PyModule_Check(obj)) {
+        if (!allow_modules || !PyModule_CheckExact(obj)) {
+            return 0;
+        }
+        PyObject *d = PyModule_GetDict(obj); /* borrowed */
+        return d != NULL ? visit_dict(c, d, visit, arg, found) : 0;
+    }
+    if (PyType_Check(obj)) {
+        PyTypeObject *cls = (PyTypeObject *)obj;
+        if (!(cls->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+            return 0;
+        }
+        PyObject *d = ddl_type_dict(cls);
+        if (d != NULL) {
+            r = visit_dict(c, d, visit, arg, found);
+            Py_DECREF(d);
+        }
+        return r;
+    }
+    if (!(tp->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+        return 0; /* builtins and C objects: containers are not searched */
+    }
+    if (ddl_type_has_instance_dict(tp)) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        if (d == NULL) {
+            PyErr_Clear();
+        }
+        else {
+            r = PyDict_Check(d) ? visit_dict(c, d, visit, arg, found) : 0;
+            Py_DECREF(d);
+            if (r != 0) {
+                return r;
+            }
+        }
+    }
+    PyObject *mro = tp->tp_mro;
+    if (mro == NULL || !PyTuple_Check(mro)) {
+        return 0;
+    }
+    Py_INCREF(mro);
+    for (Py_ssize_t i = 0; r == 0 && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (!(base->tp_flags & Py_TPFLAGS_HEAPTYPE)) {
+            continue;
+        }
+        PyObject *d = ddl_type_dict(base);
+        if (d == NULL) {
+            continue;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *k, *v;
+        while (r == 0 && PyDict_Next(d, &pos, &k, &v)) {
+            if (--c->budget < 0) {
+                r = -1;
+                break;
+            }
+            if (Py_IS_TYPE(v, &PyMemberDescr_Type)) {
+                /* a __slots__ member: read the slot directly, but only when
+                 * the descriptor belongs to obj's layout (one copied into
+                 * another class's dict has an offset into someone else's) */
+                PyMemberDef *m = ((PyMemberDescrObject *)v)->d_member;
+                PyTypeObject *owner = PyDescr_TYPE(v);
+                if (m != NULL && ddl_member_is_object(m->type) &&
+                    owner != NULL && PyType_IsSubtype(tp, owner)) {
+                    PyObject *slot = *(PyObject **)((char *)obj + m->offset);
+                    if (slot != NULL && visit(c, k, slot, arg, found)) {
+                        r = 1;
+                    }
+                }
+            }
+            else if (visit(c, k, v, arg, found)) {
+                r = 1; /* class attribute, e.g. table_lock = Lock() */
+            }
+        }
+        Py_DECREF(d);
+    }
+    Py_DECREF(mro);
+    return r;
+}
+
+static int
+visit_level1(search_ctx *c, PyObject *name, PyObject *value, void *arg,
+             PyObject **found)
+{
+    /* second level: value's attributes, no modules */
+    return visit_attrs(c, value, 0, visit_match, NULL, found) == 1;
+}
+
+/* One pass of the name search over a frame's variables (its locals, then
+ * its globals): what to do with each (name, value). */
+typedef struct {
+    search_ctx *c;
+    int level; /* 0: the value itself; 1: its attributes; 2: theirs */
+    int pass;  /* level 1: 0 objects, 1 modules */
+    PyObject *found;
+    int error;     /* budget exhausted */
+    int in_locals; /* visiting the frame's local variables */
+} source_pass;
+
+static int
+source_visit(void *arg, PyObject *name, PyObject *value)
+{
+    source_pass *sp = arg;
+    search_ctx *c = sp->c;
+    if (--c->budget < 0) {
+        sp->error = 1;
+        return 1;
+    }
+    int r = 0;
+    switch (sp->level) {
+    case 0:
+        r = visit_match(c, name, value, NULL, &sp->found);
+        break;
+    case 1:
+        if ((sp->pass == 0) == (PyModule_Check(value) != 0)) {
+            return 0;
+        }
+        r = visit_attrs(c, value, sp->pass == 1, visit_match, NULL,
+                        &sp->found);
+        break;
+    default:
+        r = visit_attrs(c, value, 0, visit_level1, NULL, &sp->found);
+        break;
+    }
+    if (r < 0) {
+        sp->error = 1;
+        return 1;
+    }
+    return sp->found != NULL;
+}
+
+/* Run one pass over f's locals, then over its globals (unless they are
+ * the same namespace). The variables are read in place: nothing is made,
+ * refreshed or changed (ddl_walk_visit_locals). */
+static void
+source_run(ddl_walk_frame *f, PyObject *globals, source_pass *sp)
+{
+    sp->in_locals = 1;
+    ddl_walk_visit_locals(f, source_visit, sp);
+    sp->in_locals = sp->found != NULL;
+    if (sp->found != NULL || sp->error || globals == NULL ||
+        !PyDict_Check(globals) || globals == ddl_walk_namespace(f)) {
+        return;
+    }
+    Py_INCREF(globals);
+    ddl_visit_dict(globals, source_visit, sp);
+    Py_DECREF(globals);
+}
+
+/* Search order: locals, globals, then one level into their values'
+ * attributes (objects first, modules last), then a second level. Returns a
+ * new reference to the name or NULL; *local: the name is one of f's own
+ * variables. */
+static PyObject *
+search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f, int *local)
+{
+    *local = 0;
+    search_ctx c = {target, NAME_SEARCH_BUDGET};
+    PyObject *globals = ddl_walk_globals(f);
+    static const struct {
+        int level, pass;
+    } passes[] = {{0, 0}, {1, 0}, {1, 1}, {2, 0}};
+    size_t npasses = st->inspect_dir ? 4 : 1;
+    for (size_t i = 0; i < npasses; i++) {
+        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, 0, 0};
+        source_run(f, globals, &sp);
+        if (sp.found != NULL) {
+            *local = passes[i].level == 0 && sp.in_locals;
+            return sp.found;
+        }
+        if (sp.error) {
+            break;
+        }
+    }
+    PyErr_Clear();
+    return NULL;
+}
+
+/* Key of the name cache: (creation code, creation offset, acquiring code),
+ * by identity. Code objects compare equal across files when their contents
+ * match, so an equality key would hand one file's label to another's lock;
+ * the cached entry holds both code objects, so their addresses stay theirs
+ * for as long as the key exists. */
+static PyObject *
+cache_key(PyObject *site_code, int site_lasti, PyCodeObject *uco)
+{
+    PyObject *key = PyTuple_New(3);
+    if (key == NULL) {
+        return NULL;
+    }
+    PyObject *a = PyLong_FromVoidPtr(site_code);
+    PyObject *b = PyLong_FromLong(site_lasti);
+    PyObject *c = PyLong_FromVoidPtr(uco);
+    if (a == NULL || b == NULL || c == NULL) {
+        Py_XDECREF(a);
+        Py_XDECREF(b);
+        Py_XDECREF(c);
+        Py_DECREF(key);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(key, 0, a);
+    PyTuple_SET_ITEM(key, 1, b);
+    PyTuple_SET_ITEM(key, 2, c);
+    return key;
+}
+
+PyObject *
+ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
+{
+    if (lk->name_done) {
+        return Py_XNewRef(lk->name);
+    }
+    PyObject *label = NULL, *site = NULL, *key = NULL, *var = NULL;
+    PyCodeObject *uco = NULL;
+    ddl_walk_frame *f = NULL;
+    if (!st->resolve_names) {
+        label = ddl_site_label(lk->site_code, lk->site_lasti);
+        if (label == NULL) {
+            goto error;
+        }
+        goto done;
+    }
+    f = ddl_user_frame(st, ddl_walk_top());
+    if (f != NULL && lk->site_code != NULL && st->name_cache != NULL) {
+        uco = (PyCodeObject *)Py_NewRef(ddl_walk_code(f));
+        key = cache_key(lk->site_code, lk->site_lasti, uco);
+        if (key == NULL) {
+            goto error;
+        }
+        PyObject *cached = PyDict_GetItemWithError(st->name_cache, key);
+        if (cached != NULL) {
+            st->names_cache_hits++;
+            label = Py_NewRef(PyTuple_GET_ITEM(cached, 0));
+            goto done;
+        }
+        if (PyErr_Occurred()) {
+            goto error;
+        }
+    }
+    site = ddl_site_label(lk->site_code, lk->site_lasti);
+    if (site == NULL) {
+        goto error;
+    }
+    int local = 0;
+    if (f != NULL) {
+        var = search_name(st, target, f, &local);
+    }
+    /* The acquire site's name, unless it is only what a function other
+     * than the creator was handed (a parameter or closure variable of a
+     * decorator, helper or library): then the name the object was bound
+     * to where it was made, when it was bound to one. */
+    if (lk->site_code != NULL && lk->site_direct &&
+        (var == NULL ||
+         (local && (PyObject *)ddl_walk_code(f) != lk->site_code &&
+          ddl_code_handed_name(ddl_walk_code(f), var)))) {
+        PyObject *bound =
+            ddl_creation_binding(st, lk->site_code, lk->site_lasti);
+        if (bound != NULL) {
+            Py_XSETREF(var, bound);
+        }
+        PyErr_Clear();
+    }
+    if (var != NULL) {
+        st->names_resolved++;
+        label = PyUnicode_FromFormat("%U:%U", site, var);
+    }
+    else {
+        st->names_missed++;
+        label = Py_NewRef(site);
+    }
+    if (label == NULL) {
+        goto error;
+    }
+    if (key != NULL) {
+        PyObject *entry = PyTuple_Pack(3, label, lk->site_code, uco);
+        if (entry == NULL) {
+            goto error;
+        }
+        if (PyDict_GET_SIZE(st->name_cache) >= DDL_NAME_CACHE_MAX) {
+            /* evict the oldest entry (dicts keep insertion order): clearing
+             * everything made a working set above the cap never hit */
+            Py_ssize_t pos = 0;
+            PyObject *oldest_key, *oldest_value;
+            if (PyDict_Next(st->name_cache, &pos, &oldest_key,
+                            &oldest_value)) {
+                Py_INCREF(oldest_key);
+                int drc = PyDict_DelItem(st->name_cache, oldest_key);
+                Py_DECREF(oldest_key);
+                if (drc < 0) {
+                    goto error;
+                }
+            }
+        }
+        int rc = PyDict_SetItem(st->name_cache, key, entry);
+        Py_DECREF(entry);
+        if (rc < 0) {
+            goto error;
+        }
+    }
+done:
+    Py_XSETREF(lk->name, Py_NewRef(label));
+    lk->name_done = 1;
+    Py_XDECREF(site);
+    Py_XDECREF(key);
+    Py_XDECREF(var);
+    Py_XDECREF(uco);
+    return label;
+error:
+    PyErr_Clear();
+    Py_XDECREF(label);
+    Py_XDECREF(site);
+    Py_XDECREF(key);
+    Py_XDECREF(var);
+    Py_XDECREF(uco);
+    return NULL;
+}
