@@ -25,10 +25,11 @@ ddlock package), so it can be used on profiles written by any producer.
 
 from __future__ import annotations
 
+import builtins
 import gzip
 import zlib
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union
+from typing import Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple, Union, cast
 
 __all__ = [
     "DecodeError",
@@ -95,7 +96,7 @@ class Label(NamedTuple):
     key: str
     str: str
     num: int
-    num_unit: str
+    num_unit: builtins.str  # `str` is the field above here
     is_numeric: bool
 
     @property
@@ -328,7 +329,7 @@ def _to_int64(v: int) -> int:
     return v - _U64 if v >= _I64_SIGN else v
 
 
-_SCALAR_CONVERT = {
+_SCALAR_CONVERT: Dict[str, Callable[[int], Union[int, bool]]] = {
     _K_INT64: _to_int64,
     _K_UINT64: int,
     _K_BOOL: bool,
@@ -443,12 +444,12 @@ def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str) 
             convert = _SCALAR_CONVERT[kind]
             if wire == _VARINT:
                 if repeated:
-                    out[name].append(convert(value))
+                    out[name].append(convert(cast(int, value)))
                 else:
-                    out[name] = convert(value)
+                    out[name] = convert(cast(int, value))
             elif wire == _LEN and repeated:
                 # packed repeated varints
-                pos, stop = value  # type: ignore[misc]
+                pos, stop = cast(Tuple[int, int], value)
                 items = out[name]
                 while pos < stop:
                     v, pos = _read_varint(buf, pos, stop)
@@ -569,18 +570,18 @@ def _build_profile(msg: dict, strict: bool, path: Optional[str]) -> Profile:
         frames: List[Frame] = []
         fns: List[Optional[Function]] = []
         for ln in loc["line"]:
-            fn = None
+            line_fn: Optional[Function] = None
             if ln["function_id"]:
-                fn = functions.get(ln["function_id"])
-                if fn is None and strict:
+                line_fn = functions.get(ln["function_id"])
+                if line_fn is None and strict:
                     raise DecodeError("location %d references unknown function %d" % (loc["id"], ln["function_id"]))
-            if fn is not None:
-                frames.append(Frame(fn.name, fn.filename, ln["line"]))
+            if line_fn is not None:
+                frames.append(Frame(line_fn.name, line_fn.filename, ln["line"]))
             elif ln["function_id"]:
                 frames.append(Frame("<unknown function %d>" % ln["function_id"], "", ln["line"]))
             else:
                 frames.append(Frame("", "", ln["line"]))
-            fns.append(fn)
+            fns.append(line_fn)
         locations[loc["id"]] = Location(
             id=loc["id"],
             lines=frames,

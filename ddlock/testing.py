@@ -44,7 +44,7 @@ import os
 import re
 import sys
 import tokenize
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from ._pprof import (
     DecodeError,
@@ -133,6 +133,10 @@ class _AnyType:
 
 
 ANY = _AnyType()
+
+_T = TypeVar("_T")
+# an expected event's field: a value, None (not checked) or ANY
+MaybeAny = Union[_T, None, _AnyType]
 
 
 # ---------------------------------------------------------------------------
@@ -333,20 +337,20 @@ class LockEvent:
 
     def __init__(
         self,
-        caller_name: Optional[str] = None,
-        filename: Optional[str] = None,
+        caller_name: MaybeAny[str] = None,
+        filename: MaybeAny[str] = None,
         linenos: Optional[LineNo] = None,
-        lock_name: Optional[str] = None,
+        lock_name: MaybeAny[str] = None,
         *,
         create_line: Optional[int] = None,
         acquire_line: Optional[int] = None,
         release_line: Optional[int] = None,
-        caller_filename: object = None,
-        thread_id: Optional[int] = None,
-        thread_native_id: Optional[int] = None,
-        thread_name: Optional[str] = None,
-        task_id: Optional[int] = None,
-        task_name: Optional[str] = None,
+        caller_filename: MaybeAny[str] = None,
+        thread_id: MaybeAny[int] = None,
+        thread_native_id: MaybeAny[int] = None,
+        thread_name: MaybeAny[str] = None,
+        task_id: MaybeAny[int] = None,
+        task_name: MaybeAny[str] = None,
         count: Optional[int] = None,
     ) -> None:
         if type(self) is LockEvent:
@@ -516,12 +520,12 @@ class LockEvent:
             if self.caller_name is not None or self.line is not None:
                 out.append("empty stack")
         else:
-            if self.caller_name is not None and self.caller_name is not ANY:
+            if self.caller_name is not None and not isinstance(self.caller_name, _AnyType):  # i.e. ANY
                 if leaf.function_name != self.caller_name and _last_component(leaf.function_name) != _last_component(
                     self.caller_name
                 ):
                     out.append("leaf function %r != expected %r" % (leaf.function_name, self.caller_name))
-            if self.line is not None and self.line is not ANY and leaf.line != self.line:
+            if self.line is not None and leaf.line != self.line:
                 out.append("leaf line %d != expected %s line %d" % (leaf.line, self.kind, self.line))
             if self.caller_filename is not None and self.caller_filename is not ANY:
                 base = os.path.basename(leaf.filename)
@@ -737,7 +741,7 @@ def _parse_comment(text: str) -> List[Tuple[str, str, bool]]:
     """
     if "!" not in text:
         return []
-    out = []
+    out: List[Tuple[str, str, bool]] = []
     pending: List[Tuple[str, bool]] = []
     for m in _TOKEN_RE.finditer(text):
         tag, op, version, word = m.groups()

@@ -1,7 +1,10 @@
 """Run a Python snippet in a fresh interpreter and get back its JSON result.
 
 Every test that starts the profiler runs its program through ``run()``: a new
-``sys.executable -c`` process with PYTHONPATH set to the repository root, so
+``sys.executable -c`` process with PYTHONPATH set to where the package under
+test lives (``PACKAGE_ROOT``: the repository root, the sanitizer build's
+$DDLOCK_TEST_PYTHONPATH, or no ddlock at all in the tree of tests that
+scripts/test_installed.sh runs against an installed ddlock), so
 that patching ``threading.Lock``/``threading.RLock`` never leaks between
 tests. The snippet reports its result with ``emit(obj)`` (printed as one JSON
 line after a marker); ``run()`` parses it and returns the object.
@@ -25,6 +28,7 @@ import sys
 import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_ROOT = os.environ.get("DDLOCK_TEST_PYTHONPATH") or REPO
 MARKER = "@@DDLOCK-RESULT@@"
 
 PRELUDE = r'''
@@ -120,7 +124,7 @@ MARKER = "@@DDLOCK-RESULT@@"
 def python_env(extra=None):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DD_") and not k.startswith("DDLOCK_")}
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"]
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"]
                                 if env.get("PYTHONPATH") else "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["DD_PROFILING_UPLOAD_ENABLED"] = "false"
@@ -146,7 +150,7 @@ def run(code, timeout=90, env=None, prelude=True, expect_rc=0, params=None,
         src = PRELUDE + "\n" + src
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", src], env=python_env(env), cwd=REPO,
+            [sys.executable, "-c", src], env=python_env(env), cwd=PACKAGE_ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             universal_newlines=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
