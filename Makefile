@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 export PYTHONDONTWRITEBYTECODE = 1
 
 .PHONY: all deps build proto test test-c test-py test-all sanitize demo bench \
-        format lint clean
+        format lint clean sdist wheel test-sdist test-wheel
 
 all: build
 
@@ -38,6 +38,28 @@ test-all: deps proto
 sanitize: deps proto
 	@scripts/sanitize.sh
 
+# dist/ddlock-<version>.tar.gz: builds with a C compiler, the Python headers
+# and the protobuf-c, libcurl and zlib development packages (no protoc-c):
+# it carries the generated protobuf-c sources and the tests.
+sdist: deps proto
+	rm -f dist/ddlock-*.tar.gz
+	$(PYTHON) -m build --sdist --outdir dist .
+
+# dist/*manylinux*.whl for each CPython in PYVERSIONS, repaired by auditwheel
+# (protobuf-c, libcurl, zlib and what they link vendored in ddlock.libs/).
+wheel: deps proto
+	@scripts/wheel.sh $(PYVERSIONS)
+
+# Install the artifact into a fresh venv per CPython in PYVERSIONS and test it
+# there, outside the source tree (scripts/test_installed.sh): smoke test,
+# mypy against the installed package, the pytest suite. The sdist is built
+# without protoc-c on PATH. INSTALLED_ARGS=--smoke-only skips the suite.
+test-wheel: wheel
+	@scripts/test_installed.sh wheel $(INSTALLED_ARGS) $(PYVERSIONS)
+
+test-sdist: sdist
+	@scripts/test_installed.sh sdist $(INSTALLED_ARGS) $(PYVERSIONS)
+
 demo: deps build
 	@if [ -x scripts/run_rlock_production_stress_test.sh ]; then \
 	  scripts/run_rlock_production_stress_test.sh 30 4 --yes; \
@@ -51,8 +73,9 @@ format:
 
 lint:
 	clang-format --dry-run --Werror ext/*.c ext/*.h tests/c/*.c
+	$(PYTHON) -m mypy
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
 	  --suppress=missingIncludeSystem -I ext ext/profile.c ext/pprof.c ext/exporter.c
 
 clean:
-	rm -rf build ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san
+	rm -rf build dist ddlock.egg-info ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san
