@@ -42,8 +42,10 @@ sanitize: deps proto
 # and the protobuf-c, libcurl and zlib development packages (no protoc-c):
 # it carries the generated protobuf-c sources and the tests.
 sdist: deps proto
-	rm -f dist/ddlock-*.tar.gz
-	$(PYTHON) -m build --sdist --outdir dist .
+	@rm -f dist/ddlock-*.tar.gz && mkdir -p build
+	@$(PYTHON) -m build --sdist --outdir dist . > build/sdist.log 2>&1 \
+	  || { cat build/sdist.log; echo "sdist: failed (build/sdist.log)"; exit 1; }
+	@echo "sdist: $$(ls dist/ddlock-*.tar.gz) ($$(du -k dist/ddlock-*.tar.gz | cut -f1) KiB)"
 
 # dist/*manylinux*.whl for each CPython in PYVERSIONS, repaired by auditwheel
 # (protobuf-c, libcurl, zlib and what they link vendored in ddlock.libs/).

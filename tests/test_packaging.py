@@ -38,12 +38,21 @@ def inside(path, root):
 def test_package_under_test():
     """Every process of the suite imports the ddlock it is meant to test:
     the installed one under DDLOCK_TEST_INSTALLED (scripts/test_installed.sh),
-    the sanitizer build under DDLOCK_TEST_PYTHONPATH, else the source tree's."""
+    else the source tree's -- but the programs the tests run import the
+    sanitizer build under DDLOCK_TEST_PYTHONPATH (pytest itself, started
+    from the source tree, keeps the source tree's there)."""
+    import importlib.util
+
     import ddlock
-    from ddlock import _ddlock
+
+    here = INSTALLED or REPO
+    # the extension's file, without loading it into pytest (ASan runs)
+    extension = importlib.util.find_spec("ddlock._ddlock").origin
+    wrong = [f for f in (ddlock.__file__, extension) if not inside(f, here)]
+    assert wrong == [], "pytest imports ddlock from outside %s" % here
 
     root = INSTALLED or os.environ.get("DDLOCK_TEST_PYTHONPATH") or REPO
-    files = {"pytest": [ddlock.__file__, _ddlock.__file__]}
+    files = {}
     out = run_python("""
         import json, ddlock
         from ddlock import _ddlock
