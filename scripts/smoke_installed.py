@@ -66,8 +66,9 @@ def main():
             fail("%s was imported from %s, not from the venv %s"
                  % (mod.__name__, mod.__file__, sys.prefix))
 
-    os.makedirs(args.out, exist_ok=True)
-    prefix = os.path.join(tempfile.mkdtemp(dir=args.out), "smoke")
+    out = os.path.abspath(args.out)
+    os.makedirs(out, exist_ok=True)
+    prefix = os.path.join(tempfile.mkdtemp(dir=out), "smoke")
     ddlock.start(output_pprof=prefix, capture_pct=100, upload_enabled=False)
     if not ddlock.is_running():
         fail("ddlock.start() did not start the profiler")
