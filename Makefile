@@ -7,7 +7,7 @@ export PYTHONDONTWRITEBYTECODE = 1
 PURE_C := ext/profile.c ext/pprof.c ext/export_util.c ext/writer.c ext/event.c ext/upload.c ext/export.c
 
 .PHONY: all deps build proto test test-c test-py test-all test-portable sanitize demo bench \
-        format lint check-layers clean
+        format lint check-layers clean sdist wheel test-sdist test-wheel
 
 all: build
 
@@ -45,6 +45,30 @@ test-portable: deps proto
 sanitize: deps proto
 	@scripts/sanitize.sh
 
+# dist/ddlock-<version>.tar.gz: builds with a C compiler, the Python headers
+# and the protobuf-c, libcurl and zlib development packages (no protoc-c):
+# it carries the generated protobuf-c sources and the tests.
+sdist: deps proto
+	@rm -f dist/ddlock-*.tar.gz && mkdir -p build
+	@$(PYTHON) -m build --sdist --outdir dist . > build/sdist.log 2>&1 \
+	  || { cat build/sdist.log; echo "sdist: failed (build/sdist.log)"; exit 1; }
+	@echo "sdist: $$(ls dist/ddlock-*.tar.gz) ($$(du -k dist/ddlock-*.tar.gz | cut -f1) KiB)"
+
+# dist/*manylinux*.whl for each CPython in PYVERSIONS, repaired by auditwheel
+# (protobuf-c, libcurl, zlib and what they link vendored in ddlock.libs/).
+wheel: deps proto
+	@scripts/wheel.sh $(PYVERSIONS)
+
+# Install the artifact into a fresh venv per CPython in PYVERSIONS and test it
+# there, outside the source tree (scripts/test_installed.sh): smoke test,
+# mypy against the installed package, the pytest suite. The sdist is built
+# without protoc-c on PATH. INSTALLED_ARGS=--smoke-only skips the suite.
+test-wheel: wheel
+	@scripts/test_installed.sh wheel $(INSTALLED_ARGS) $(PYVERSIONS)
+
+test-sdist: sdist
+	@scripts/test_installed.sh sdist $(INSTALLED_ARGS) $(PYVERSIONS)
+
 demo: deps build
 	@if [ -x scripts/run_rlock_production_stress_test.sh ]; then \
 	  scripts/run_rlock_production_stress_test.sh 30 4 --yes; \
@@ -58,6 +82,7 @@ format:
 
 lint: check-layers
 	clang-format --dry-run --Werror ext/*.c ext/*.h tests/c/*.c
+	$(PYTHON) -m mypy
 	cppcheck --quiet --error-exitcode=1 --enable=warning,portability \
 	  --suppress=missingIncludeSystem -I ext $(PURE_C)
 
@@ -70,4 +95,4 @@ check-layers: proto
 	$(PYTHON) scripts/check_c_layers.py $(CHECK_LAYERS_ARGS)
 
 clean:
-	rm -rf build ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san
+	rm -rf build dist ddlock.egg-info ddlock/*.so ext/proto/*.pb-c.* tests/c/build tests/c/build-san

@@ -16,6 +16,7 @@ import atexit
 import logging
 import os
 import threading
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
 
 __version__ = "0.1.0"
 __all__ = ["start", "stop", "flush", "stats", "is_running", "build_info", "__version__"]
@@ -26,7 +27,7 @@ log = logging.getLogger("ddlock")
 # place, it never replaces them).
 _ORIGINAL_LOCK = threading.Lock
 _ORIGINAL_RLOCK = threading.RLock
-_control = threading._allocate_lock() if hasattr(threading, "_allocate_lock") else None
+_control: Any = threading._allocate_lock() if hasattr(threading, "_allocate_lock") else None
 if _control is None:  # pragma: no cover - every supported CPython has it
     import _thread
 
@@ -36,7 +37,7 @@ if _control is None:  # pragma: no cover - every supported CPython has it
 # ddlock's own, and the import system's module locks.
 _ALWAYS_NATIVE = ("ddlock", "importlib", "_frozen_importlib")
 
-_state = {
+_state: Dict[str, Any] = {
     "config": None,        # Config of the running session
     "atexit": False,
     "logged_kinds": set(),
@@ -159,18 +160,62 @@ def _start_native(native, cfg):
     )
 
 
-def start(**config):
-    """Start profiling locks.
+if TYPE_CHECKING:
+    # What type checkers see of start(): one keyword per setting of
+    # ddlock/_config.py (VARIABLES, then ALIASES; None = from the
+    # environment, else the default). tests/test_packaging.py keeps the two
+    # lists equal.
+    def start(
+        *,
+        output_pprof: Optional[str] = None,
+        capture_pct: Optional[float] = None,
+        max_frames: Optional[int] = None,
+        upload_interval: Optional[float] = None,
+        lock_name_inspect_dir: Optional[bool] = None,
+        lock_exclude_modules: Union[str, Iterable[str], None] = None,
+        api_timeout_ms: Optional[int] = None,
+        upload_enabled: Optional[bool] = None,
+        max_samples: Optional[int] = None,
+        lock_wait_rate_ns: Optional[int] = None,
+        sampling_seed: Optional[int] = None,
+        output_mode: Union[int, str, None] = None,
+        output_max_files: Optional[int] = None,
+        output_min_free_mb: Optional[int] = None,
+        debug: Optional[bool] = None,
+        resolve_names: Optional[bool] = None,
+        lock_types: Union[str, Iterable[str], None] = None,
+        agent_url: Optional[str] = None,
+        agent_host: Optional[str] = None,
+        agent_port: Optional[int] = None,
+        api_key: Optional[str] = None,
+        site: Optional[str] = None,
+        service: Optional[str] = None,
+        env: Optional[str] = None,
+        version: Optional[str] = None,
+        tags: Optional[str] = None,
+        ca_file: Optional[str] = None,
+        intake_url: Optional[str] = None,
+        interval: Optional[float] = None,
+        inspect_dir: Optional[bool] = None,
+        exclude_modules: Union[str, Iterable[str], None] = None,
+        timeout_ms: Optional[int] = None,
+        seed: Optional[int] = None,
+        wait_rate_ns: Optional[int] = None,
+    ) -> None:
+        ...
+else:
+    def start(**config):
+        """Start profiling locks.
 
-    Keywords mirror the environment variables (``capture_pct`` for
-    ``DD_PROFILING_CAPTURE_PCT``, ``output_pprof``, ``upload_interval``, ...)
-    and override them. Raises ValueError naming the variable and the value
-    when the configuration is malformed, RuntimeError if already running.
-    """
-    from . import _config
+        Keywords mirror the environment variables (``capture_pct`` for
+        ``DD_PROFILING_CAPTURE_PCT``, ``output_pprof``, ``upload_interval``, ...)
+        and override them. Raises ValueError naming the variable and the value
+        when the configuration is malformed, RuntimeError if already running.
+        """
+        from . import _config
 
-    cfg = _config.from_env(config, strict=True)
-    _start_with(cfg)
+        cfg = _config.from_env(config, strict=True)
+        _start_with(cfg)
 
 
 def _start_with(cfg):
@@ -198,7 +243,7 @@ def _start_with(cfg):
                   cfg.capture_pct, cfg.output_pprof, cfg.upload_target_shown())
 
 
-def stop(flush=True):
+def stop(flush: bool = True) -> None:
     """Stop profiling: remove the hooks and export once more (unless
     ``flush=False``). Locks made while running keep working, natively."""
     native = _native()
@@ -209,20 +254,23 @@ def stop(flush=True):
     _drain_native_logs()
 
 
-def flush():
+def flush() -> List[str]:
     """Export what was collected so far now; returns the file paths written."""
-    native = _native()
+    from . import _ddlock as native
     paths = native.flush()
     _drain_native_logs()
     return paths
 
 
-def stats():
-    """Counters of the running profiler (samples, drops, files, uploads)."""
-    return _native().stats()
+def stats() -> Dict[str, Union[int, str]]:
+    """Counters of the running profiler (samples, drops, files, uploads):
+    integers, and the exporter's ``last_error`` message."""
+    from . import _ddlock as native
+
+    return native.stats()
 
 
-def build_info():
+def build_info() -> Dict[str, Any]:
     """Which paths this build of ddlock uses: ``frame_walk`` is 'internal'
     (the interpreter's own structures, on the CPython minors ddlock was
     tested on) or 'public' (the public C API only: any other version, or a
@@ -236,11 +284,13 @@ def build_info():
     return info
 
 
-def is_running():
+def is_running() -> bool:
+    """Whether the profiler runs (False when the extension cannot load)."""
     try:
-        return _native().is_running()
+        from . import _ddlock as native
     except ImportError:
         return False
+    return native.is_running()
 
 
 def _at_exit():

@@ -28,11 +28,13 @@ ddlock package), so it can be used on profiles written by any producer.
 
 from __future__ import annotations
 
+import builtins
 import io
 import os
 import zlib
 from dataclasses import dataclass, field, fields
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping as MappingT, NamedTuple, Optional, Tuple, Union
+from typing import (Callable, Dict, Iterable, Iterator, List, Mapping as MappingT, NamedTuple,
+                    Optional, Tuple, Union, cast)
 
 __all__ = [
     "DecodeError",
@@ -129,7 +131,7 @@ class Limits:
         variables, then by ``overrides``.  A malformed variable raises
         ValueError naming it."""
         environ = os.environ if environ is None else environ
-        values = {}
+        values: Dict[str, Optional[int]] = {}
         for f in fields(cls):
             raw = environ.get(cls.env_name(f.name))
             if raw is None or raw.strip() == "":
@@ -138,13 +140,14 @@ class Limits:
                 values[f.name] = parse_size(raw) if f.name == "max_bytes" else int(raw.strip(), 10)
             except ValueError:
                 values[f.name] = None
-            if values[f.name] is None or values[f.name] < 1:
+            given = values[f.name]
+            if given is None or given < 1:
                 raise ValueError("%s=%r: expected a positive integer" % (cls.env_name(f.name), raw))
         unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError("unknown limit(s): %s" % ", ".join(unknown))
         values.update((k, v) for k, v in overrides.items() if v is not None)
-        return cls(**values)
+        return cls(**cast(Dict[str, int], values))
 
     @classmethod
     def resolve(cls, limits: "Union[Limits, MappingT[str, int], None]") -> "Limits":
@@ -154,7 +157,7 @@ class Limits:
             return cls.from_env()
         if isinstance(limits, Limits):
             return limits
-        return cls.from_env(**dict(limits))
+        return cls.from_env(None, **cast(Dict[str, int], dict(limits)))
 
     def exceeded(self, name: str, what: str) -> LimitError:
         """The error for going past limit ``name``: ``what`` says what is more
@@ -213,7 +216,7 @@ class Label(NamedTuple):
     key: str
     str: str
     num: int
-    num_unit: str
+    num_unit: builtins.str  # `str` is the field above here
     is_numeric: bool
 
     @property
@@ -369,7 +372,7 @@ class Profile:
 _VARINT, _FIXED64, _LEN, _SGROUP, _EGROUP, _FIXED32 = 0, 1, 2, 3, 4, 5
 
 
-def _read_varint(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
+def _read_varint(buf: Union[bytes, bytearray], pos: int, end: int) -> Tuple[int, int]:
     """Decode a base-128 varint at ``buf[pos:end]``; return (value, new pos).
 
     Values wider than 64 bits are truncated to 64 bits, as protobuf does.
@@ -395,7 +398,7 @@ def _read_varint(buf: bytes, pos: int, end: int) -> Tuple[int, int]:
             raise DecodeError("varint longer than 10 bytes at offset %d" % pos)
 
 
-def _iter_fields(buf: bytes, start: int, end: int) -> Iterator[Tuple[int, int, object]]:
+def _iter_fields(buf: Union[bytes, bytearray], start: int, end: int) -> Iterator[Tuple[int, int, object]]:
     """Yield ``(field number, wire type, value)`` for each field of a message.
 
     ``value`` is an int for varint and fixed-width fields and a ``(start, end)``
@@ -446,7 +449,7 @@ def _to_int64(v: int) -> int:
     return v - _U64 if v >= _I64_SIGN else v
 
 
-_SCALAR_CONVERT = {
+_SCALAR_CONVERT: Dict[str, Callable[[int], Union[int, bool]]] = {
     _K_INT64: _to_int64,
     _K_UINT64: int,
     _K_BOOL: bool,
@@ -528,7 +531,7 @@ def _spend(budget: Dict[str, int], limit: str, n: int) -> None:
         raise _OverBudget(limit)
 
 
-def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str,
+def _decode_message(buf: Union[bytes, bytearray], start: int, end: int, schema: dict, where: str,
                     budget: Optional[Dict[str, int]] = None) -> dict:
     """Decode one message into a dict ``{attribute: value}`` following ``schema``.
 
@@ -584,12 +587,12 @@ def _decode_message(buf: bytes, start: int, end: int, schema: dict, where: str,
                 if repeated:
                     if budget is not None and name in _BUDGETED:
                         _spend(budget, _BUDGETED[name], 1)
-                    out[name].append(convert(value))
+                    out[name].append(convert(cast(int, value)))
                 else:
-                    out[name] = convert(value)
+                    out[name] = convert(cast(int, value))
             elif wire == _LEN and repeated:
                 # packed repeated varints
-                pos, stop = value  # type: ignore[misc]
+                pos, stop = cast(Tuple[int, int], value)
                 items = out[name]
                 before = len(items)
                 while pos < stop:
@@ -819,18 +822,18 @@ def _build_profile(msg: dict, strict: bool, path: Optional[str]) -> Profile:
         frames: List[Frame] = []
         fns: List[Optional[Function]] = []
         for ln in loc["line"]:
-            fn = None
+            line_fn: Optional[Function] = None
             if ln["function_id"]:
-                fn = functions.get(ln["function_id"])
-                if fn is None and strict:
+                line_fn = functions.get(ln["function_id"])
+                if line_fn is None and strict:
                     raise DecodeError("location %d references unknown function %d" % (loc["id"], ln["function_id"]))
-            if fn is not None:
-                frames.append(Frame(fn.name, fn.filename, ln["line"]))
+            if line_fn is not None:
+                frames.append(Frame(line_fn.name, line_fn.filename, ln["line"]))
             elif ln["function_id"]:
                 frames.append(Frame("<unknown function %d>" % ln["function_id"], "", ln["line"]))
             else:
                 frames.append(Frame("", "", ln["line"]))
-            fns.append(fn)
+            fns.append(line_fn)
         locations[loc["id"]] = Location(
             id=loc["id"],
             lines=frames,

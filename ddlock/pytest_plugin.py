@@ -72,7 +72,7 @@ class DdlockProfile:
 
         options = self.options(**config)
         self._runs += 1
-        self.prefix = os.fspath(options["output_pprof"])  # type: ignore[arg-type]
+        self.prefix = os.fspath(options["output_pprof"])
         self.paths = []
         self.profiles = []
         self._profile = None

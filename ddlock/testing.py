@@ -45,7 +45,7 @@ import re
 import sys
 import threading
 import tokenize
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union
 
 from ._pprof import (
     DecodeError,
@@ -139,6 +139,10 @@ class _AnyType:
 
 ANY = _AnyType()
 
+_T = TypeVar("_T")
+# an expected event's field: a value, None (not checked) or ANY
+MaybeAny = Union[_T, None, _AnyType]
+
 
 # ---------------------------------------------------------------------------
 # Finding and reading profile files
@@ -153,7 +157,8 @@ def profiled_as(obj: Any) -> Optional[str]:
     (made before start(), by an excluded module, or not a lock)."""
     from . import _ddlock
 
-    return _ddlock.profiled(obj)
+    kind: Optional[str] = _ddlock.profiled(obj)
+    return kind
 
 
 def unprofiled_lock(kind: str = "Lock") -> Any:
@@ -207,7 +212,7 @@ def _no_profile_error(prefix: str, pid: Optional[int]) -> FileNotFoundError:
     return FileNotFoundError("no profile file matches %s (%s)" % (what, detail))
 
 
-def parse_profile(path: str, strict: bool = True, limits=None) -> Profile:
+def parse_profile(path: str, strict: bool = True, limits: Any = None) -> Profile:
     """Parse one pprof file (gzip or raw protobuf).
 
     ``limits``: a :class:`Limits` or a dict of its fields (``{"max_samples":
@@ -218,7 +223,7 @@ def parse_profile(path: str, strict: bool = True, limits=None) -> Profile:
     return parse_file(os.fspath(path), strict=strict, limits=limits)
 
 
-def parse_profiles(prefix: str, pid: Optional[int] = None, strict: bool = True, limits=None) -> List[Profile]:
+def parse_profiles(prefix: str, pid: Optional[int] = None, strict: bool = True, limits: Any = None) -> List[Profile]:
     """Parse every ``<prefix>.<pid>.<seq>.pprof`` file, oldest first.
 
     Returns an empty list when there is none.  Each profile's ``path`` tells
@@ -228,7 +233,7 @@ def parse_profiles(prefix: str, pid: Optional[int] = None, strict: bool = True, 
     return [parse_file(p, strict=strict, limits=lim) for p in list_profile_files(prefix, pid)]
 
 
-def parse_newest_profile(prefix: str, pid: Optional[int] = None, strict: bool = True, limits=None) -> Profile:
+def parse_newest_profile(prefix: str, pid: Optional[int] = None, strict: bool = True, limits: Any = None) -> Profile:
     """Parse the newest ``<prefix>.<pid>.<seq>.pprof`` file, by (mtime, seq).
 
     Raises FileNotFoundError (saying what is there instead) when none exists.
@@ -256,7 +261,7 @@ def merge_profiles(*profiles: Union[Profile, Iterable[Profile]]) -> Profile:
     return merge(flat)
 
 
-def parse_merged_profile(prefix: str, pid: Optional[int] = None, strict: bool = True, limits=None) -> Profile:
+def parse_merged_profile(prefix: str, pid: Optional[int] = None, strict: bool = True, limits: Any = None) -> Profile:
     """All ``<prefix>.<pid>.<seq>.pprof`` files merged into one profile.
 
     An empty profile (no samples) when there is no file.
@@ -363,20 +368,20 @@ class LockEvent:
 
     def __init__(
         self,
-        caller_name: Optional[str] = None,
-        filename: Optional[str] = None,
+        caller_name: MaybeAny[str] = None,
+        filename: MaybeAny[str] = None,
         linenos: Optional[LineNo] = None,
-        lock_name: Optional[str] = None,
+        lock_name: MaybeAny[str] = None,
         *,
         create_line: Optional[int] = None,
         acquire_line: Optional[int] = None,
         release_line: Optional[int] = None,
-        caller_filename: object = None,
-        thread_id: Optional[int] = None,
-        thread_native_id: Optional[int] = None,
-        thread_name: Optional[str] = None,
-        task_id: Optional[int] = None,
-        task_name: Optional[str] = None,
+        caller_filename: MaybeAny[str] = None,
+        thread_id: MaybeAny[int] = None,
+        thread_native_id: MaybeAny[int] = None,
+        thread_name: MaybeAny[str] = None,
+        task_id: MaybeAny[int] = None,
+        task_name: MaybeAny[str] = None,
         count: Optional[int] = None,
     ) -> None:
         if type(self) is LockEvent:
@@ -546,12 +551,12 @@ class LockEvent:
             if self.caller_name is not None or self.line is not None:
                 out.append("empty stack")
         else:
-            if self.caller_name is not None and self.caller_name is not ANY:
+            if self.caller_name is not None and not isinstance(self.caller_name, _AnyType):  # i.e. ANY
                 if leaf.function_name != self.caller_name and _last_component(leaf.function_name) != _last_component(
                     self.caller_name
                 ):
                     out.append("leaf function %r != expected %r" % (leaf.function_name, self.caller_name))
-            if self.line is not None and self.line is not ANY and leaf.line != self.line:
+            if self.line is not None and leaf.line != self.line:
                 out.append("leaf line %d != expected %s line %d" % (leaf.line, self.kind, self.line))
             if self.caller_filename is not None and self.caller_filename is not ANY:
                 base = os.path.basename(leaf.filename)
@@ -767,7 +772,7 @@ def _parse_comment(text: str) -> List[Tuple[str, str, bool]]:
     """
     if "!" not in text:
         return []
-    out = []
+    out: List[Tuple[str, str, bool]] = []
     pending: List[Tuple[str, bool]] = []
     for m in _TOKEN_RE.finditer(text):
         tag, op, version, word = m.groups()

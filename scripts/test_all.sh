@@ -3,15 +3,15 @@
 # under pyenv, each with its own version-tagged in-place build.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pythons.sh
 versions=("$@")
-[ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
-root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+[ ${#versions[@]} -gt 0 ] || versions=("${DEFAULT_PYVERSIONS[@]}")
 mkdir -p build
 failed=()
 for v in "${versions[@]}"; do
-    py=$(ls -d "$root"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -n 1)
+    py=$(find_python "$v")
     if [ -z "$py" ]; then
-        echo "test-all: CPython $v not found under $root" >&2
+        echo "test-all: CPython $v not found under pyenv" >&2
         failed+=("$v(missing)")
         continue
     fi

@@ -1,7 +1,10 @@
 """Run a Python snippet in a fresh interpreter and get back its JSON result.
 
 Every test that starts the profiler runs its program through ``run()``: a new
-``sys.executable -c`` process with PYTHONPATH set to the repository root, so
+``sys.executable -c`` process with PYTHONPATH set to where the package under
+test lives (``PACKAGE_ROOT``: the repository root, the sanitizer build's
+$DDLOCK_TEST_PYTHONPATH, or no ddlock at all in the tree of tests that
+scripts/test_installed.sh runs against an installed ddlock), so
 that patching ``threading.Lock``/``threading.RLock`` never leaks between
 tests. The snippet reports its result with ``emit(obj)`` (printed as one JSON
 line after a marker); ``run()`` parses it and returns the object.
@@ -25,6 +28,7 @@ import sys
 import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE_ROOT = os.environ.get("DDLOCK_TEST_PYTHONPATH") or REPO
 MARKER = "@@DDLOCK-RESULT@@"
 
 PRELUDE = r'''
@@ -121,17 +125,11 @@ MARKER = "@@DDLOCK-RESULT@@"
 '''
 
 
-def _package_root():
-    # DDLOCK_TEST_PYTHONPATH: where the package under test lives (the
-    # sanitizer or portable build, an installed copy), as in conftest.py
-    return os.environ.get("DDLOCK_TEST_PYTHONPATH") or REPO
-
-
 def python_env(extra=None):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("DD_") and not k.startswith("DDLOCK_")}
-    env["PYTHONPATH"] = _package_root() + (os.pathsep + env["PYTHONPATH"]
-                                           if env.get("PYTHONPATH") else "")
+    env["PYTHONPATH"] = PACKAGE_ROOT + (os.pathsep + env["PYTHONPATH"]
+                                if env.get("PYTHONPATH") else "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["DD_PROFILING_UPLOAD_ENABLED"] = "false"
     env.update(extra or {})
@@ -156,7 +154,7 @@ def run(code, timeout=90, env=None, prelude=True, expect_rc=0, params=None,
         src = PRELUDE + "\n" + src
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", src], env=python_env(env), cwd=_package_root(),
+            [sys.executable, "-c", src], env=python_env(env), cwd=PACKAGE_ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             universal_newlines=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:

@@ -14,7 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def python_env(extra=None):
     env = {k: v for k, v in os.environ.items() if not k.startswith("DD_")}
     # DDLOCK_TEST_PYTHONPATH: where the package under test lives (the
-    # sanitizer build puts an instrumented copy in build/san)
+    # sanitizer build puts an instrumented copy in build/san); an installed
+    # ddlock is tested from a tree without ddlock/ (DDLOCK_TEST_INSTALLED)
     root = os.environ.get("DDLOCK_TEST_PYTHONPATH", REPO)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"

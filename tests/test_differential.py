@@ -177,9 +177,10 @@ out = {}
 import re
 def sig(obj):
     try:
-        return str(inspect.signature(obj))
+        text = str(inspect.signature(obj))
     except (ValueError, TypeError) as e:
-        return re.sub(r"0x[0-9a-f]+", "ADDR", "%s: %s" % (type(e).__name__, e))
+        text = "%s: %s" % (type(e).__name__, e)
+    return re.sub(r"0x[0-9a-f]+", "ADDR", text)
 lk, rl = threading.Lock(), threading.RLock()
 for name, obj in (("lock", lk), ("rlock", rl)):
     for m in ("acquire", "release", "__enter__", "__exit__", "locked", "acquire_lock",

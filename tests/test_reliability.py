@@ -1278,6 +1278,7 @@ def test_static_no_shell_in_sources():
                          r"fexecve|posix_spawnp?|fork|vfork|clone)\s*\(")
     c_files = sorted(glob.glob(os.path.join(REPO, "ext", "*.c")) +
                      glob.glob(os.path.join(REPO, "ext", "proto", "*.c")))
+    assert c_files
     for path in c_files:
         with open(path) as f:
             for m in pattern.finditer(_strip_c_comments(f.read())):
@@ -1286,7 +1287,10 @@ def test_static_no_shell_in_sources():
     py_hits = []
     banned_modules = {"subprocess", "pty", "commands", "popen2"}
     os_prefixes = ("system", "popen", "exec", "spawn", "posix_spawn", "fork")
-    py_files = sorted(glob.glob(os.path.join(REPO, "ddlock", "*.py")))
+    import ddlock  # the package under test (installed, or the sanitizer's copy)
+
+    py_files = sorted(glob.glob(os.path.join(os.path.dirname(ddlock.__file__), "*.py")))
+    assert py_files
     for path in py_files:
         with open(path) as f:
             tree = ast.parse(f.read(), path)
