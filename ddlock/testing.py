@@ -118,6 +118,9 @@ LOCK_ACQUIRE = "lock-acquire"
 LOCK_ACQUIRE_WAIT = "lock-acquire-wait"
 LOCK_RELEASE = "lock-release"
 LOCK_RELEASE_HOLD = "lock-release-hold"
+LOCK_HOLDER_WAIT = "lock-holder-wait"
+CONDITION_WAIT = "condition-wait"
+CONDITION_WAIT_TIME = "condition-wait-time"
 
 
 class _AnyType:

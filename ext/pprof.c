@@ -82,20 +82,26 @@ enum {
     FS_NANOSECONDS,
     FS_LOCK_RELEASE,
     FS_LOCK_RELEASE_HOLD,
+    FS_LOCK_HOLDER_WAIT,
+    FS_CONDITION_WAIT,
+    FS_CONDITION_WAIT_TIME,
     FS_N
 };
 
 static const char *const fixed_strings[FS_N] = {
-    "lock-acquire", "count",        "lock-acquire-wait",
-    "nanoseconds",  "lock-release", "lock-release-hold",
+    "lock-acquire",     "count",          "lock-acquire-wait",
+    "nanoseconds",      "lock-release",   "lock-release-hold",
+    "lock-holder-wait", "condition-wait", "condition-wait-time",
 };
 
 /* sample_type i (DDL_V_*): name and unit */
 static const int value_type[DDL_NVALUES] = {
-    FS_LOCK_ACQUIRE, FS_LOCK_ACQUIRE_WAIT, FS_LOCK_RELEASE,
-    FS_LOCK_RELEASE_HOLD};
-static const int value_unit[DDL_NVALUES] = {FS_COUNT, FS_NANOSECONDS, FS_COUNT,
-                                            FS_NANOSECONDS};
+    FS_LOCK_ACQUIRE,       FS_LOCK_ACQUIRE_WAIT, FS_LOCK_RELEASE,
+    FS_LOCK_RELEASE_HOLD,  FS_LOCK_HOLDER_WAIT,  FS_CONDITION_WAIT,
+    FS_CONDITION_WAIT_TIME};
+static const int value_unit[DDL_NVALUES] = {
+    FS_COUNT,       FS_NANOSECONDS, FS_COUNT,      FS_NANOSECONDS,
+    FS_NANOSECONDS, FS_COUNT,       FS_NANOSECONDS};
 
 int
 ddl_pprof_encode_raw(const ddl_snapshot *s, ddl_buf *out)

@@ -48,13 +48,18 @@ typedef struct {
     int64_t num;
 } ddl_label;
 
-/* The four values every sample carries, in this order. */
+/* The values every sample carries, in this order (the pprof sample types).
+ * A sample records one event, so all but one or two are zero. */
 enum {
-    DDL_V_ACQUIRE = 0, /* lock-acquire / count */
-    DDL_V_WAIT = 1,    /* lock-acquire-wait / nanoseconds */
-    DDL_V_RELEASE = 2, /* lock-release / count */
-    DDL_V_HOLD = 3,    /* lock-release-hold / nanoseconds */
-    DDL_NVALUES = 4
+    DDL_V_ACQUIRE = 0,     /* lock-acquire / count */
+    DDL_V_WAIT = 1,        /* lock-acquire-wait / nanoseconds */
+    DDL_V_RELEASE = 2,     /* lock-release / count */
+    DDL_V_HOLD = 3,        /* lock-release-hold / nanoseconds */
+    DDL_V_HOLDER_WAIT = 4, /* lock-holder-wait / nanoseconds: a wait charged
+                              to the holder's stack */
+    DDL_V_COND_WAIT = 5,   /* condition-wait / count */
+    DDL_V_COND_TIME = 6,   /* condition-wait-time / nanoseconds */
+    DDL_NVALUES = 7
 };
 
 typedef struct ddl_profile ddl_profile;   /* the live, locked container */

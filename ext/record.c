@@ -379,7 +379,7 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type)}, 0};
     nl += ddl_task_labels(st, &labels[nl], &extra_refs);
 
-    int64_t values[DDL_NVALUES] = {0, 0, 0, 0};
+    int64_t values[DDL_NVALUES] = {0};
     if (is_release) {
         values[DDL_V_RELEASE] = weighted(1.0, weight);
         values[DDL_V_HOLD] = weighted((double)hold_ns, weight);

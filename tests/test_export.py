@@ -15,7 +15,9 @@ from ddlock import testing
 from ddlock._pprof import parse_file
 
 SAMPLE_TYPES = [("lock-acquire", "count"), ("lock-acquire-wait", "nanoseconds"),
-                ("lock-release", "count"), ("lock-release-hold", "nanoseconds")]
+                ("lock-release", "count"), ("lock-release-hold", "nanoseconds"),
+                ("lock-holder-wait", "nanoseconds"), ("condition-wait", "count"),
+                ("condition-wait-time", "nanoseconds")]
 
 
 def write_script(tmp_path, name, code):
@@ -79,7 +81,7 @@ def test_acquire_counts_are_exact_and_stacks_point_at_the_code(tmp_path, prefix)
         leaf = s.leaf
         assert leaf.function_name.split(".")[-1] == "worker"
         assert leaf.filename == script
-        assert len(s.values) == 4
+        assert len(s.values) == len(SAMPLE_TYPES)
         if profile.sample_value(s, "lock-acquire"):
             assert leaf.line == acq_line
         if profile.sample_value(s, "lock-release"):

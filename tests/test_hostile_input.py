@@ -260,7 +260,7 @@ TEXT = st.text(alphabet=ANY_CHAR, max_size=24)
 FRAME = st.tuples(TEXT, TEXT, st.one_of(INT64, EXTREMES))
 LABELS = st.lists(st.tuples(TEXT, st.one_of(TEXT, INT64, EXTREMES)), max_size=6,
                   unique_by=lambda kv: kv[0])
-VALUES = st.tuples(*[st.one_of(INT64, EXTREMES)] * 4)
+VALUES = st.tuples(*[st.one_of(INT64, EXTREMES)] * 7)
 SETTINGS = settings(max_examples=%(examples)d, deadline=None, database=None,
                     suppress_health_check=list(HealthCheck))
 
@@ -287,7 +287,7 @@ def expected_of(samples):
     for frames, labels, values in samples:
         key = (tuple((esc(n), esc(f), line) for n, f, line in frames),
                tuple((esc(k), label_key(v)) for k, v in labels))
-        old = out.get(key, (0, 0, 0, 0))
+        old = out.get(key, (0,) * 7)
         out[key] = tuple(wrap(a + b) for a, b in zip(old, values))
     return out
 
@@ -298,7 +298,7 @@ def decoded_of(profile):
         key = (tuple((f.function_name, f.filename, f.line) for f in s.frames),
                tuple((l.key, ("num", l.num) if l.is_numeric else ("str", l.str))
                      for l in s.label_list))
-        old = out.get(key, (0, 0, 0, 0))
+        old = out.get(key, (0,) * 7)
         out[key] = tuple(wrap(a + b) for a, b in zip(old, s.values))
     return out
 
@@ -308,12 +308,14 @@ def roundtrip(samples, **kw):
     profile = parse_bytes(data)
     assert [tuple(vt) for vt in profile.sample_types] == [
         ("lock-acquire", "count"), ("lock-acquire-wait", "nanoseconds"),
-        ("lock-release", "count"), ("lock-release-hold", "nanoseconds")]
+        ("lock-release", "count"), ("lock-release-hold", "nanoseconds"),
+        ("lock-holder-wait", "nanoseconds"), ("condition-wait", "count"),
+        ("condition-wait-time", "nanoseconds")]
     assert profile.string_table[0] == ""
     assert len(set(profile.string_table)) == len(profile.string_table), "duplicate strings"
     assert sorted(profile.functions) == list(range(1, len(profile.functions) + 1))
     assert sorted(profile.locations) == list(range(1, len(profile.locations) + 1))
-    assert all(len(s.values) == 4 for s in profile.samples)
+    assert all(len(s.values) == 7 for s in profile.samples)
     return data, profile
 '''
 
@@ -407,7 +409,7 @@ filename = "/" + "d" * (size - 1)
 key = "k" * size
 value = "\x00v\udfff" * (size // 3)
 samples = [([(name, filename, 2 ** 63 - 1), ("f", "g.py", -2 ** 63)], [(key, value), ("n", -1)],
-            (1, 2, 3, 4))] * 2
+            (1, 2, 3, 4, 5, 6, 7))] * 2
 out = {}
 for gz in (True, False):
     data, profile = roundtrip(samples, gzip=gz)
@@ -433,8 +435,8 @@ def test_encoder_megabyte_strings(size):
 DEEP = MODEL + r'''
 frames = [("f%%d" %% i, "file%%d.py" %% (i %% 7), i) for i in range(%(nframes)d)]
 labels = [("key%%d" %% i, i if i %% 2 else "v%%d" %% i) for i in range(%(nlabels)d)]
-samples = [(frames, labels, (1, 1, 1, 1)), (frames, labels, (2, 2, 2, 2)),
-           (frames[:1], labels[:1], (5, 0, 0, 0)), ([], [], (0, 0, 0, 0)), ([], [], (-1, 0, 0, 0))]
+samples = [(frames, labels, (1,) * 7), (frames, labels, (2,) * 7),
+           (frames[:1], labels[:1], (5,) + (0,) * 6), ([], [], (0,) * 7), ([], [], (-1,) + (0,) * 6)]
 data, profile = roundtrip(samples)
 assert decoded_of(profile) == expected_of(samples)
 empty_data, empty = roundtrip([])

@@ -269,6 +269,9 @@ check_profile(const ddl_buf *raw, const spec *specs, size_t n, int64_t start,
         {"lock-acquire-wait", "nanoseconds"},
         {"lock-release", "count"},
         {"lock-release-hold", "nanoseconds"},
+        {"lock-holder-wait", "nanoseconds"},
+        {"condition-wait", "count"},
+        {"condition-wait-time", "nanoseconds"},
     };
     char *matched;
 
