@@ -6,7 +6,7 @@ export PYTHONDONTWRITEBYTECODE = 1
 # the pure-C units (no Python.h): profile, pprof, the exporter
 PURE_C := ext/profile.c ext/pprof.c ext/export_util.c ext/writer.c ext/event.c ext/upload.c ext/export.c
 
-.PHONY: all deps build proto test test-c test-py test-all test-portable sanitize demo bench \
+.PHONY: all deps build proto test test-c test-py test-all test-portable test-cpython test-libraries sanitize demo bench \
         format lint check-layers clean sdist wheel test-sdist test-wheel
 
 all: build
@@ -39,6 +39,18 @@ test-all: deps proto
 # versions ddlock was not tested on get) on every CPython 3.9-3.13.
 test-portable: deps proto
 	@scripts/test_portable.sh $(PYVERSIONS)
+
+# CPython's own suites (threading, thread, queue, asyncio locks, logging,
+# concurrent.futures) under python -m ddlock.run at 100% capture on every
+# CPython 3.9-3.13; a case failing under ddlock but not natively fails it.
+test-cpython: deps proto
+	@scripts/test_cpython.sh $(PYVERSIONS)
+
+# Real libraries' own tests under python -m ddlock.run, judged against
+# native: dill's suite, gevent's test__monkey_logging, a trio.run smoke test
+# (PYVERSIONS, default 3.11 3.13).
+test-libraries: deps proto
+	@scripts/test_libraries.sh $(PYVERSIONS)
 
 # ASan/UBSan build of the extension running the whole pytest suite, and the
 # Check suite under valgrind memcheck.

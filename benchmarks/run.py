@@ -36,18 +36,21 @@ import setup_ddtrace  # noqa: E402
 from workloads import CONFIGS  # noqa: E402
 
 CONFIG_ORDER = ["native", "ddlock-0", "ddlock-default", "ddlock-100",
-                "ddtrace-default", "ddtrace-100"]
+                "portable-default", "portable-100", "ddtrace-default", "ddtrace-100"]
 LABELS = {
     "native": "native",
     "ddlock-0": "ddlock 0%",
     "ddlock-default": "ddlock 1% (default)",
     "ddlock-100": "ddlock 100%",
+    "portable-default": "ddlock portable 1% (default)",
+    "portable-100": "ddlock portable 100%",
     "ddtrace-default": "ddtrace 1% (default)",
     "ddtrace-100": "ddtrace 100%",
 }
 SHORT = {
     "native": "native", "ddlock-0": "ddlock 0%", "ddlock-default": "ddlock dflt",
-    "ddlock-100": "ddlock 100%", "ddtrace-default": "ddtrace dflt",
+    "ddlock-100": "ddlock 100%", "portable-default": "port. dflt",
+    "portable-100": "port. 100%", "ddtrace-default": "ddtrace dflt",
     "ddtrace-100": "ddtrace 100%",
 }
 
@@ -98,13 +101,38 @@ def closed_port():
     return port
 
 
+PORTABLE_BUILD = os.path.join(REPO, "build", "bench-portable")
+
+
+def build_portable(ddlock_path):
+    """The portable build of ddlock_path's sources into PORTABLE_BUILD (the
+    public-C-API path, forced with DDLOCK_PORTABLE=1). None or the error."""
+    pkg = os.path.join(PORTABLE_BUILD, "ddlock")
+    os.makedirs(pkg, exist_ok=True)
+    for name in os.listdir(os.path.join(ddlock_path, "ddlock")):
+        if name.endswith(".py"):
+            with open(os.path.join(ddlock_path, "ddlock", name), "rb") as src, \
+                    open(os.path.join(pkg, name), "wb") as dst:
+                dst.write(src.read())
+    env = dict(os.environ, DDLOCK_PORTABLE="1",
+               CFLAGS=os.environ.get("CFLAGS", "") + " -DDDL_PORTABLE=1")
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--force",
+                        "--build-lib", PORTABLE_BUILD, "--build-temp",
+                        os.path.join(REPO, "build", "bench-portable-tmp")],
+                       cwd=ddlock_path, env=env, stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, universal_newlines=True)
+    if r.returncode != 0:
+        return "portable build failed: " + r.stdout[-500:]
+    return None
+
+
 def child_env(config, ddtrace_path, port, ddlock_path=REPO):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("DD_", "PYTHON"))}
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     kind, pct = CONFIGS[config]
     if kind == "ddlock":
-        env["PYTHONPATH"] = ddlock_path
+        env["PYTHONPATH"] = PORTABLE_BUILD if config.startswith("portable") else ddlock_path
     elif kind == "ddtrace":
         env["PYTHONPATH"] = ddtrace_path
         env.update(DDTRACE_ENV)
@@ -188,6 +216,14 @@ def targets(summary, ddtrace_why):
         r = ratio("ddlock-default", key)
         add("default<=1.0x", "ddlock default: %s <= 1.00x native" % names[key],
             None if r is None else "%.2fx" % r, None if r is None else r <= 1.0)
+    for key in BASIC:
+        r = ratio("portable-default", key)
+        add("portable-default<=1.0x", "portable default: %s <= 1.00x native" % names[key],
+            None if r is None else "%.2fx" % r, None if r is None else r <= 1.0)
+    p100, i100 = (med(summary, c, "deep10_with_lock") for c in ("portable-100", "ddlock-100"))
+    add("portable100<=2x", "portable 100%: 10-deep `with lock:` <= 2x the internal path",
+        None if None in (p100, i100) else "%.2fx (%.0f vs %.0f ns)" % (p100 / i100, p100, i100),
+        None if None in (p100, i100) else p100 / i100 <= 2.0)
     for key in BASIC:
         r = ratio("ddlock-0", key)
         add("0%<=0.95x", "ddlock 0%%: %s <= 0.95x native" % names[key],
@@ -351,6 +387,12 @@ def main(argv=None):
             ap.error("unknown configuration %r" % c)
     if "native" not in configs:
         configs = ["native"] + configs  # every ratio needs it
+
+    if any(c.startswith("portable") for c in configs):
+        why = build_portable(os.path.abspath(args.ddlock_path))
+        if why:
+            print("NOTE: portable columns are missing: %s" % why, flush=True)
+            configs = [c for c in configs if not c.startswith("portable")]
 
     ddtrace_path = ddtrace_version = None
     ddtrace_why = None

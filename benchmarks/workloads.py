@@ -38,6 +38,10 @@ CONFIGS = {
     "ddlock-0": ("ddlock", 0.0),
     "ddlock-default": ("ddlock", None),
     "ddlock-100": ("ddlock", 100.0),
+    # the portable build (public C API only: what CPython versions ddlock
+    # was not tested on get), built by run.py with DDLOCK_PORTABLE=1
+    "portable-default": ("ddlock", None),
+    "portable-100": ("ddlock", 100.0),
     "ddtrace-default": ("ddtrace", None),
     "ddtrace-100": ("ddtrace", 100.0),
 }
@@ -273,17 +277,25 @@ def start_profiler(name):
             }
         except Exception as e:  # settings moved in another version
             info["config_error"] = repr(e)
-    # Is the lock collector really there? The factories must be replaced and
-    # the locks they make must be the profiler's own type.
-    lock_t = type(threading.Lock())
-    rlock_t = type(threading.RLock())
+    # Is the lock collector really there? ddtrace replaces the factories: the
+    # locks they make are its own type. ddlock profiles the native locks in
+    # place: they stay native, and ddlock says it profiles them.
+    lock, rlock = threading.Lock(), threading.RLock()
+    lock_t, rlock_t = type(lock), type(rlock)
     info["lock_type"] = "%s.%s" % (lock_t.__module__, lock_t.__qualname__)
     info["rlock_type"] = "%s.%s" % (rlock_t.__module__, rlock_t.__qualname__)
-    for t in (lock_t, rlock_t):
-        if not t.__module__.startswith(kind):
-            raise RuntimeError(
-                "%s lock collector not active: threading.Lock()/RLock() make %s "
-                "objects" % (kind, info["lock_type"] + "/" + info["rlock_type"]))
+    if kind == "ddlock":
+        from ddlock import _ddlock
+        active = _ddlock.profiled(lock) == "Lock" and _ddlock.profiled(rlock) == "RLock"
+        info["frame_walk"] = _ddlock.build_info()["frame_walk"]
+        if name.startswith("portable") != (info["frame_walk"] == "public"):
+            raise RuntimeError("%s runs the %s build" % (name, info["frame_walk"]))
+    else:
+        active = all(t.__module__.startswith(kind) for t in (lock_t, rlock_t))
+    if not active:
+        raise RuntimeError(
+            "%s lock collector not active: threading.Lock()/RLock() make %s "
+            "objects" % (kind, info["lock_type"] + "/" + info["rlock_type"]))
     return info
 
 

@@ -15,6 +15,7 @@ or ``import ddlock.auto`` (configured from the environment), or
 import atexit
 import logging
 import os
+import sys
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
 
@@ -133,7 +134,8 @@ def _start_native(native, cfg):
     url, unix_socket, api_key = cfg.upload_target()
     lock_type, rlock_type = _native_lock_types()
     opmap, caches = _opcodes()
-    native._setup(threading._active, _threading_file(), _ddlock_dir(), _passthrough(),
+    active = getattr(threading, "_active", None)
+    native._setup(active if type(active) is dict else None, _threading_file(), _ddlock_dir(), _passthrough(),
                   lock_type, rlock_type, opmap, caches)
     native.start(
         output_prefix=cfg.output_pprof,
@@ -228,6 +230,7 @@ def _start_with(cfg):
     with _control:
         if native.is_running():
             raise RuntimeError("ddlock is already running; call ddlock.stop() first")
+        _warn_free_threaded()  # before profiling: sysconfig takes a lock
         _start_native(native, cfg)
         _state["config"] = cfg
         _state["pid"] = os.getpid()
@@ -241,6 +244,20 @@ def _start_with(cfg):
         _enable_debug_logging()
         log.debug("ddlock started: capture %.3g%%, output %s, upload %s",
                   cfg.capture_pct, cfg.output_pprof, cfg.upload_target_shown())
+
+
+def _warn_free_threaded() -> None:
+    """On a free-threaded build, say once that ddlock runs with the GIL: its
+    extension does not declare itself GIL-free, so CPython turned the GIL
+    back on when it loaded (ext/ddlock.h lists what relies on it)."""
+    if _state.get("warned_free_threaded") or not _free_threaded_build():
+        return
+    _state["warned_free_threaded"] = True
+    gil = getattr(sys, "_is_gil_enabled", None)
+    log.warning("ddlock: this CPython is a free-threaded build; ddlock relies on the GIL, "
+                "so CPython enabled the GIL when ddlock's extension loaded (GIL enabled now: "
+                "%s). Threads do not run in parallel while ddlock is loaded; run without "
+                "ddlock to keep the GIL off.", bool(gil()) if callable(gil) else "unknown")
 
 
 def stop(flush: bool = True) -> None:
@@ -281,7 +298,16 @@ def build_info() -> Dict[str, Any]:
     info = dict(_native().build_info())
     info["python"] = platform.python_version()
     info["implementation"] = platform.python_implementation()
+    info["free_threaded_build"] = _free_threaded_build()
+    gil = getattr(sys, "_is_gil_enabled", None)
+    info["gil_enabled"] = bool(gil()) if callable(gil) else True
     return info
+
+
+def _free_threaded_build() -> bool:
+    import sysconfig
+
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 def is_running() -> bool:

@@ -2,6 +2,7 @@
 
     python -m ddlock report FILES... [--top N] [--stacks N] [--svg OUT.svg] [--value wait|hold]
     python -m ddlock check FILES... [--expect NAME]...
+    python -m ddlock check                          (no FILES: this build, ddlock.build_info())
     python -m ddlock run python app.py args...      (same as ddlock-run)
 
 FILES are pprof files, output prefixes (``DD_PROFILING_OUTPUT_PPROF``) or
@@ -78,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Verify the 'lock name' labels: names visible (file:line:variable), "
                                    "distinguishable, no threading.py:... names, no memory addresses, "
                                    "and each --expect NAME present.")
-    c.add_argument("files", nargs="+", metavar="FILE", help="pprof file, output prefix or directory")
+    c.add_argument("files", nargs="*", metavar="FILE",
+                   help="pprof file, output prefix or directory; none: print which paths this "
+                        "build of ddlock uses (ddlock.build_info())")
     c.add_argument("--expect", action="append", default=[], metavar="NAME",
                    help="a variable name that must appear (repeatable), e.g. --expect user_session_lock")
     c.add_argument("-q", "--quiet", action="store_true", help="print failures only")
@@ -121,9 +124,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_info() -> int:
+    """``python -m ddlock check`` without files: this build, one key per line."""
+    import ddlock
+
+    try:
+        info = ddlock.build_info()
+    except ImportError as exc:
+        sys.stdout.write("ddlock check: the native extension does not load: %s\n" % exc)
+        return 1
+
+    def lines(d, indent):
+        for key in sorted(d):
+            value = d[key]
+            if isinstance(value, dict):
+                sys.stdout.write("%s%s:\n" % (indent, key))
+                lines(value, indent + "  ")
+            else:
+                sys.stdout.write("%s%s: %s\n" % (indent, key, value))
+
+    lines(info, "")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from . import report
 
+    if not args.files:
+        if args.expect:
+            sys.stderr.write("ddlock check: --expect needs profile FILES\n")
+            return USAGE_ERROR
+        return cmd_build_info()
     paths, profile = _load(args)
     if profile is None:
         return USAGE_ERROR

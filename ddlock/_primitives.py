@@ -35,6 +35,7 @@ task.
 
 import sys
 import threading
+import types
 
 from . import _config
 
@@ -130,10 +131,8 @@ def _setup_asyncio(asyncio):
     if locks is None or events is None:
         return
     tasks = sys.modules.get("asyncio.tasks")
-    current_tasks = getattr(tasks, "_current_tasks", None)
-    if not isinstance(current_tasks, dict):
-        current_tasks = None
     c_asyncio = sys.modules.get("_asyncio")
+    current_tasks = _task_registry(asyncio, tasks, c_asyncio)
     task_types = tuple(t for t in (getattr(c_asyncio, "Task", None),
                                    getattr(tasks, "_PyTask", None))
                        if isinstance(t, type))
@@ -141,8 +140,45 @@ def _setup_asyncio(asyncio):
     aenter = getattr(mixin, "__aenter__", None)
     locks_file = getattr(getattr(aenter, "__code__", None), "co_filename", None) \
         or locks.__file__
-    _native._set_asyncio(locks_file, events._get_running_loop, asyncio.current_task,
+    get_running_loop = getattr(events, "_get_running_loop", None)
+    if not callable(get_running_loop) or _portable():
+        # the public route: raises RuntimeError outside a loop, which the
+        # native side takes as "no task"
+        get_running_loop = asyncio.get_running_loop
+    _native._set_asyncio(locks_file, get_running_loop, asyncio.current_task,
                          current_tasks, task_types)
+
+
+def _portable():
+    """Whether this build takes the generic routes (DDLOCK_PORTABLE=1 or a
+    CPython ddlock was not tested on)."""
+    try:
+        from . import _ddlock
+
+        return _ddlock.build_info().get("frame_walk") != "internal"
+    except Exception:
+        return True
+
+
+def _task_registry(asyncio, tasks, c_asyncio):
+    """The dict asyncio.current_task(loop) reads, when it can be proven to be
+    that: the C implementation's own registry, re-exported by asyncio.tasks
+    (3.9-3.13), or the pure-Python one when asyncio has no C part. Anything
+    else (3.14 keeps the current task on the thread state and leaves
+    tasks._current_tasks unfilled; a portable build) gives None: ddlock then
+    calls asyncio.current_task(), never reads a registry that may be stale."""
+    registry = getattr(tasks, "_current_tasks", None)
+    if not isinstance(registry, dict) or _portable() or c_asyncio is None:
+        return None
+    if getattr(c_asyncio, "_current_tasks", None) is not registry:
+        return None
+    current_task = asyncio.current_task
+    if current_task is getattr(c_asyncio, "current_task", None):
+        return registry  # 3.12, 3.13: the C function reading that registry
+    if isinstance(current_task, types.FunctionType) and \
+            current_task.__module__ == "asyncio.tasks":
+        return registry  # 3.9-3.11: tasks.py's function reading it
+    return None
 
 
 def _install_asyncio(asyncio):

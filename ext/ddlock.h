@@ -33,7 +33,7 @@
 
 #define DDL_VERSION "0.1.0"
 #define DDL_MAX_EXCLUDES 32
-#define DDL_NAME_CACHE_MAX 16384
+#define DDL_NAME_CACHE_MAX 131072
 
 /* ---- what is profiled ------------------------------------------------- */
 

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "pprof.h"
 #include "upload.h"
 #include "writer.h"
 
@@ -616,4 +617,12 @@ ddl_exporter_fork_child(ddl_exporter *e)
         return -1;
     }
     return start_thread(e);
+}
+
+void
+ddl_exporter_lib_versions(ddl_lib_versions *out)
+{
+    out->protobuf_c = ddl_pprof_protobuf_c_version();
+    out->libcurl = ddl_upload_curl_version();
+    out->zlib = ddl_pprof_zlib_version();
 }

@@ -155,4 +155,11 @@ int ddl_exporter_fork_child(ddl_exporter *e);
 char *ddl_exporter_event_json(const char *tags, int64_t start_ns,
                               int64_t end_ns, const char *version);
 
+/* The versions of the libraries the export side runs with: protobuf-c,
+ * libcurl and zlib (static strings). */
+typedef struct {
+    const char *protobuf_c, *libcurl, *zlib;
+} ddl_lib_versions;
+void ddl_exporter_lib_versions(ddl_lib_versions *out);
+
 #endif /* DDLOCK_EXPORTER_H */

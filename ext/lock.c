@@ -45,6 +45,8 @@ typedef struct {
     int flags;
     PyObject *orig;     /* the native descriptor, strong while installed */
     PyCFunction native; /* its C function, when METH_NOARGS, else NULL */
+    PyCFunction meth;   /* its C function, whatever its calling convention */
+    int meth_flags;     /* and that convention (METH_COEXIST masked) */
     PyMethodDef def;    /* ours: the native name and doc */
 } hmethod;
 
@@ -55,6 +57,7 @@ enum {
     LM_RELEASE,
     LM_RELEASE_LOCK,
     LM_EXIT,
+    LM_LOCKED,
     LM_COUNT
 };
 enum {
@@ -106,6 +109,9 @@ static struct {
     PyMethodDef alloc_def[2];
     hmethod lm[LM_COUNT];
     hmethod rm[RM_COUNT];
+    /* (), (False,) and (True,): argument tuples of the native acquires
+     * taking METH_VARARGS; made once, kept for the process */
+    PyObject *args_empty, *args_false, *args_true;
 } H = {
     .lm =
         {
@@ -116,6 +122,8 @@ static struct {
             [LM_RELEASE_LOCK] = {"release_lock", FN(lk_release_lock),
                                  METH_NOARGS},
             [LM_EXIT] = {"__exit__", FN(lk_exit), METH_FASTCALL},
+            /* not replaced: called by the portable path */
+            [LM_LOCKED] = {"locked", NULL, 0},
         },
     .rm =
         {
@@ -247,7 +255,13 @@ holds_pending(void)
 
 /* ---- calling the native methods ----------------------------------------- */
 
-/* The native method m on self with the call's arguments. */
+typedef PyObject *(*fastkw_fn)(PyObject *, PyObject *const *, Py_ssize_t,
+                               PyObject *);
+typedef PyObject *(*varkw_fn)(PyObject *, PyObject *, PyObject *);
+
+/* The native method m on self with the call's arguments. Its C function is
+ * called directly when its convention allows (self is of its type: ours is
+ * a method of the same type), else through its descriptor. */
 static PyObject *
 call_native(hmethod *m, PyObject *self, PyObject *const *args,
             Py_ssize_t nargs, PyObject *kwnames)
@@ -255,6 +269,21 @@ call_native(hmethod *m, PyObject *self, PyObject *const *args,
     if (m->orig == NULL) {
         PyErr_Format(PyExc_SystemError, "ddlock: native %s is gone", m->name);
         return NULL;
+    }
+    if (m->meth_flags == (METH_FASTCALL | METH_KEYWORDS)) {
+        return ((fastkw_fn)(void (*)(void))m->meth)(self, args, nargs,
+                                                    kwnames);
+    }
+    if (m->meth_flags == (METH_VARARGS | METH_KEYWORDS) && kwnames == NULL &&
+        H.args_true != NULL) {
+        PyObject *t = nargs == 0            ? H.args_empty
+                      : nargs > 1           ? NULL
+                      : args[0] == Py_False ? H.args_false
+                      : args[0] == Py_True  ? H.args_true
+                                            : NULL;
+        if (t != NULL) {
+            return ((varkw_fn)(void (*)(void))m->meth)(self, t, NULL);
+        }
     }
     Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
     Py_ssize_t total = nargs + nkw;
@@ -363,7 +392,28 @@ lock_acquire_impl(hmethod *m, PyObject *self, PyObject *const *args,
     }
     else
 #endif
-    {
+        if (H.lm[LM_LOCKED].native != NULL) {
+        /* free now means the native acquire takes it without waiting: the
+         * GIL is held from this check to its first, non-blocking try */
+        PyObject *held = H.lm[LM_LOCKED].native(self, NULL);
+        if (held == NULL) {
+            return NULL;
+        }
+        Py_DECREF(held);
+        if (held != Py_False) {
+            if (simple == 2) {
+                Py_RETURN_FALSE;
+            }
+            return lock_acquire_timed(m, self, args, nargs, kwnames);
+        }
+        PyObject *r = call_native(m, self, args, nargs, kwnames);
+        if (r != Py_True) {
+            return r;
+        }
+        Py_DECREF(r);
+        got = 1;
+    }
+    else {
         got = try_native(&H.lm[LM_ACQUIRE], self);
         if (got < 0) {
             return NULL;
@@ -828,6 +878,8 @@ hook_methods(PyTypeObject *tp, hmethod *ms, int n, int release, int exit)
         Py_XSETREF(m->orig, Py_NewRef(orig));
         m->native =
             (nd->ml_flags & ~METH_COEXIST) == METH_NOARGS ? nd->ml_meth : NULL;
+        m->meth = nd->ml_meth;
+        m->meth_flags = nd->ml_flags & ~METH_COEXIST;
         if (m->impl == NULL) {
             continue;
         }
@@ -951,6 +1003,20 @@ ddl_locks_hook(ddl_state *st, int lock, int rlock)
     H.lock_tp = ltp;
     H.rlock_tp = rtp;
     H.layout_ok = check_layout(ltp, rtp);
+    if (H.args_true == NULL) {
+        PyObject *e = PyTuple_New(0);
+        PyObject *f = PyTuple_Pack(1, Py_False);
+        PyObject *t = PyTuple_Pack(1, Py_True);
+        if (e == NULL || f == NULL || t == NULL) {
+            Py_XDECREF(e);
+            Py_XDECREF(f);
+            Py_XDECREF(t);
+            return -1;
+        }
+        H.args_empty = e;
+        H.args_false = f;
+        H.args_true = t;
+    }
     H.shared_types = !(ltp->tp_flags & Py_TPFLAGS_HEAPTYPE) ||
                      !(rtp->tp_flags & Py_TPFLAGS_HEAPTYPE);
     if (lock && !H.lock_hooked) {

@@ -435,10 +435,15 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
                              NULL};
     PyObject *active, *tfile, *ddir, *pass = NULL, *lt = NULL, *rt = NULL;
     PyObject *opmap = NULL, *caches = NULL;
-    if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "O!UU|O!O!O!OO:_setup", kwlist, &PyDict_Type,
-            &active, &tfile, &ddir, &PyTuple_Type, &pass, &PyType_Type, &lt,
-            &PyType_Type, &rt, &opmap, &caches)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OUU|O!O!O!OO:_setup",
+                                     kwlist, &active, &tfile, &ddir,
+                                     &PyTuple_Type, &pass, &PyType_Type, &lt,
+                                     &PyType_Type, &rt, &opmap, &caches)) {
+        return NULL;
+    }
+    if (active != Py_None && !PyDict_CheckExact(active)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "threading_active must be a dict or None");
         return NULL;
     }
     ddl_state *st = get_state(module);
@@ -457,7 +462,10 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
                    co != NULL && PyCode_Check(co) ? Py_NewRef(co) : NULL);
     }
     ddl_site_cache_clear(st);
-    Py_XSETREF(st->threading_active, Py_NewRef(active));
+    /* None: threading has no registry we know (a newer CPython), thread
+     * names are left out rather than guessed */
+    Py_XSETREF(st->threading_active,
+               active == Py_None ? NULL : Py_NewRef(active));
     Py_XSETREF(st->threading_file, Py_NewRef(tfile));
     Py_XSETREF(st->ddlock_dir, Py_NewRef(ddir));
     ddl_code_cache_clear(st); /* which code is internal may have changed */
@@ -775,7 +783,8 @@ mod_encode_profile(PyObject *module, PyObject *args, PyObject *kwargs)
         Py_ssize_t nl = PySequence_Size(lb_seq);
         if (nf < 0 || nl < 0 || PySequence_Size(vals) != DDL_NVALUES) {
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_ValueError, "7 values expected (one per sample type)");
+                PyErr_SetString(PyExc_ValueError,
+                                "7 values expected (one per sample type)");
             }
             goto error;
         }
@@ -866,15 +875,18 @@ error:
 static PyObject *
 mod_build_info(PyObject *module, PyObject *unused)
 {
-    return Py_BuildValue("{s:s,s:s,s:s,s:i}", "frame_walk", DDL_PATH_NAME,
-                         "python_built_for", PY_VERSION, "ddlock", DDL_VERSION,
-                         "portable_forced",
+    ddl_lib_versions libs;
+    ddl_exporter_lib_versions(&libs);
+    return Py_BuildValue("{s:s,s:s,s:s,s:i,s:{s:s,s:s,s:s}}", "frame_walk",
+                         DDL_PATH_NAME, "python_built_for", PY_VERSION,
+                         "ddlock", DDL_VERSION, "portable_forced",
 #ifdef DDL_PORTABLE
-                         1
+                         1,
 #else
-                         0
+                         0,
 #endif
-    );
+                         "libraries", "protobuf-c", libs.protobuf_c, "libcurl",
+                         libs.libcurl, "zlib", libs.zlib);
 }
 
 static PyMethodDef module_methods[] = {

@@ -28,6 +28,18 @@
 /* string_table is field 6, length-delimited: tag (6 << 3) | 2 */
 #define STRING_TABLE_TAG 0x32
 
+const char *
+ddl_pprof_protobuf_c_version(void)
+{
+    return protobuf_c_version();
+}
+
+const char *
+ddl_pprof_zlib_version(void)
+{
+    return zlibVersion();
+}
+
 void
 ddl_buf_free(ddl_buf *b)
 {

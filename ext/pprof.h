@@ -24,6 +24,11 @@ void ddl_buf_free(ddl_buf *b);
  * Returns 0 on success, -1 on failure (out untouched). */
 int ddl_pprof_encode_raw(const ddl_snapshot *s, ddl_buf *out);
 
+/* The versions of protobuf-c and zlib this encoder runs with (static
+ * strings of the libraries themselves). */
+const char *ddl_pprof_protobuf_c_version(void);
+const char *ddl_pprof_zlib_version(void);
+
 /* Same, gzip-compressed (RFC 1952 framing, what `go tool pprof` reads). */
 int ddl_pprof_encode(const ddl_snapshot *s, ddl_buf *out);
 

@@ -71,6 +71,13 @@ curl_global_init_once(void)
     curl_init_result = curl_global_init(CURL_GLOBAL_DEFAULT);
 }
 
+const char *
+ddl_upload_curl_version(void)
+{
+    const curl_version_info_data *v = curl_version_info(CURLVERSION_NOW);
+    return v != NULL && v->version != NULL ? v->version : "unknown";
+}
+
 int
 ddl_upload_global_init(void)
 {

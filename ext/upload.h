@@ -10,6 +10,9 @@
 /* libcurl's global initialisation, once per process. 0 or -1. */
 int ddl_upload_global_init(void);
 
+/* The libcurl version this build runs with (a static string). */
+const char *ddl_upload_curl_version(void);
+
 /* Why cfg's upload settings cannot be used (a static message), or NULL. */
 const char *ddl_upload_check_config(const ddl_exporter_config *cfg);
 

@@ -14,7 +14,7 @@ mkdir -p "$SAN/ddlock"
 echo "sanitize: building the extension with ASan/UBSan"
 DDLOCK_SANITIZE=1 "$PYTHON" setup.py -q build_ext --build-lib "$SAN" --build-temp build/san-tmp \
     > build/san-build.log 2>&1 || { cat build/san-build.log; exit 1; }
-cp ddlock/*.py "$SAN/ddlock/"
+cp ddlock/*.py ddlock/*.pyi ddlock/py.typed "$SAN/ddlock/"
 libasan=$(gcc -print-file-name=libasan.so)
 [ -f "$libasan" ] || { echo "sanitize: libasan not found" >&2; exit 1; }
 log_dir=$(mktemp -d)

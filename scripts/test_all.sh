@@ -19,7 +19,7 @@ for v in "${versions[@]}"; do
     scripts/deps.sh --python "$py" || { failed+=("$v(deps)"); continue; }
     "$py" setup.py -q build_ext --inplace --build-temp "build/tmp-$v" >/dev/null 2>build/build-$v.log \
         || { cat "build/build-$v.log"; failed+=("$v(build)"); continue; }
-    "$py" -m pytest -q ${PYTEST_ARGS:-} || failed+=("$v")
+    "$py" -m pytest -q -m "not heavy" ${PYTEST_ARGS:-} || failed+=("$v")
 done
 if [ ${#failed[@]} -gt 0 ]; then
     echo "test-all: FAILED on: ${failed[*]}" >&2
