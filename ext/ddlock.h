@@ -16,8 +16,11 @@
  * (start() says so once). Everything below relies on the GIL: the module
  * state and its caches, the lock and tracker tables, the pending holds, the
  * hook installation (type dicts and slots are changed with the GIL held and
- * no other thread running Python), and the per-thread countdown's
- * generation check. The pure-C parts (profile, pprof, exporter) have their
+ * no other thread running Python), the per-thread countdown's generation
+ * check, and the portable path's uncontended Lock acquire (a lock seen
+ * free by its native locked() is taken by the native acquire's first,
+ * non-blocking try: no other thread runs in between; without the GIL a
+ * wait could go untimed, never wrongly ordered). The pure-C parts (profile, pprof, exporter) have their
  * own mutexes and never need it.
  */
 #ifndef DDLOCK_DDLOCK_H
