@@ -14,20 +14,15 @@
 # extension of each version is built first (make test-all's builds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pythons.sh
 versions=("$@")
-[ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
+[ ${#versions[@]} -gt 0 ] || versions=("${DEFAULT_PYVERSIONS[@]}")
 suites=(${CPYTHON_SUITES:-test_thread test_threading test_queue test_asyncio.test_locks test_logging test_concurrent_futures})
-root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
 out="$PWD/build/cpython-tests"
 mkdir -p "$out"
 failed=()
 for v in "${versions[@]}"; do
-    py=$(ls -d "$root"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -n 1)
-    if [ -z "$py" ]; then
-        echo "test-cpython: CPython $v not found under $root" >&2
-        failed+=("$v(missing)")
-        continue
-    fi
+    py=$(require_python "$v" test-cpython) || { failed+=("$v(missing)"); continue; }
     have=()
     for s in "${suites[@]}"; do
         if "$py" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('test.' + sys.argv[1]) is None)" "$s" 2>/dev/null; then

@@ -10,9 +10,9 @@
 #   scripts/test_libraries.sh [VERSION...]       (default: 3.11 3.13)
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pythons.sh
 versions=("$@")
 [ ${#versions[@]} -gt 0 ] || versions=(3.11 3.13)
-root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
 out="$PWD/build/library-tests"
 mkdir -p "$out"
 repo="$PWD"
@@ -60,12 +60,7 @@ compare() {
 }
 
 for v in "${versions[@]}"; do
-    py=$(ls -d "$root"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -n 1)
-    if [ -z "$py" ]; then
-        echo "test-libraries: CPython $v not found under $root" >&2
-        failed+=("$v(missing)")
-        continue
-    fi
+    py=$(require_python "$v" test-libraries) || { failed+=("$v(missing)"); continue; }
     scripts/deps.sh --python "$py" >/dev/null || { failed+=("$v(deps)"); continue; }
     "$py" setup.py -q build_ext --inplace --build-temp "build/tmp-$v" >"build/libraries-build-$v.log" 2>&1 \
         || { cat "build/libraries-build-$v.log"; failed+=("$v(build)"); continue; }
