@@ -6,20 +6,15 @@
 # imports it through DDLOCK_TEST_PYTHONPATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+. scripts/pythons.sh
 versions=("$@")
-[ ${#versions[@]} -gt 0 ] || versions=(3.9 3.10 3.11 3.12 3.13)
-root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+[ ${#versions[@]} -gt 0 ] || versions=("${DEFAULT_PYVERSIONS[@]}")
 out="$PWD/build/portable"
 mkdir -p "$out/ddlock"
 cp ddlock/*.py ddlock/*.pyi ddlock/py.typed "$out/ddlock/"
 failed=()
 for v in "${versions[@]}"; do
-    py=$(ls -d "$root"/versions/"$v".*/bin/python 2>/dev/null | sort -V | tail -n 1)
-    if [ -z "$py" ]; then
-        echo "test-portable: CPython $v not found under $root" >&2
-        failed+=("$v(missing)")
-        continue
-    fi
+    py=$(require_python "$v" test-portable) || { failed+=("$v(missing)"); continue; }
     echo "=== CPython $v, portable build ($py)"
     rm -f "$out"/ddlock/_ddlock*.so
     scripts/deps.sh --python "$py" || { failed+=("$v(deps)"); continue; }
