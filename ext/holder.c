@@ -159,16 +159,12 @@ wait_clear(ddl_wait *w)
 }
 
 ddl_wait *
-ddl_wait_begin(ddl_state *st, PyObject *obj, int how, unsigned long holder,
-               int has_timeout)
+ddl_wait_begin(ddl_state *st, PyObject *obj, ddl_prof *p, PyObject *target,
+               int how, unsigned long holder, int has_timeout)
 {
-    if (ddl_tls.busy || W.nused >= DDL_WAIT_CAP || !st->running) {
+    if (p == NULL || ddl_tls.busy || W.nused >= DDL_WAIT_CAP ||
+        !st->running) {
         return NULL;
-    }
-    PyObject *target = NULL;
-    ddl_prof *p = ddl_lock_prof(st, obj, &target);
-    if (p == NULL) {
-        return NULL; /* not profiled (threading's own, made before start) */
     }
     ddl_wait *w = NULL;
     for (int i = 0; i < DDL_WAIT_CAP; i++) {

@@ -33,12 +33,13 @@ enum { DDL_HL_NONE = 0, DDL_HL_LOCK, DDL_HL_RLOCK };
  * what the stuck-lock watchdog and the deadlock check read. */
 typedef struct ddl_wait ddl_wait;
 
-/* The running thread begins a contended wait for obj (a profiled object,
- * else nothing is registered: NULL), held by holder (thread ident, 0:
+/* The running thread begins a contended wait for obj (profiled as p,
+ * labelled by target; p NULL: nothing is registered, NULL), held by holder (thread ident, 0:
  * unknown), read again as `how` says. has_timeout: the wait may end
  * without the lock. Never raises. */
-ddl_wait *ddl_wait_begin(ddl_state *st, PyObject *obj, int how,
-                         unsigned long holder, int has_timeout);
+ddl_wait *ddl_wait_begin(ddl_state *st, PyObject *obj, ddl_prof *p,
+                         PyObject *target, int how, unsigned long holder,
+                         int has_timeout);
 /* The wait w (NULL: none registered) ended. With p (the acquire
  * succeeded after wait_ns and is sampled with weight), records the
  * waiter's acquire sample (ddl_record) with the holder's labels and a

@@ -413,10 +413,21 @@ hook_sync_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     int free =
         nargs == 1 && kwnames == NULL && sync_free(st, t->prof.kind, args[0]);
     int64_t t0 = free ? 0 : ddl_monotonic_ns();
+    ddl_wait *w = NULL;
+    if (!free) {
+        PyObject *target = args[0];
+        ddl_prof *p = ddl_profiled(st, args[0], &target);
+        w = ddl_wait_begin(st, args[0], p, target, DDL_HL_NONE, t->holder,
+                           nargs != 1 || kwnames != NULL);
+    }
     PyObject *r = call_orig(h, args, nargsf, kwnames);
     if (r != NULL && result_true(r)) {
-        ddl_tracker_acquired(st, t, free ? DDL_ACQ_UNCONTENDED : DDL_ACQ_TIMED,
-                             t0, 0);
+        ddl_tracker_acquired_w(st, t,
+                               free ? DDL_ACQ_UNCONTENDED : DDL_ACQ_TIMED, t0,
+                               0, w);
+    }
+    else if (w != NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
     }
     return r;
 }
@@ -484,6 +495,9 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     case H_RELEASE:
     case H_RELEASE_SAVE:
         r = call_orig(h, args, nargsf, kwnames);
+        if (r != NULL && t->holder == PyThread_get_thread_ident()) {
+            t->holder = 0; /* holder.c: no longer a holder known */
+        }
         if (r != NULL && (t->sampled || t->nring > 0)) {
             ddl_tracker_released(st, t, h->op == H_RELEASE_SAVE);
         }

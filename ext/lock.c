@@ -347,7 +347,9 @@ lock_wait_begin(ddl_state *st, PyObject *self, PyObject *const *args,
         holder = ddl_slot_ident(lk->ddl_holder);
     }
 #endif
-    return ddl_wait_begin(st, self, how, holder, timed);
+    PyObject *target;
+    ddl_prof *pr = prof_of(st, self, &target);
+    return ddl_wait_begin(st, self, pr, target, how, holder, timed);
 }
 
 /* The same for an RLock that I do not own (timed: it has arguments). */
@@ -369,7 +371,9 @@ rlock_wait_begin(ddl_state *st, PyObject *self, int timed)
         holder = rl->rlock_owner;
     }
 #endif
-    return ddl_wait_begin(st, self, how, holder, timed);
+    PyObject *target;
+    ddl_prof *pr = prof_of(st, self, &target);
+    return ddl_wait_begin(st, self, pr, target, how, holder, timed);
 }
 
 /* The acquire that may wait or has arguments: the native method, timed. */

@@ -260,9 +260,41 @@ tracker_target(ddl_tracker *t)
 
 #define RING_CAP 4
 
+static inline ddl_wait *
+w_take(ddl_wait **w)
+{
+    ddl_wait *r = *w;
+    *w = NULL;
+    return r;
+}
+
+static void tracker_acquired(ddl_state *st, ddl_tracker *t, int mode,
+                             int64_t t0, int restore_depth, ddl_wait **w);
+
 void
 ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
                      int restore_depth)
+{
+    ddl_tracker_acquired_w(st, t, mode, t0, restore_depth, NULL);
+}
+
+void
+ddl_tracker_acquired_w(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
+                       int restore_depth, ddl_wait *w)
+{
+    if (!ddl_kind_asyncio(t->prof.kind)) {
+        t->holder = PyThread_get_thread_ident(); /* holder.c */
+    }
+    tracker_acquired(st, t, mode, t0, restore_depth, &w);
+    if (w != NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
+    }
+}
+
+/* w is set to NULL once the wait is ended. */
+static void
+tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
+                 int restore_depth, ddl_wait **w)
 {
     int exclusive = ddl_kind_exclusive(t->prof.kind);
     int nested = exclusive && t->sampled && t->hold_gen == st->generation &&
@@ -288,7 +320,8 @@ ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
     }
     double weight = 1.0 / p;
     if (t->key == NULL ||
-        ddl_record(st, &t->prof, tracker_target(t), wait, 0, 0, weight) != 0 ||
+        ddl_wait_end(st, w_take(w), &t->prof, tracker_target(t), wait,
+                     weight) != 0 ||
         nested) {
         return; /* a re-entrant acquire is counted; the hold stays outer */
     }
