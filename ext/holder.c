@@ -35,8 +35,8 @@
 #define SLOT_CAP 4096 /* slots are reused after this many threads */
 #define DDL_WAIT_CAP 256
 
-_Thread_local uint32_t ddl_my_slot
-    __attribute__((tls_model("initial-exec"))) = 0;
+_Thread_local uint32_t ddl_my_slot __attribute__((tls_model("initial-exec"))) =
+    0;
 
 struct ddl_wait {
     int used;
@@ -65,7 +65,8 @@ static struct {
     ddl_wait waits[DDL_WAIT_CAP];
 } W;
 
-/* ---- thread slots -------------------------------------------------------- */
+/* ---- thread slots --------------------------------------------------------
+ */
 
 uint32_t
 ddl_slot_new(void)
@@ -111,8 +112,8 @@ thread_state_of(unsigned long ident)
         return NULL;
     }
     PyInterpreterState *interp = PyInterpreterState_Get();
-    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp);
-         ts != NULL; ts = PyThreadState_Next(ts)) {
+    for (PyThreadState *ts = PyInterpreterState_ThreadHead(interp); ts != NULL;
+         ts = PyThreadState_Next(ts)) {
         if (ddl_thread_state_ident(ts) == ident) {
             return ts;
         }
@@ -126,7 +127,8 @@ capture_holder_stack(ddl_state *st, ddl_wait *w, PyThreadState *ts)
 {
     size_t cap = (size_t)st->max_frames + 2;
     w->frames = PyMem_Malloc(cap * sizeof(ddl_frame));
-    w->refs = PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) * sizeof(PyObject *));
+    w->refs =
+        PyMem_Malloc((cap * DDL_REFS_PER_FRAME + 4) * sizeof(PyObject *));
     if (w->frames == NULL || w->refs == NULL) {
         return;
     }
@@ -162,8 +164,7 @@ ddl_wait *
 ddl_wait_begin(ddl_state *st, PyObject *obj, ddl_prof *p, PyObject *target,
                int how, unsigned long holder, int has_timeout)
 {
-    if (p == NULL || ddl_tls.busy || W.nused >= DDL_WAIT_CAP ||
-        !st->running) {
+    if (p == NULL || ddl_tls.busy || W.nused >= DDL_WAIT_CAP || !st->running) {
         return NULL;
     }
     ddl_wait *w = NULL;
@@ -234,8 +235,8 @@ record_holder_wait(ddl_state *st, ddl_wait *w, ddl_prof *p, int64_t wait_ns,
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type), 0}, 0};
     int64_t values[DDL_NVALUES] = {0};
     values[DDL_V_HOLDER_WAIT] = ddl_weighted((double)wait_ns, weight);
-    if (ddl_profile_add(st->profile, w->stack.frames, w->stack.nframes,
-                        labels, nl, values) == 0) {
+    if (ddl_profile_add(st->profile, w->stack.frames, w->stack.nframes, labels,
+                        nl, values) == 0) {
         st->events_sampled++;
     }
     for (size_t i = 0; i < nown; i++) {
@@ -263,8 +264,8 @@ ddl_wait_end(ddl_state *st, ddl_wait *w, ddl_prof *p, PyObject *target,
                     (ddl_label){{"holder thread name", 18}, hs, 0};
             }
         }
-        rc = ddl_record_ex(st, p, target, wait_ns, 0, 0, weight, extra,
-                           nextra);
+        rc =
+            ddl_record_ex(st, p, target, wait_ns, 0, 0, weight, extra, nextra);
         if (rc == 0 && nextra > 0 && !ddl_tls.busy) {
             ddl_tls.busy = 1;
             PyObject *et, *ev, *etb;
@@ -386,9 +387,8 @@ wait_dict(ddl_state *st, ddl_wait *w, int64_t now)
         w->kind_name, "lock_id", (Py_ssize_t)(uintptr_t)w->obj, "waiter_id",
         w->waiter, "waiter_name", opt_str(wname), "holder_id",
         holder != 0 ? PyLong_FromUnsignedLong(holder) : Py_NewRef(Py_None),
-        "holder_name", opt_str(hname), "waited_s",
-        (double)(now - w->t0) / 1e9, "has_timeout",
-        w->has_timeout ? Py_True : Py_False, "waiter_stack",
+        "holder_name", opt_str(hname), "waited_s", (double)(now - w->t0) / 1e9,
+        "has_timeout", w->has_timeout ? Py_True : Py_False, "waiter_stack",
         current_stack(st, w->waiter), "holder_stack",
         holder != 0 ? current_stack(st, holder) : Py_NewRef(Py_None),
         "holder_stack_at_start",

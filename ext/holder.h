@@ -34,9 +34,9 @@ enum { DDL_HL_NONE = 0, DDL_HL_LOCK, DDL_HL_RLOCK };
 typedef struct ddl_wait ddl_wait;
 
 /* The running thread begins a contended wait for obj (profiled as p,
- * labelled by target; p NULL: nothing is registered, NULL), held by holder (thread ident, 0:
- * unknown), read again as `how` says. has_timeout: the wait may end
- * without the lock. Never raises. */
+ * labelled by target; p NULL: nothing is registered, NULL), held by holder
+ * (thread ident, 0: unknown), read again as `how` says. has_timeout: the wait
+ * may end without the lock. Never raises. */
 ddl_wait *ddl_wait_begin(ddl_state *st, PyObject *obj, ddl_prof *p,
                          PyObject *target, int how, unsigned long holder,
                          int has_timeout);

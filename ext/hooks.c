@@ -422,9 +422,8 @@ hook_sync_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     }
     PyObject *r = call_orig(h, args, nargsf, kwnames);
     if (r != NULL && result_true(r)) {
-        ddl_tracker_acquired_w(st, t,
-                               free ? DDL_ACQ_UNCONTENDED : DDL_ACQ_TIMED, t0,
-                               0, w);
+        ddl_tracker_acquired_w(
+            st, t, free ? DDL_ACQ_UNCONTENDED : DDL_ACQ_TIMED, t0, 0, w);
     }
     else if (w != NULL) {
         ddl_wait_end(st, w, NULL, NULL, 0, 0);

@@ -567,10 +567,10 @@ rlock_acquire_timed(hmethod *m, PyObject *self, PyObject *const *args,
         return NULL;
     }
     int64_t t0 = ddl_monotonic_ns();
-    ddl_wait *w = owned ? NULL
-                        : rlock_wait_begin(st, self,
-                                           simple_acquire(args, nargs,
-                                                          kwnames) != 1);
+    ddl_wait *w =
+        owned ? NULL
+              : rlock_wait_begin(st, self,
+                                 simple_acquire(args, nargs, kwnames) != 1);
     PyObject *r = call_native(m, self, args, nargs, kwnames);
     if (r == Py_True) {
         int64_t now = 0, wait = 0;
