@@ -306,3 +306,42 @@ def test_watchdog_after_fork():
     """)
     assert proc.stderr.count("is stuck") == 1, proc.stderr
     assert "child_lock" in proc.stderr and "child-waiter" in proc.stderr
+
+
+def test_report_lists_holders_and_draws_their_flame_graph(tmp_path):
+    prefix = str(tmp_path / "prof")
+    run_python(HOLD_AND_WAIT % dict(prefix=prefix, make=MAKE["Semaphore"], hold=0.4))
+    svg = str(tmp_path / "holders.svg")
+    proc = run_python("""
+        import sys
+        from ddlock.__main__ import main
+        sys.exit(main(["report", %r, "--svg", %r, "--value", "holder"]))
+    """ % (prefix, svg))
+    out = proc.stdout
+    assert "Holders that made others wait" in out, out
+    section = out.split("Holders that made others wait", 1)[1]
+    assert "shared_lock" in section
+    assert "held by thread the-holder in slow_holding_function: caused" in section, section
+    assert "flame graph (holder)" in out
+    with open(svg) as f:
+        drawing = f.read()
+    assert "held by the-holder" in drawing and "slow_holding_function" in drawing
+    assert "waiting_function" not in drawing  # the waiter's stack is not the holder's
+
+
+def test_report_without_holder_waits_has_no_holder_section(tmp_path):
+    prefix = str(tmp_path / "prof")
+    run_python("""
+        import threading, ddlock
+        ddlock.start(output_pprof=%r, capture_pct=100, upload_enabled=False)
+        quiet_lock = threading.Lock()
+        with quiet_lock:
+            pass
+        ddlock.stop()
+    """ % prefix)
+    proc = run_python("""
+        import sys
+        from ddlock.__main__ import main
+        sys.exit(main(["report", %r]))
+    """ % prefix)
+    assert "quiet_lock" in proc.stdout and "Holders that made others wait" not in proc.stdout
