@@ -5,7 +5,7 @@ in a fresh interpreter at the DEFAULT sampling rate (contended waits of
 1 ms or more are always sampled)."""
 
 import json
-import textwrap
+import re
 
 import pytest
 
@@ -345,3 +345,53 @@ def test_report_without_holder_waits_has_no_holder_section(tmp_path):
         sys.exit(main(["report", %r]))
     """ % prefix)
     assert "quiet_lock" in proc.stdout and "Holders that made others wait" not in proc.stdout
+
+
+PYTEST_DEADLOCK = '''
+import threading, time
+import pytest
+import ddlock
+
+
+def test_deadlocks(ddlock_profile):
+    with ddlock_profile.run(capture_pct=1):
+        orders_lock = threading.Lock()
+        stock_lock = threading.Lock()
+        both = threading.Barrier(2)
+
+        def worker():
+            with stock_lock:
+                both.wait()
+                with orders_lock:
+                    pass
+
+        t = threading.Thread(target=worker, name="stock-worker", daemon=True)
+        t.start()
+        with orders_lock:
+            both.wait()
+            with stock_lock:  # deadlock: the worker holds it and waits for orders_lock
+                pass
+
+
+def test_after_it_runs():
+    assert True
+'''
+
+
+@needs_layout
+def test_pytest_plugin_fails_a_deadlocked_test(tmp_path):
+    """A deadlocked test fails with the deadlock report after the timeout;
+    the suite goes on."""
+    (tmp_path / "test_dl.py").write_text(PYTEST_DEADLOCK)
+    proc = run_python("""
+        import sys, pytest
+        sys.exit(pytest.main(["-q", "-p", "ddlock.pytest_plugin", "-p", "no:cacheprovider",
+                              "--ddlock-deadlock-timeout=1", %r]))
+    """ % str(tmp_path / "test_dl.py"), check=False, timeout=120)
+    out = proc.stdout
+    assert "1 failed, 1 passed" in out, out + proc.stderr
+    assert "DeadlockError" in out and "deadlock:" in out, out
+    assert "orders_lock" in out and "stock_lock" in out and "stock-worker" in out, out
+    # qualified names on 3.11+ (test_deadlocks.<locals>.worker)
+    assert re.search(r"in (test_deadlocks\.<locals>\.)?worker\n", out), out
+    assert "in test_deadlocks\n" in out, out
