@@ -235,10 +235,9 @@ record_holder_wait(ddl_state *st, ddl_wait *w, ddl_prof *p, int64_t wait_ns,
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type), 0}, 0};
     int64_t values[DDL_NVALUES] = {0};
     values[DDL_V_HOLDER_WAIT] = ddl_weighted((double)wait_ns, weight);
-    if (ddl_profile_add(st->profile, w->stack.frames, w->stack.nframes, labels,
-                        nl, values) == 0) {
-        st->events_sampled++;
-    }
+    /* the same event as the waiter's sample: not counted again */
+    (void)ddl_profile_add(st->profile, w->stack.frames, w->stack.nframes,
+                          labels, nl, values);
     for (size_t i = 0; i < nown; i++) {
         Py_DECREF(own[i]);
     }
