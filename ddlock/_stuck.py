@@ -20,12 +20,13 @@ timeout is marked ``has_timeout`` (it may end by itself).
 
 Only the watchdog thread formats and logs (logging handlers are the
 application's code): never an application thread's acquire. The watchdog
-is a daemon thread, stopped by ``stop()``, restarted in a forked child.
+is a raw daemon thread (``_thread``, not in threading's registry), stopped
+by ``stop()``, restarted in a forked child.
 """
 
+import _thread
 import logging
 import os
-import threading
 from typing import Any, Dict, List, Optional, Set, Tuple
 
 log = logging.getLogger("ddlock")
@@ -41,7 +42,13 @@ _state: Dict[str, Any] = {
     "deadlocks": [],
     "count": 0,
 }
-_control = threading.Lock()
+# the real thread functions, taken at import: the watchdog is a raw thread,
+# not a threading.Thread (not in threading's registry, which gevent's
+# monkey-patching changes under a running thread), and sleeps on a lock
+_allocate_lock = _thread.allocate_lock
+_start_new_thread = _thread.start_new_thread
+_get_ident = _thread.get_ident
+_control = _allocate_lock()
 
 
 def _native() -> Any:
@@ -61,21 +68,21 @@ def start(threshold: float) -> None:
 
 
 def _spawn() -> None:
-    stop_event = threading.Event()
-    t = threading.Thread(target=_watch, args=(stop_event, _state["threshold"]),
-                         name="ddlock-watchdog", daemon=True)
-    _state["stop"] = stop_event
-    _state["thread"] = t
-    t.start()
+    stop_lock, done_lock = _allocate_lock(), _allocate_lock()
+    stop_lock.acquire()  # released: stop
+    done_lock.acquire()  # released by the watchdog as it ends
+    _state["stop"] = (stop_lock, done_lock)
+    _state["thread"] = _start_new_thread(_watch, (stop_lock, done_lock, _state["threshold"]))
 
 
 def _stop_locked() -> None:
-    stop_event, t = _state["stop"], _state["thread"]
+    locks, ident = _state["stop"], _state["thread"]
     _state["stop"] = _state["thread"] = None
-    if stop_event is not None:
-        stop_event.set()
-    if t is not None and t is not threading.current_thread():
-        t.join(timeout=2.0)
+    if locks is not None:
+        stop_lock, done_lock = locks
+        stop_lock.release()
+        if ident != _get_ident():
+            done_lock.acquire(True, 2.0)
 
 
 def stop() -> None:
@@ -88,20 +95,23 @@ def fork_child() -> None:
     """In a forked child: the parent's watchdog thread is gone; the child's
     own waits are watched by a new one."""
     global _control
-    _control = threading.Lock()
+    _control = _allocate_lock()
     _state["thread"] = _state["stop"] = None
     _state["reported"] = set()
     if _state["threshold"] > 0:
         _spawn()
 
 
-def _watch(stop_event: threading.Event, threshold: float) -> None:
+def _watch(stop_lock: Any, done_lock: Any, threshold: float) -> None:
     interval = min(max(threshold / 2.0, 0.05), 5.0)
-    while not stop_event.wait(interval):
-        try:
-            check(threshold)
-        except Exception:  # the watchdog never dies of a report
-            log.debug("ddlock watchdog: check failed", exc_info=True)
+    try:
+        while not stop_lock.acquire(True, interval):
+            try:
+                check(threshold)
+            except Exception:  # the watchdog never dies of a report
+                log.debug("ddlock watchdog: check failed", exc_info=True)
+    finally:
+        done_lock.release()
 
 
 def stuck_waits(threshold: Optional[float] = None) -> List[Dict[str, Any]]:
@@ -177,7 +187,7 @@ def find_cycles(waits: List[Dict[str, Any]]) -> List[List[Dict[str, Any]]]:
     return cycles
 
 
-def _thread(name: Any, ident: Any) -> str:
+def _who(name: Any, ident: Any) -> str:
     return "thread %r (id %s)" % (name if name is not None else "?", ident)
 
 
@@ -190,14 +200,14 @@ def format_stack(stack: Any, indent: str = "    ") -> str:
 
 def format_stuck(w: Dict[str, Any]) -> str:
     lines = ["ddlock: lock %s (%s) is stuck: %s has waited %.1f s for it%s"
-             % (w["lock"], w["lock_type"], _thread(w["waiter_name"], w["waiter_id"]),
+             % (w["lock"], w["lock_type"], _who(w["waiter_name"], w["waiter_id"]),
                 w["waited_s"], " (with a timeout)" if w["has_timeout"] else ""),
              "  waiting thread at (leaf first):", format_stack(w["waiter_stack"])]
     if w["holder_id"] is None:
         lines.append("  held by: unknown")
     else:
         lines.append("  held by %s, now at (leaf first):"
-                     % _thread(w["holder_name"], w["holder_id"]))
+                     % _who(w["holder_name"], w["holder_id"]))
         lines.append(format_stack(w["holder_stack"]))
     return "\n".join(lines)
 
@@ -207,8 +217,8 @@ def format_deadlock(cycle: List[Dict[str, Any]]) -> str:
              % (len(cycle), os.getpid())]
     for w in cycle:
         lines.append("  %s waits for lock %s (%s), held by %s%s; at (leaf first):"
-                     % (_thread(w["waiter_name"], w["waiter_id"]), w["lock"],
-                        w["lock_type"], _thread(w["holder_name"], w["holder_id"]),
+                     % (_who(w["waiter_name"], w["waiter_id"]), w["lock"],
+                        w["lock_type"], _who(w["holder_name"], w["holder_id"]),
                         " (a wait with a timeout)" if w["has_timeout"] else ""))
         lines.append(format_stack(w["waiter_stack"]))
     return "\n".join(lines)

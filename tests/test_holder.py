@@ -189,7 +189,8 @@ def test_stuck_off():
     proc = run_python("""
         import threading, time, ddlock
         ddlock.start(upload_enabled=False, lock_stuck_s=0)
-        assert not [t for t in threading.enumerate() if t.name == "ddlock-watchdog"]
+        from ddlock import _stuck
+        assert _stuck._state["thread"] is None  # no watchdog
         held = threading.Lock(); held.acquire()
         t = threading.Thread(target=lambda: held.acquire(timeout=0.6)); t.start(); t.join()
         assert ddlock.stuck_waits() == []
