@@ -340,6 +340,9 @@ void ddl_ident_cache_clear(ddl_state *st);
 /* The running asyncio task or gevent greenlet, new ref, or NULL (no
  * exception) when there is none. asyncio only when asyncio_first... */
 PyObject *ddl_current_task(ddl_state *st, int asyncio);
+/* An asyncio task's name (asyncio's own get_name only), new ref or NULL
+ * (no exception). */
+PyObject *ddl_task_name(ddl_state *st, PyObject *task);
 /* Who holds a semaphore: the task for asyncio ones, the greenlet under
  * gevent, else the thread. */
 uintptr_t ddl_current_actor(ddl_state *st, int kind);

@@ -40,11 +40,14 @@ _Thread_local uint32_t ddl_my_slot __attribute__((tls_model("initial-exec"))) =
 
 struct ddl_wait {
     int used;
-    int how;         /* DDL_HL_* */
-    int has_timeout; /* a timeout or non-blocking: may end without it */
-    uint64_t id;     /* unique per wait in this process */
-    PyObject *obj;   /* borrowed: the waiter's call holds it */
-    PyObject *name;  /* strong, or NULL */
+    int heap;              /* ddl_wait_task's: not in the registry */
+    PyObject *holder_task; /* strong, or NULL */
+    PyObject *task_name;   /* strong, or NULL */
+    int how;               /* DDL_HL_* */
+    int has_timeout;       /* a timeout or non-blocking: may end without it */
+    uint64_t id;           /* unique per wait in this process */
+    PyObject *obj;         /* borrowed: the waiter's call holds it */
+    PyObject *name;        /* strong, or NULL */
     const char *kind_name;
     unsigned long waiter;
     unsigned long holder;  /* when it began, 0: unknown */
@@ -141,6 +144,13 @@ capture_holder_stack(ddl_state *st, ddl_wait *w, PyThreadState *ts)
 static void
 wait_clear(ddl_wait *w)
 {
+    if (w->heap) {
+        PyObject *task = w->holder_task, *tname = w->task_name;
+        PyMem_Free(w);
+        Py_XDECREF(task);
+        Py_XDECREF(tname);
+        return;
+    }
     PyObject *name = w->name, *hname = w->holder_name;
     if (w->has_stack) {
         ddl_stack_release(&w->stack);
@@ -249,9 +259,9 @@ ddl_wait_end(ddl_state *st, ddl_wait *w, ddl_prof *p, PyObject *target,
 {
     int rc = -1;
     if (p != NULL) {
-        ddl_label extra[2] = {{{NULL, 0, 0}, {NULL, 0, 0}, 0}};
+        ddl_label extra[4] = {{{NULL, 0, 0}, {NULL, 0, 0}, 0}};
         size_t nextra = 0;
-        PyObject *own[2];
+        PyObject *own[4];
         size_t nown = 0;
         if (w != NULL && w->holder != 0 && w->holder != w->waiter) {
             extra[nextra++] = (ddl_label){
@@ -263,9 +273,19 @@ ddl_wait_end(ddl_state *st, ddl_wait *w, ddl_prof *p, PyObject *target,
                     (ddl_label){{"holder thread name", 18}, hs, 0};
             }
         }
+        if (w != NULL && w->holder_task != NULL) {
+            extra[nextra++] = (ddl_label){{"holder task id", 14},
+                                          {NULL, 0, 0},
+                                          (int64_t)(uintptr_t)w->holder_task};
+            if (w->task_name != NULL) {
+                ddl_str ts;
+                ddl_str_of(&ts, w->task_name, own, &nown);
+                extra[nextra++] = (ddl_label){{"holder task name", 16}, ts, 0};
+            }
+        }
         rc =
             ddl_record_ex(st, p, target, wait_ns, 0, 0, weight, extra, nextra);
-        if (rc == 0 && nextra > 0 && !ddl_tls.busy) {
+        if (rc == 0 && nextra > 0 && !w->heap && !ddl_tls.busy) {
             ddl_tls.busy = 1;
             PyObject *et, *ev, *etb;
             PyErr_Fetch(&et, &ev, &etb);
@@ -285,6 +305,20 @@ ddl_wait_end(ddl_state *st, ddl_wait *w, ddl_prof *p, PyObject *target,
         PyErr_Restore(et, ev, etb);
     }
     return rc;
+}
+
+ddl_wait *
+ddl_wait_task(ddl_state *st, PyObject *holder_task)
+{
+    ddl_wait *w = PyMem_Calloc(1, sizeof(*w));
+    if (w == NULL) {
+        return NULL;
+    }
+    w->heap = 1;
+    w->waiter = PyThread_get_thread_ident();
+    w->holder_task = Py_NewRef(holder_task);
+    w->task_name = ddl_task_name(st, holder_task);
+    return w;
 }
 
 void

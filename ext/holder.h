@@ -48,6 +48,11 @@ ddl_wait *ddl_wait_begin(ddl_state *st, PyObject *obj, ddl_prof *p,
 int ddl_wait_end(ddl_state *st, ddl_wait *w, ddl_prof *p, PyObject *target,
                  int64_t wait_ns, double weight);
 
+/* An unregistered wait of an asyncio task held by holder_task (borrowed):
+ * ddl_wait_end labels the waiter's sample with `holder task id`/`holder
+ * task name`. NULL when out of memory. */
+ddl_wait *ddl_wait_task(ddl_state *st, PyObject *holder_task);
+
 int ddl_holder_init(PyObject *module, ddl_state *st);
 void ddl_waits_fork_child(void);
 

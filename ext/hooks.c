@@ -201,6 +201,7 @@ typedef struct {
     ddl_state *st;
     int64_t t0;
     int done;
+    ddl_wait *holder; /* holder.c: the holder task when it began, or NULL */
 } ddl_waiting;
 
 static PyObject *
@@ -215,6 +216,12 @@ waiting_new(ddl_state *st, PyObject *coro, ddl_tracker *t, int64_t t0)
     w->st = st;
     w->t0 = t0;
     w->done = 0;
+    w->holder = NULL;
+    PyObject *holder =
+        t->holder_task != NULL ? ddl_weakref_peek(t->holder_task) : NULL;
+    if (holder != NULL) {
+        w->holder = ddl_wait_task(st, holder);
+    }
     PyObject_GC_Track(w);
     return (PyObject *)w;
 }
@@ -237,8 +244,10 @@ waiting_step(ddl_waiting *w, PyObject *r)
         return NULL;
     }
     if (result_true(value) && w->st->running) {
-        ddl_tracker_acquired(w->st, (ddl_tracker *)w->tracker, DDL_ACQ_TIMED,
-                             w->t0, 0);
+        ddl_wait *holder = w->holder;
+        w->holder = NULL;
+        ddl_tracker_acquired_w(w->st, (ddl_tracker *)w->tracker, DDL_ACQ_TIMED,
+                               w->t0, 0, holder);
     }
     ddl_set_stop_iteration(value);
     Py_DECREF(value);
@@ -298,6 +307,11 @@ static int
 waiting_clear(PyObject *op)
 {
     ddl_waiting *w = (ddl_waiting *)op;
+    if (w->holder != NULL) {
+        ddl_wait *holder = w->holder;
+        w->holder = NULL;
+        ddl_wait_end(w->st, holder, NULL, NULL, 0, 0);
+    }
     Py_CLEAR(w->coro);
     Py_CLEAR(w->tracker);
     return 0;
@@ -442,6 +456,9 @@ hook_async_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     int waits = asyncio_would_wait(st, t->prof.kind, args[0]);
     PyObject *coro = call_orig(h, args, nargsf, kwnames);
     if (coro == NULL || !waits) {
+        if (coro != NULL) {
+            ddl_tracker_note_task(st, t); /* holder.c: the holder */
+        }
         if (coro != NULL && ddl_sample_uncontended(st)) {
             /* it takes the lock as soon as it runs */
             ddl_tracker_acquired(st, t, DDL_ACQ_SAMPLED, 0, 0);

@@ -162,6 +162,7 @@ tracker_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     Py_CLEAR(t->ref);
     Py_CLEAR(t->target);
+    Py_CLEAR(t->holder_task);
     ddl_prof_clear(&t->prof);
     PyMem_Free(t->ring);
     tp->tp_free(op);
@@ -268,6 +269,24 @@ w_take(ddl_wait **w)
     return r;
 }
 
+void
+ddl_tracker_note_task(ddl_state *st, ddl_tracker *t)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *task = ddl_current_task(st, 1);
+    if (task != NULL &&
+        (t->holder_task == NULL || ddl_weakref_peek(t->holder_task) != task)) {
+        PyObject *ref = PyWeakref_NewRef(task, NULL);
+        if (ref == NULL) {
+            PyErr_Clear();
+        }
+        Py_XSETREF(t->holder_task, ref);
+    }
+    Py_XDECREF(task);
+    PyErr_Restore(et, ev, etb);
+}
+
 static void tracker_acquired(ddl_state *st, ddl_tracker *t, int mode,
                              int64_t t0, int restore_depth, ddl_wait **w);
 
@@ -284,6 +303,9 @@ ddl_tracker_acquired_w(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
 {
     if (!ddl_kind_asyncio(t->prof.kind)) {
         t->holder = PyThread_get_thread_ident(); /* holder.c */
+    }
+    else {
+        ddl_tracker_note_task(st, t);
     }
     tracker_acquired(st, t, mode, t0, restore_depth, &w);
     if (w != NULL) {

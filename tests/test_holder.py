@@ -396,3 +396,46 @@ def test_pytest_plugin_fails_a_deadlocked_test(tmp_path):
     # qualified names on 3.11+ (test_deadlocks.<locals>.worker)
     assert re.search(r"in (test_deadlocks\.<locals>\.)?worker\n", out), out
     assert "in test_deadlocks\n" in out, out
+
+
+ASYNC_HOLD_AND_WAIT = """
+    import asyncio, json, ddlock
+    ddlock.start(output_pprof=%(prefix)r, upload_enabled=False)
+
+    async def slow_holding_task(shared_lock, entered):
+        async with shared_lock:
+            entered.set()
+            await asyncio.sleep(0.3)
+
+    async def waiting_task(shared_lock, entered):
+        await entered.wait()
+        async with shared_lock:
+            pass
+
+    async def main():
+        shared_lock = %(make)s
+        entered = asyncio.Event()
+        await asyncio.gather(
+            asyncio.create_task(slow_holding_task(shared_lock, entered), name="holder-task"),
+            asyncio.create_task(waiting_task(shared_lock, entered), name="waiter-task"))
+
+    asyncio.run(main())
+    paths = ddlock.flush()
+    ddlock.stop()
+    print(json.dumps(paths))
+"""
+
+
+@pytest.mark.parametrize("make", ["asyncio.Lock()", "asyncio.Semaphore(1)", "asyncio.Condition()"])
+def test_asyncio_wait_names_the_holder_task(tmp_path, make):
+    prefix = str(tmp_path / "prof")
+    proc = run_python(ASYNC_HOLD_AND_WAIT % dict(prefix=prefix, make=make))
+    profile = testing.merge_profiles([testing.parse_profile(p)
+                                      for p in json.loads(proc.stdout.strip().splitlines()[-1])])
+    waits = [s for s in profile.samples_with_value("lock-acquire-wait")
+             if s.labels.get("task name") == "waiter-task"]
+    assert waits and profile.total("lock-acquire-wait", waits) >= 0.2e9, profile.samples
+    for s in waits:
+        assert s.labels["holder task name"] == "holder-task"
+        assert isinstance(s.labels["holder task id"], int)
+        assert s.labels["holder task id"] != s.labels["task id"]
