@@ -234,6 +234,7 @@ ext = Extension(
         "ext/names.c",
         "ext/tasks.c",
         "ext/record.c",
+        "ext/holder.c",
         "ext/locktab.c",
         "ext/lock.c",
         "ext/tracker.c",

@@ -64,6 +64,7 @@ ROWS = [
     ("create_lock", "threading.Lock()", "ns"),
     ("create_rlock", "threading.RLock()", "ns"),
     ("deep10_with_lock", "`with lock:` 10-deep stack", "ns"),
+    ("held_probe", "contended path: acquire(timeout=0) of a held Lock", "ns"),
     ("contention4", "4 threads contending (kops/s)", "rate"),
     ("size_lock.getsizeof", "sys.getsizeof(Lock) (B)", "bytes"),
     ("size_rlock.getsizeof", "sys.getsizeof(RLock) (B)", "bytes"),

@@ -106,6 +106,34 @@ def loop_create_rlock(n):
     return perf_counter_ns() - t0
 
 
+def loop_held_probe(lock, n):
+    """acquire(timeout=0) of a Lock another thread holds: each one takes
+    the contended path (ddlock registers the wait and reads the holder's
+    stack, issue 18) and fails at once, so no sample is recorded."""
+    r = range(n)
+    acquire = lock.acquire
+    t0 = perf_counter_ns()
+    for _ in r:
+        acquire(True, 0)
+    return perf_counter_ns() - t0
+
+
+def hold_in_thread(lock):
+    """A thread holding lock DEEP_STACK frames deep until the returned
+    event is set."""
+    held, done = threading.Event(), threading.Event()
+
+    def holder():
+        with lock:
+            held.set()
+            done.wait()
+
+    t = threading.Thread(target=descend, args=(DEEP_STACK, holder), daemon=True)
+    t.start()
+    held.wait()
+    return done, t
+
+
 def stack_depth():
     f, d = sys._getframe(1), 0
     while f is not None:
@@ -336,6 +364,12 @@ def run(name, mode):
     deep_lock = threading.Lock()
     res["deep10_with_lock"] = measure(deep_with, (deep_lock,), knobs)
     res["deep10_with_lock"]["depth"] = getattr(_deep_leaf, "depth", None)
+
+    probe_lock = threading.Lock()
+    done, holder = hold_in_thread(probe_lock)
+    res["held_probe"] = measure(loop_held_probe, (probe_lock,), knobs)
+    done.set()
+    holder.join()
 
     t0 = time.monotonic()
     clock = threading.Lock()

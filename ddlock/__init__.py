@@ -19,8 +19,11 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
 
+from . import _stuck
+
 __version__ = "0.1.0"
-__all__ = ["start", "stop", "flush", "stats", "is_running", "build_info", "__version__"]
+__all__ = ["start", "stop", "flush", "stats", "is_running", "build_info", "stuck_waits",
+           "deadlocks", "__version__"]
 
 log = logging.getLogger("ddlock")
 
@@ -197,6 +200,7 @@ if TYPE_CHECKING:
         tags: Optional[str] = None,
         ca_file: Optional[str] = None,
         intake_url: Optional[str] = None,
+        lock_stuck_s: Optional[float] = None,
         interval: Optional[float] = None,
         inspect_dir: Optional[bool] = None,
         exclude_modules: Union[str, Iterable[str], None] = None,
@@ -236,6 +240,7 @@ def _start_with(cfg):
         _state["pid"] = os.getpid()
         _state["logged_kinds"] = set()
         _patch(native)
+        _stuck.start(cfg.lock_stuck_s)
         if not _state["atexit"]:
             atexit.register(_at_exit)
             _state["atexit"] = True
@@ -264,6 +269,7 @@ def stop(flush: bool = True) -> None:
     """Stop profiling: remove the hooks and export once more (unless
     ``flush=False``). Locks made while running keep working, natively."""
     native = _native()
+    _stuck.stop()
     with _control:
         _unpatch()
         native.stop(final_export=bool(flush))
@@ -284,7 +290,25 @@ def stats() -> Dict[str, Union[int, str]]:
     integers, and the exporter's ``last_error`` message."""
     from . import _ddlock as native
 
-    return native.stats()
+    s = native.stats()
+    s["deadlocks"] = _stuck.deadlock_count()
+    return s
+
+
+def stuck_waits() -> List[Dict[str, Any]]:
+    """The contended waits in progress longer than ``lock_stuck_s``, as
+    dicts: ``lock``, ``lock_type``, ``waiter_name``/``waiter_id``,
+    ``holder_name``/``holder_id`` (None: unknown), ``waited_s``,
+    ``has_timeout``, ``waiter_stack``/``holder_stack`` (lists of
+    (function, file, line), leaf first)."""
+    return _stuck.stuck_waits()
+
+
+def deadlocks() -> List[Dict[str, Any]]:
+    """The deadlocks found while running: cycles of stuck waits, each a
+    dict with ``locks``, ``threads``, ``waits`` (as in stuck_waits()) and
+    the ``report`` text that was logged."""
+    return _stuck.deadlocks()
 
 
 def build_info() -> Dict[str, Any]:
@@ -382,6 +406,7 @@ def _fork_child():
             native.stop(final_export=False)
             _start_native(native, cfg)
             _state["pid"] = os.getpid()
+            _stuck.fork_child()
     except Exception:
         pass
 

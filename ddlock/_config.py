@@ -228,6 +228,8 @@ VARIABLES = {
     # agentless only: replaces https://intake.profile.<site>/api/v2/profile
     # (a private intake, or a loopback HTTPS server in tests)
     "intake_url": (("DDLOCK_INTAKE_URL",), _parse_https_url, None),
+    # a contended wait longer than this is reported while it lasts (0: off)
+    "lock_stuck_s": (("DD_PROFILING_LOCK_STUCK_S",), _parse_float(0.0, 86400.0), 10.0),
 }
 
 # settings holding a URL: shown redacted in messages

@@ -18,13 +18,25 @@ conftest.py.  Usage::
 
 ddlock itself is imported only when ``run()`` is entered, so loading this
 plugin never loads the C extension.
+
+Deadlocked tests (issue 18): with ``--ddlock-deadlock-timeout=SECONDS`` (or
+the ``ddlock_deadlock_timeout`` ini option, or
+``@pytest.mark.ddlock_deadlock_timeout(SECONDS)`` on a test), a test during
+which ddlock runs and whose threads stay deadlocked for that long fails with
+``ddlock.pytest_plugin.DeadlockError`` carrying ddlock's deadlock report (every
+lock and every thread's stack) instead of hanging the suite. The main thread
+is interrupted by a signal (SIGUSR2, handled only during the test); the
+threads of the cycle other than the main thread stay blocked until the main
+thread's unwinding releases what it held.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, List, Optional
+import signal
+import threading
+from typing import Any, Generator, Iterator, List, Optional
 
 import pytest
 
@@ -173,3 +185,95 @@ def ddlock_profile(request: "pytest.FixtureRequest", tmp_path: "os.PathLike[str]
         import ddlock
 
         ddlock.stop()
+
+
+# ---- deadlocked tests fail instead of hanging -------------------------------
+
+class DeadlockError(AssertionError):
+    """A test's threads deadlocked on profiled locks (ddlock's report)."""
+
+
+def pytest_addoption(parser: Any) -> None:
+    group = parser.getgroup("ddlock")
+    group.addoption("--ddlock-deadlock-timeout", type=float, default=None, metavar="SECONDS",
+                    help="fail a test whose threads stay deadlocked on locks ddlock profiles "
+                         "for SECONDS, with ddlock's deadlock report (0: off, the default)")
+    parser.addini("ddlock_deadlock_timeout", "default of --ddlock-deadlock-timeout", default="0")
+
+
+def pytest_configure(config: Any) -> None:
+    config.addinivalue_line("markers", "ddlock_deadlock_timeout(seconds): fail this test when "
+                                       "its threads stay deadlocked that long (ddlock)")
+
+
+def _deadlock_timeout(item: Any) -> float:
+    marker = item.get_closest_marker("ddlock_deadlock_timeout")
+    if marker is not None and marker.args:
+        return float(marker.args[0])
+    value = item.config.getoption("ddlock_deadlock_timeout")
+    if value is None:
+        try:
+            value = float(item.config.getini("ddlock_deadlock_timeout") or 0)
+        except ValueError:
+            value = 0.0
+    return float(value)
+
+
+class _DeadlockGuard(object):
+    """A thread looking for a cycle among the waits older than timeout
+    (ddlock's registry) while a test runs; on one, the report goes to the
+    main thread as a DeadlockError raised by a signal handler."""
+
+    SIGNAL = getattr(signal, "SIGUSR2", None)
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.report: Optional[str] = None
+        self.raised = False
+        self.done = threading.Event()
+        self.main = threading.main_thread().ident
+        self.previous: Any = None
+        self.thread = threading.Thread(target=self._watch, name="ddlock-deadlock-guard", daemon=True)
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.report is not None and not self.raised:
+            self.raised = True
+            raise DeadlockError(self.report)
+
+    def _watch(self) -> None:
+        interval = min(max(self.timeout / 4.0, 0.05), 1.0)
+        while not self.done.wait(interval):
+            try:
+                import ddlock
+                from ddlock import _ddlock, _stuck
+
+                if not ddlock.is_running():
+                    continue
+                cycles = _stuck.find_cycles(list(_ddlock._waits(self.timeout)))
+            except Exception:
+                continue
+            if cycles:
+                self.report = "\n\n".join(_stuck.format_deadlock(c) for c in cycles)
+                signal.pthread_kill(self.main, self.SIGNAL)  # type: ignore[arg-type]
+                return
+
+    def __enter__(self) -> "_DeadlockGuard":
+        self.previous = signal.signal(self.SIGNAL, self._handler)  # type: ignore[arg-type]
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done.set()
+        self.thread.join()
+        signal.signal(self.SIGNAL, self.previous)  # type: ignore[arg-type]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: Any) -> Generator[None, None, None]:
+    timeout = _deadlock_timeout(item)
+    if (timeout <= 0 or _DeadlockGuard.SIGNAL is None or not hasattr(signal, "pthread_kill")
+            or threading.current_thread() is not threading.main_thread()):
+        yield
+        return
+    with _DeadlockGuard(timeout):
+        yield

@@ -53,7 +53,8 @@ WIDTH = 100  # every line of the terminal report fits this many columns
 
 LOCK_NAME = "lock name"
 ACQUIRE, WAIT, RELEASE, HOLD = "lock-acquire", "lock-acquire-wait", "lock-release", "lock-release-hold"
-VALUE_TYPES = {"wait": WAIT, "hold": HOLD}
+HOLDER_WAIT = "lock-holder-wait"  # a wait charged to the holder's stack (issue 18)
+VALUE_TYPES = {"wait": WAIT, "hold": HOLD, "holder": HOLDER_WAIT}
 
 
 # ---------------------------------------------------------------------------
@@ -557,6 +558,9 @@ def render_report(profile: _pprof.Profile, paths: Sequence[str] = (), top: int =
         out.append("")
         out.append("Hottest stacks by %s (leaf first)" % by)
         out.extend(render_stacks(stats, by=by, locks=stack_locks, stacks=stacks, width=width))
+    from ._holders import render_holders
+
+    out.extend(render_holders(profile, locks=stack_locks, holders=stacks, width=width))
     return "\n".join(out) + "\n"
 
 
@@ -583,9 +587,12 @@ class _Node(object):
 
 def _build_tree(profile: _pprof.Profile, which: str) -> Tuple[_Node, int]:
     value_type = VALUE_TYPES[which]
-    vi = profile.value_index(value_type)
     root = _Node("all locks", "root")
     depth = 1
+    try:
+        vi = profile.value_index(value_type)
+    except ValueError:  # a profile without that sample type
+        return root, depth
     for s in profile.samples:
         v = s.values[vi] if vi < len(s.values) else 0
         if v <= 0:
@@ -593,6 +600,9 @@ def _build_tree(profile: _pprof.Profile, which: str) -> Tuple[_Node, int]:
         root.value += v
         node = root.child(str(s.labels.get(LOCK_NAME, "(no lock name)")), "lock")
         node.value += v
+        if which == "holder":  # lock -> the holder thread -> where it was
+            node = node.child("held by %s" % s.labels.get("thread name", "?"), "frame")
+            node.value += v
         frames = s.frames
         for f in reversed(frames):  # root-most first
             node = node.child(_frame_label(f), "frame")

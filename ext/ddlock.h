@@ -20,8 +20,8 @@
  * check, and the portable path's uncontended Lock acquire (a lock seen
  * free by its native locked() is taken by the native acquire's first,
  * non-blocking try: no other thread runs in between; without the GIL a
- * wait could go untimed, never wrongly ordered). The pure-C parts (profile, pprof, exporter) have their
- * own mutexes and never need it.
+ * wait could go untimed, never wrongly ordered). The pure-C parts (profile,
+ * pprof, exporter) have their own mutexes and never need it.
  */
 #ifndef DDLOCK_DDLOCK_H
 #define DDLOCK_DDLOCK_H
@@ -309,6 +309,9 @@ int ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code,
  * frames). Returns 0, or -1 with no exception set (sample skipped). */
 int ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
                       PyObject **refs, size_t cap);
+/* The same for another thread (ts: its state; NULL: the running one). */
+int ddl_stack_capture_of(ddl_state *st, PyThreadState *ts, ddl_stack *stack,
+                         ddl_frame *frames, PyObject **refs, size_t cap);
 void ddl_stack_release(ddl_stack *stack);
 /* Label for a profiled object ("file:line:name" or "file:line"), new ref;
  * resolves the variable name of target on first use. NULL (no exception)
@@ -340,6 +343,9 @@ void ddl_ident_cache_clear(ddl_state *st);
 /* The running asyncio task or gevent greenlet, new ref, or NULL (no
  * exception) when there is none. asyncio only when asyncio_first... */
 PyObject *ddl_current_task(ddl_state *st, int asyncio);
+/* An asyncio task's name (asyncio's own get_name only), new ref or NULL
+ * (no exception). */
+PyObject *ddl_task_name(ddl_state *st, PyObject *task);
 /* Who holds a semaphore: the task for asyncio ones, the greenlet under
  * gevent, else the thread. */
 uintptr_t ddl_current_actor(ddl_state *st, int kind);
@@ -408,6 +414,14 @@ int ddl_sample_timed(ddl_state *st, int64_t t0, int64_t *now_ns,
  * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
 int ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
                int64_t hold_ns, int is_release, double weight);
+/* ddl_record with labels after the usual ones (at most
+ * DDL_EXTRA_LABELS; the caller keeps their strings alive). */
+#define DDL_EXTRA_LABELS 4
+int ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target,
+                  int64_t wait_ns, int64_t hold_ns, int is_release,
+                  double weight, const ddl_label *extra, size_t nextra);
+/* value * weight, rounded stochastically (unbiased). */
+int64_t ddl_weighted(double value, double weight);
 /* Empty the record memo (drops its references); may run Python code. */
 void ddl_memo_clear(ddl_state *st);
 

@@ -311,6 +311,13 @@ int
 ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
                   PyObject **refs, size_t cap)
 {
+    return ddl_stack_capture_of(st, NULL, stack, frames, refs, cap);
+}
+
+int
+ddl_stack_capture_of(ddl_state *st, PyThreadState *ts, ddl_stack *stack,
+                     ddl_frame *frames, PyObject **refs, size_t cap)
+{
     stack->frames = frames;
     stack->refs = refs;
     stack->nframes = 0;
@@ -320,7 +327,7 @@ ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
         max = cap - 1;
     }
     /* borrowed frames and codes (ddl_walk_top); each code kept in refs */
-    ddl_walk_frame *f = ddl_walk_top();
+    ddl_walk_frame *f = ts != NULL ? ddl_walk_top_of(ts) : ddl_walk_top();
     /* leading threading.py / ddlock frames (Condition.__enter__, ...) are
      * not the user's: the leaf is the user's code */
     while (f != NULL && code_lookup(st, ddl_walk_code(f), NULL, NULL, NULL)) {

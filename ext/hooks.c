@@ -201,6 +201,7 @@ typedef struct {
     ddl_state *st;
     int64_t t0;
     int done;
+    ddl_wait *holder; /* holder.c: the holder task when it began, or NULL */
 } ddl_waiting;
 
 static PyObject *
@@ -215,6 +216,12 @@ waiting_new(ddl_state *st, PyObject *coro, ddl_tracker *t, int64_t t0)
     w->st = st;
     w->t0 = t0;
     w->done = 0;
+    w->holder = NULL;
+    PyObject *holder =
+        t->holder_task != NULL ? ddl_weakref_peek(t->holder_task) : NULL;
+    if (holder != NULL) {
+        w->holder = ddl_wait_task(st, holder);
+    }
     PyObject_GC_Track(w);
     return (PyObject *)w;
 }
@@ -237,8 +244,10 @@ waiting_step(ddl_waiting *w, PyObject *r)
         return NULL;
     }
     if (result_true(value) && w->st->running) {
-        ddl_tracker_acquired(w->st, (ddl_tracker *)w->tracker, DDL_ACQ_TIMED,
-                             w->t0, 0);
+        ddl_wait *holder = w->holder;
+        w->holder = NULL;
+        ddl_tracker_acquired_w(w->st, (ddl_tracker *)w->tracker, DDL_ACQ_TIMED,
+                               w->t0, 0, holder);
     }
     ddl_set_stop_iteration(value);
     Py_DECREF(value);
@@ -298,6 +307,11 @@ static int
 waiting_clear(PyObject *op)
 {
     ddl_waiting *w = (ddl_waiting *)op;
+    if (w->holder != NULL) {
+        ddl_wait *holder = w->holder;
+        w->holder = NULL;
+        ddl_wait_end(w->st, holder, NULL, NULL, 0, 0);
+    }
     Py_CLEAR(w->coro);
     Py_CLEAR(w->tracker);
     return 0;
@@ -413,10 +427,20 @@ hook_sync_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     int free =
         nargs == 1 && kwnames == NULL && sync_free(st, t->prof.kind, args[0]);
     int64_t t0 = free ? 0 : ddl_monotonic_ns();
+    ddl_wait *w = NULL;
+    if (!free) {
+        PyObject *target = args[0];
+        ddl_prof *p = ddl_profiled(st, args[0], &target);
+        w = ddl_wait_begin(st, args[0], p, target, DDL_HL_NONE, t->holder,
+                           nargs != 1 || kwnames != NULL);
+    }
     PyObject *r = call_orig(h, args, nargsf, kwnames);
     if (r != NULL && result_true(r)) {
-        ddl_tracker_acquired(st, t, free ? DDL_ACQ_UNCONTENDED : DDL_ACQ_TIMED,
-                             t0, 0);
+        ddl_tracker_acquired_w(
+            st, t, free ? DDL_ACQ_UNCONTENDED : DDL_ACQ_TIMED, t0, 0, w);
+    }
+    else if (w != NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
     }
     return r;
 }
@@ -432,6 +456,9 @@ hook_async_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     int waits = asyncio_would_wait(st, t->prof.kind, args[0]);
     PyObject *coro = call_orig(h, args, nargsf, kwnames);
     if (coro == NULL || !waits) {
+        if (coro != NULL) {
+            ddl_tracker_note_task(st, t); /* holder.c: the holder */
+        }
         if (coro != NULL && ddl_sample_uncontended(st)) {
             /* it takes the lock as soon as it runs */
             ddl_tracker_acquired(st, t, DDL_ACQ_SAMPLED, 0, 0);
@@ -484,6 +511,9 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
     case H_RELEASE:
     case H_RELEASE_SAVE:
         r = call_orig(h, args, nargsf, kwnames);
+        if (r != NULL && t->holder == PyThread_get_thread_ident()) {
+            t->holder = 0; /* holder.c: no longer a holder known */
+        }
         if (r != NULL && (t->sampled || t->nring > 0)) {
             ddl_tracker_released(st, t, h->op == H_RELEASE_SAVE);
         }

@@ -29,6 +29,7 @@
  * what outlives it (a bound method taken meanwhile, a subclass that copied
  * tp_new) keeps working natively.
  */
+#include "holder.h"
 #include "locktab.h"
 
 #include <string.h>
@@ -193,19 +194,22 @@ prof_of(ddl_state *st, PyObject *self, PyObject **target)
     return st != NULL ? ddl_lock_prof(st, self, target) : NULL;
 }
 
-/* A sampled acquire of self (p: its probability): record it, and begin a
- * pending hold unless it re-enters one (depth 0). */
+/* A sampled acquire of self (p: its probability) that ends wait w (NULL:
+ * none): record it, and begin a pending hold unless it re-enters one
+ * (depth 0). */
 static void
 sampled_acquire(ddl_state *st, PyObject *self, unsigned long owner,
-                int64_t now, int64_t wait, double p, unsigned long depth)
+                int64_t now, int64_t wait, double p, unsigned long depth,
+                ddl_wait *w)
 {
     PyObject *target;
     ddl_prof *pr = prof_of(st, self, &target);
     if (pr == NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
         return;
     }
     double weight = 1.0 / p;
-    if (ddl_record(st, pr, target, wait, 0, 0, weight) != 0 || depth == 0) {
+    if (ddl_wait_end(st, w, pr, target, wait, weight) != 0 || depth == 0) {
         return;
     }
     ddl_pending *hold = ddl_pend_add(st->locktab, self, owner);
@@ -353,6 +357,54 @@ try_native(hmethod *acquire, PyObject *self)
 
 /* ---- Lock --------------------------------------------------------------- */
 
+/* An acquire of a Lock that may wait: registered (holder.c) with the
+ * holder the fast path stored, unless the lock is free. */
+static ddl_wait *
+lock_wait_begin(ddl_state *st, PyObject *self, PyObject *const *args,
+                Py_ssize_t nargs, PyObject *kwnames)
+{
+    int timed = simple_acquire(args, nargs, kwnames) != 1;
+    unsigned long holder = 0;
+    int how = DDL_HL_NONE;
+#if DDL_NATIVE_LAYOUT
+    if (H.layout_ok) {
+        ddl_native_lock *lk = (ddl_native_lock *)self;
+        if (!lk->locked) {
+            return NULL;
+        }
+        how = DDL_HL_LOCK;
+        holder = ddl_slot_ident(lk->ddl_holder);
+    }
+#endif
+    PyObject *target;
+    ddl_prof *pr = prof_of(st, self, &target);
+    return ddl_wait_begin(st, self, pr, target, how, holder, timed);
+}
+
+/* The same for an RLock that I do not own (timed: it has arguments). */
+static ddl_wait *
+rlock_wait_begin(ddl_state *st, PyObject *self, int timed)
+{
+    if (st == NULL) {
+        return NULL;
+    }
+    unsigned long holder = 0;
+    int how = DDL_HL_NONE;
+#if DDL_NATIVE_LAYOUT
+    if (H.layout_ok) {
+        ddl_native_rlock *rl = (ddl_native_rlock *)self;
+        if (rl->rlock_count == 0) {
+            return NULL;
+        }
+        how = DDL_HL_RLOCK;
+        holder = rl->rlock_owner;
+    }
+#endif
+    PyObject *target;
+    ddl_prof *pr = prof_of(st, self, &target);
+    return ddl_wait_begin(st, self, pr, target, how, holder, timed);
+}
+
 /* The acquire that may wait or has arguments: the native method, timed. */
 static PyObject *
 lock_acquire_timed(hmethod *m, PyObject *self, PyObject *const *args,
@@ -363,11 +415,20 @@ lock_acquire_timed(hmethod *m, PyObject *self, PyObject *const *args,
         return call_native(m, self, args, nargs, kwnames);
     }
     int64_t t0 = ddl_monotonic_ns();
+    ddl_wait *w = lock_wait_begin(st, self, args, nargs, kwnames);
     PyObject *r = call_native(m, self, args, nargs, kwnames);
     int64_t now, wait;
     double p;
+#if DDL_NATIVE_LAYOUT
+    if (r == Py_True && H.layout_ok) {
+        ((ddl_native_lock *)self)->ddl_holder = ddl_holder_slot();
+    }
+#endif
     if (r == Py_True && ddl_sample_timed(st, t0, &now, &wait, &p)) {
-        sampled_acquire(st, self, 0, now, wait, p, 1);
+        sampled_acquire(st, self, 0, now, wait, p, 1, w);
+    }
+    else {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
     }
     return r;
 }
@@ -388,6 +449,7 @@ lock_acquire_impl(hmethod *m, PyObject *self, PyObject *const *args,
               PY_LOCK_ACQUIRED;
         if (got) {
             lk->locked = 1;
+            lk->ddl_holder = ddl_holder_slot(); /* holder.c */
         }
     }
     else
@@ -424,7 +486,7 @@ lock_acquire_impl(hmethod *m, PyObject *self, PyObject *const *args,
         if (st != NULL && ddl_sample_uncontended(st)) {
             st = active_state();
             if (st != NULL) {
-                sampled_acquire(st, self, 0, 0, 0, st->capture_p, 1);
+                sampled_acquire(st, self, 0, 0, 0, st->capture_p, 1, NULL);
             }
         }
         Py_RETURN_TRUE;
@@ -522,7 +584,7 @@ rlock_owned(PyObject *self, unsigned long me)
 /* After a successful acquire by me that re-entered (owned) or not. */
 static void
 rlock_acquired(PyObject *self, unsigned long me, int owned, int64_t now,
-               int64_t wait, double p, int sampled)
+               int64_t wait, double p, int sampled, ddl_wait *w)
 {
     ddl_state *st = H.st;
     if (owned && holds_pending()) {
@@ -531,13 +593,13 @@ rlock_acquired(PyObject *self, unsigned long me, int owned, int64_t now,
             pd->depth++; /* re-entered inside a sampled hold */
         }
     }
-    if (!sampled) {
-        return;
-    }
-    st = active_state();
-    if (st != NULL) {
+    ddl_state *ast = sampled ? active_state() : NULL;
+    if (ast != NULL) {
         /* a re-entrant acquire is counted; the hold stays the outermost */
-        sampled_acquire(st, self, me, now, wait, p, owned ? 0 : 1);
+        sampled_acquire(ast, self, me, now, wait, p, owned ? 0 : 1, w);
+    }
+    else if (w != NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
     }
 }
 
@@ -555,6 +617,10 @@ rlock_acquire_timed(hmethod *m, PyObject *self, PyObject *const *args,
         return NULL;
     }
     int64_t t0 = ddl_monotonic_ns();
+    ddl_wait *w =
+        owned ? NULL
+              : rlock_wait_begin(st, self,
+                                 simple_acquire(args, nargs, kwnames) != 1);
     PyObject *r = call_native(m, self, args, nargs, kwnames);
     if (r == Py_True) {
         int64_t now = 0, wait = 0;
@@ -565,7 +631,10 @@ rlock_acquire_timed(hmethod *m, PyObject *self, PyObject *const *args,
         if (owned) {
             p = st != NULL ? st->capture_p : 0;
         }
-        rlock_acquired(self, me, owned, now, wait, p, sampled);
+        rlock_acquired(self, me, owned, now, wait, p, sampled, w);
+    }
+    else if (w != NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
     }
     return r;
 }
@@ -622,7 +691,7 @@ rlock_acquire_impl(hmethod *m, PyObject *self, PyObject *const *args,
         int sampled = st != NULL && ddl_sample_uncontended(st);
         if (sampled || (owned && holds_pending())) {
             rlock_acquired(self, me, owned, 0, 0,
-                           st != NULL ? st->capture_p : 0, sampled);
+                           st != NULL ? st->capture_p : 0, sampled, NULL);
         }
         Py_RETURN_TRUE;
     }
@@ -746,6 +815,7 @@ rl_acquire_restore(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     ddl_state *st = active_state();
     int64_t t0 = st != NULL ? ddl_monotonic_ns() : 0;
+    ddl_wait *w = rlock_wait_begin(st, self, 0);
     PyObject *r =
         call_native(&H.rm[RM_ACQUIRE_RESTORE], self, args, nargs, NULL);
     int64_t now, wait;
@@ -753,7 +823,10 @@ rl_acquire_restore(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (r != NULL && st != NULL && active_state() != NULL &&
         ddl_sample_timed(st, t0, &now, &wait, &p)) {
         sampled_acquire(st, self, PyThread_get_thread_ident(), now, wait, p,
-                        restored_depth(args, nargs));
+                        restored_depth(args, nargs), w);
+    }
+    else if (w != NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
     }
     return r;
 }

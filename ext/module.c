@@ -2,6 +2,7 @@
  * Python-facing functions of the native core. The Python layer (ddlock/)
  * parses configuration and installs the hooks; this module owns the
  * profile, the exporter and the hooks' state. */
+#include "holder.h"
 #include "tracker.h"
 
 #include <pthread.h>
@@ -548,6 +549,7 @@ mod_fork_child(PyObject *module, PyObject *unused)
         ddl_profile_fork_child(st->profile, ddl_wall_ns());
     }
     ddl_locks_fork_child(st);
+    ddl_waits_fork_child();
     if (st->exporter != NULL && ddl_exporter_fork_child(st->exporter) != 0) {
         /* no export thread in the child: stop collecting rather than grow */
         st->running = 0;
@@ -994,7 +996,8 @@ module_exec(PyObject *module)
         return -1;
     }
     if (intern_strings(st) < 0 || ddl_locks_init(module, st) < 0 ||
-        ddl_trackers_init(module, st) < 0 || ddl_hooks_init(module, st) < 0) {
+        ddl_trackers_init(module, st) < 0 || ddl_hooks_init(module, st) < 0 ||
+        ddl_holder_init(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "__version__", DDL_VERSION) < 0) {

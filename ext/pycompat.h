@@ -204,6 +204,31 @@ ddl_walk_globals(ddl_walk_frame *f)
 }
 #endif
 
+/* Another thread's innermost complete frame (the GIL held: that thread
+ * runs no Python code meanwhile), borrowed; NULL when it has none. */
+static inline ddl_walk_frame *
+ddl_walk_top_of(PyThreadState *ts)
+{
+#if DDL_INTERNAL_IFRAME
+#if PY_MINOR_VERSION >= 13
+    return ddl_walk_complete(ts->current_frame);
+#else
+    return ddl_walk_complete(ts->cframe->current_frame);
+#endif
+#else
+    PyFrameObject *f = PyThreadState_GetFrame(ts);
+    Py_XDECREF(f); /* owned by its running frame */
+    return f;
+#endif
+}
+
+/* The thread ident (threading.get_ident()) of a thread state. */
+static inline unsigned long
+ddl_thread_state_ident(PyThreadState *ts)
+{
+    return ts->thread_id;
+}
+
 /* The value of the first argument of a running frame of an optimized
  * code object (self of a method), borrowed; NULL when unbound or not
  * readable without changing anything (see ddl_walk_visit_locals). Compared
@@ -446,6 +471,11 @@ typedef struct {
     PyObject_HEAD PyThread_type_lock lock_lock;
     PyObject *in_weakreflist;
     char locked;
+    /* ddlock's own: the padding after `locked` (allocated, zeroed by
+     * tp_alloc, never read by CPython) keeps the holder's ddlock thread
+     * slot (holder.c); the size stays the native one (check_layout) */
+    unsigned char ddl_spare[3];
+    uint32_t ddl_holder;
 } ddl_native_lock;
 
 typedef struct {

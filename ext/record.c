@@ -145,8 +145,8 @@ ddl_sample_timed(ddl_state *st, int64_t t0, int64_t *now_ns, int64_t *wait_ns,
 /* ---- turning an event into a sample ----------------------------------- */
 
 /* Stochastic rounding keeps weighted counts unbiased. */
-static int64_t
-weighted(double value, double weight)
+int64_t
+ddl_weighted(double value, double weight)
 {
     double x = value * weight;
     double fl = floor(x);
@@ -333,6 +333,15 @@ int
 ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
            int64_t hold_ns, int is_release, double weight)
 {
+    return ddl_record_ex(st, p, target, wait_ns, hold_ns, is_release, weight,
+                         NULL, 0);
+}
+
+int
+ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
+              int64_t hold_ns, int is_release, double weight,
+              const ddl_label *extra, size_t nextra)
+{
     if (!st->running || st->profile == NULL) {
         return -1;
     }
@@ -355,7 +364,7 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
     /* the labels, and the objects their strings point into: own (name,
      * tname and escaped bytes made for them: references of this function)
      * and extra_refs */
-    ddl_label labels[5 + DDL_TASK_LABELS];
+    ddl_label labels[5 + DDL_TASK_LABELS + DDL_EXTRA_LABELS];
     ddl_label_refs extra_refs;
     PyObject *own[4];
     size_t nown = 0;
@@ -378,15 +387,18 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
     const char *type = ddl_kind_names[p->kind];
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type)}, 0};
     nl += ddl_task_labels(st, &labels[nl], &extra_refs);
+    for (size_t i = 0; i < nextra && i < DDL_EXTRA_LABELS; i++) {
+        labels[nl++] = extra[i]; /* the caller keeps their strings */
+    }
 
     int64_t values[DDL_NVALUES] = {0};
     if (is_release) {
-        values[DDL_V_RELEASE] = weighted(1.0, weight);
-        values[DDL_V_HOLD] = weighted((double)hold_ns, weight);
+        values[DDL_V_RELEASE] = ddl_weighted(1.0, weight);
+        values[DDL_V_HOLD] = ddl_weighted((double)hold_ns, weight);
     }
     else {
-        values[DDL_V_ACQUIRE] = weighted(1.0, weight);
-        values[DDL_V_WAIT] = weighted((double)wait_ns, weight);
+        values[DDL_V_ACQUIRE] = ddl_weighted(1.0, weight);
+        values[DDL_V_WAIT] = ddl_weighted((double)wait_ns, weight);
     }
 
     ddl_raw_frame raw[DDL_MEMO_FRAMES];
@@ -397,7 +409,7 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
      * into, nothing else: not the task object (its id is a number) */
     PyObject *owners[DDL_MEMO_OWNERS];
     size_t nowners = 0;
-    int memo_ok = 1;
+    int memo_ok = nextra == 0; /* extra labels' strings: not owned */
     for (size_t i = 0; i < nown + extra_refs.n && memo_ok; i++) {
         PyObject *o = i < nown ? own[i] : extra_refs.refs[i - nown];
         if (PyUnicode_CheckExact(o) || PyBytes_CheckExact(o)) {

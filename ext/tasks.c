@@ -180,6 +180,18 @@ asyncio_task_name(ddl_state *st, PyObject *task)
     return name;
 }
 
+PyObject *
+ddl_task_name(ddl_state *st, PyObject *task)
+{
+    PyObject *name = asyncio_task_name(st, task);
+    if (name == NULL || !PyUnicode_Check(name)) {
+        Py_XDECREF(name);
+        PyErr_Clear();
+        return NULL;
+    }
+    return name;
+}
+
 size_t
 ddl_task_labels(ddl_state *st, ddl_label *out, ddl_label_refs *refs)
 {

@@ -162,6 +162,7 @@ tracker_dealloc(PyObject *op)
     PyTypeObject *tp = Py_TYPE(op);
     Py_CLEAR(t->ref);
     Py_CLEAR(t->target);
+    Py_CLEAR(t->holder_task);
     ddl_prof_clear(&t->prof);
     PyMem_Free(t->ring);
     tp->tp_free(op);
@@ -260,9 +261,62 @@ tracker_target(ddl_tracker *t)
 
 #define RING_CAP 4
 
+static inline ddl_wait *
+w_take(ddl_wait **w)
+{
+    ddl_wait *r = *w;
+    *w = NULL;
+    return r;
+}
+
+void
+ddl_tracker_note_task(ddl_state *st, ddl_tracker *t)
+{
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *task = ddl_current_task(st, 1);
+    if (task != NULL &&
+        (t->holder_task == NULL || ddl_weakref_peek(t->holder_task) != task)) {
+        PyObject *ref = PyWeakref_NewRef(task, NULL);
+        if (ref == NULL) {
+            PyErr_Clear();
+        }
+        Py_XSETREF(t->holder_task, ref);
+    }
+    Py_XDECREF(task);
+    PyErr_Restore(et, ev, etb);
+}
+
+static void tracker_acquired(ddl_state *st, ddl_tracker *t, int mode,
+                             int64_t t0, int restore_depth, ddl_wait **w);
+
 void
 ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
                      int restore_depth)
+{
+    ddl_tracker_acquired_w(st, t, mode, t0, restore_depth, NULL);
+}
+
+void
+ddl_tracker_acquired_w(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
+                       int restore_depth, ddl_wait *w)
+{
+    if (!ddl_kind_asyncio(t->prof.kind)) {
+        t->holder = PyThread_get_thread_ident(); /* holder.c */
+    }
+    else {
+        ddl_tracker_note_task(st, t);
+    }
+    tracker_acquired(st, t, mode, t0, restore_depth, &w);
+    if (w != NULL) {
+        ddl_wait_end(st, w, NULL, NULL, 0, 0);
+    }
+}
+
+/* w is set to NULL once the wait is ended. */
+static void
+tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
+                 int restore_depth, ddl_wait **w)
 {
     int exclusive = ddl_kind_exclusive(t->prof.kind);
     int nested = exclusive && t->sampled && t->hold_gen == st->generation &&
@@ -288,7 +342,8 @@ ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
     }
     double weight = 1.0 / p;
     if (t->key == NULL ||
-        ddl_record(st, &t->prof, tracker_target(t), wait, 0, 0, weight) != 0 ||
+        ddl_wait_end(st, w_take(w), &t->prof, tracker_target(t), wait,
+                     weight) != 0 ||
         nested) {
         return; /* a re-entrant acquire is counted; the hold stays outer */
     }

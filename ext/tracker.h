@@ -3,7 +3,7 @@
 #ifndef DDLOCK_TRACKER_H
 #define DDLOCK_TRACKER_H
 
-#include "ddlock.h"
+#include "holder.h"
 
 typedef struct {
     uintptr_t actor;     /* thread ident, task or greenlet address */
@@ -27,6 +27,10 @@ typedef struct {
     /* semaphores: sampled holds in progress, by holder (made lazily) */
     ddl_pending_hold *ring;
     int nring;
+    unsigned long holder;  /* thread of the last acquire while it holds, 0:
+                              none known (holder.c) */
+    PyObject *holder_task; /* asyncio: weak reference to the task of the
+                              last acquire, or NULL */
 } ddl_tracker;
 
 /* How an acquire that succeeded is sampled. */
@@ -48,6 +52,11 @@ ddl_tracker *ddl_tracker_new(ddl_state *st, PyObject *obj, int kind,
  * Condition.wait() re-acquire restores (0 otherwise). */
 void ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
                           int restore_depth);
+/* The same, ending the registered wait w (holder.c; NULL: none). */
+void ddl_tracker_acquired_w(ddl_state *st, ddl_tracker *t, int mode,
+                            int64_t t0, int restore_depth, ddl_wait *w);
+/* The running task acquires t's asyncio primitive: its holder now. */
+void ddl_tracker_note_task(ddl_state *st, ddl_tracker *t);
 /* A release succeeded; full: every level at once (Condition.wait). */
 void ddl_tracker_released(ddl_state *st, ddl_tracker *t, int full);
 /* What profiles obj: a native lock's entry or a tracker's; NULL if none.

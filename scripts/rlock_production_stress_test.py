@@ -42,6 +42,10 @@ EXPECTED = [
     ("globals show global names", ["GLOBAL_CACHE_LOCK", "global_stats_lock", "bottleneck_lock"]),
 ]
 CONTENDED = "bottleneck_lock"
+# issue 18: one thread holds bottleneck_lock in a slow function now and
+# then; the waits it causes must name that holder and that function
+SLOW_HOLDER = "slow-report-holder"
+SLOW_FUNCTION = "slow_report_generation"
 
 
 # ---------------------------------------------------------------------------
@@ -257,6 +261,18 @@ def worker(worker_id, deadline, halt, sessions, foo, registry, jobs, counts):
     counts[worker_id] = n
 
 
+def slow_report_generation():
+    """Holds the contended lock for a long time (the holder waits name)."""
+    with bottleneck_lock:
+        time.sleep(0.05)
+
+
+def slow_holder(deadline, halt):
+    while time.monotonic() < deadline and not halt.is_set():
+        slow_report_generation()
+        time.sleep(0.2)
+
+
 def consumer(jobs, stop):
     while not stop.is_set():
         jobs.get(timeout=0.05)
@@ -276,6 +292,8 @@ def run_workload(duration, workers, progress_every):
                for i in range(workers)]
     consumers = [threading.Thread(target=consumer, name="consumer-%d" % i, args=(jobs, stop), daemon=True)
                  for i in range(max(1, workers // 4))]
+    threads.append(threading.Thread(target=slow_holder, name=SLOW_HOLDER, args=(deadline, halt),
+                                    daemon=True))
     for t in threads + consumers:
         t.start()
     next_report = start + progress_every
@@ -410,6 +428,35 @@ def _creation_line(variable):
     raise LookupError("no module-level %s in %s" % (variable, __file__))
 
 
+def holder_criteria(file_profile, workers):
+    """Issue 18: waits on bottleneck_lock name the slow holder, and the
+    lock-holder-wait samples charge them to its slow function."""
+    from ddlock import report
+
+    names = ("waits on %s name their holder %s" % (CONTENDED, SLOW_HOLDER),
+             "holder waits of %s are charged to %s" % (CONTENDED, SLOW_FUNCTION))
+    if ddlock.build_info().get("frame_walk") == "public":
+        return [report.Criterion(n, None, "portable build: a Lock's holder is unknown") for n in names]
+    if workers < 1:
+        return [report.Criterion(n, None, "needs at least 1 worker") for n in names]
+    site = "%s:%d" % (os.path.basename(__file__), _creation_line(CONTENDED))
+    ours = [s for s in file_profile.samples
+            if report.parse_lock_name(str(s.labels.get("lock name", ""))).site == site]
+    waits = [s for s in ours if s.values[file_profile.value_index("lock-acquire-wait")] > 0]
+    named = [s for s in waits if s.labels.get("holder thread name") == SLOW_HOLDER]
+    held = [s for s in ours if s.values[file_profile.value_index("lock-holder-wait")] > 0
+            and s.labels.get("thread name") == SLOW_HOLDER]
+    in_fn = [s for s in held if SLOW_FUNCTION in [f.function_name.rsplit(".", 1)[-1] for f in s.frames]]
+    vi = file_profile.value_index("lock-holder-wait")
+    return [
+        report.Criterion(names[0], bool(named), "%d of %d wait samples name %s" % (
+            len(named), len(waits), SLOW_HOLDER)),
+        report.Criterion(names[1], bool(in_fn), "%s of wait charged to %s in %s (%d samples)" % (
+            report.format_ns(sum(s.values[vi] for s in in_fn)), SLOW_HOLDER, SLOW_FUNCTION,
+            len(in_fn))),
+    ]
+
+
 def evaluate(file_profile, file_paths, uploads, upload_problems, args, stats, workers):
     from ddlock import report
 
@@ -435,6 +482,8 @@ def evaluate(file_profile, file_paths, uploads, upload_problems, args, stats, wo
     else:
         criteria.append(report.Criterion("the contended %s tops wait time" % CONTENDED, None,
                                          "needs at least 2 workers"))
+
+    criteria += holder_criteria(file_profile, workers)
 
     if args.test_agent_url:
         if uploads:

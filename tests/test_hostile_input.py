@@ -62,6 +62,7 @@ RANGES = {
     "lock_wait_rate_ns": ["-1", str(10 ** 15 + 1)],
     "sampling_seed": ["-1", str(2 ** 63)],
     "agent_port": ["0", "-1", "65536"],
+    "lock_stuck_s": ["-0.5", "86401"],
 }
 # where an empty value means "unset", not malformed
 EMPTY_IS_UNSET = {"output_pprof", "api_key"}

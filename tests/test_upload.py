@@ -65,6 +65,23 @@ def worker(n):
                 pass
 
 
+if os.environ.get("DDLOCK_TEST_HANDOFF"):
+    # one contended wait (issue 18): a lock-holder-wait sample in the upload
+    handoff_lock = threading.Semaphore(1)  # its holder is known on every build
+    held = threading.Event()
+
+    def hold_handoff():
+        with handoff_lock:
+            held.set()
+            time.sleep(0.2)
+
+    th = threading.Thread(target=hold_handoff, name="handoff-holder")
+    th.start()
+    held.wait()
+    with handoff_lock:
+        pass
+    th.join()
+
 work = 0.0
 paths = []
 for _ in range(ROUNDS):
@@ -401,7 +418,7 @@ def test_upload_to_ddapm_test_agent(ddapm_agent, program, prefix):
         assert r.status == 200
     env = {"DD_TRACE_AGENT_URL": ddapm_agent, "DD_PROFILING_OUTPUT_PPROF": prefix,
            "DD_SERVICE": "lock-svc", "DD_ENV": "upload-test", "DD_VERSION": "1.2.3",
-           "DD_TAGS": "team:locks, tier:backend region:eu-west"}
+           "DD_TAGS": "team:locks, tier:backend region:eu-west", "DDLOCK_TEST_HANDOFF": "1"}
     run = run_program(program, env, rounds=1)
     counters = upload_counters(run.after[-1])
     assert counters == {"exports": 1, "uploads_ok": 1, "uploads_failed": 0, "upload_retries": 0,
@@ -416,10 +433,16 @@ def test_upload_to_ddapm_test_agent(ddapm_agent, program, prefix):
     assert req["method"] == "POST"
     assert req["url"] == ddapm_agent + "/profiling/v1/input"
     body = base64.b64decode(req["body"])
-    check_upload(list(req["headers"].items()), body, run, program,
-                 pprof_file=run.result["paths"][0],
-                 extra_tags=("team:locks", "tier:backend", "region:eu-west"),
-                 service={"service": "lock-svc", "env": "upload-test", "version": "1.2.3"})
+    _, profile, _ = check_upload(
+        list(req["headers"].items()), body, run, program, pprof_file=run.result["paths"][0],
+        extra_tags=("team:locks", "tier:backend", "region:eu-west"),
+        service={"service": "lock-svc", "env": "upload-test", "version": "1.2.3"})
+    # the holder of the contended wait (issue 18) went up with the profile
+    held = profile.samples_with_value("lock-holder-wait")
+    assert [s.labels["thread name"] for s in held] == ["handoff-holder"], profile.samples
+    assert "hold_handoff" in [ln.function_name for loc in held[0].locations for ln in loc.lines]
+    assert any(s.labels.get("holder thread name") == "handoff-holder"
+               for s in profile.samples_with_value("lock-acquire-wait"))
 
 
 # ---------------------------------------------------------------------------
