@@ -255,6 +255,10 @@ typedef struct {
     PyObject *str__owner, *str_acquire;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
     PyObject *str__bound_value;
+    /* names.c: the acquire-site search */
+    PyObject *stdlib_dirs; /* tuple of str: the standard library's dirs */
+    PyObject *local_type;  /* _thread._local */
+    PyObject *str_dunder_dict, *str_frozen, *str_packages_dir;
 } ddl_state;
 
 /* ---- frames.c, names.c: the only code that reads frames --------------- */

@@ -424,22 +424,25 @@ mod_drain_logs(PyObject *module, PyObject *unused)
 static PyObject *
 mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"threading_active",
-                             "threading_file",
-                             "ddlock_dir",
-                             "passthrough",
-                             "lock_type",
-                             "rlock_type",
-                             "opmap",
-                             "caches",
-                             NULL};
+    static char *kwlist[] = {
+        "threading_active", "threading_file", "ddlock_dir", "passthrough",
+        "lock_type",        "rlock_type",     "opmap",      "caches",
+        "stdlib_dirs",      "local_type",     NULL};
     PyObject *active, *tfile, *ddir, *pass = NULL, *lt = NULL, *rt = NULL;
-    PyObject *opmap = NULL, *caches = NULL;
+    PyObject *opmap = NULL, *caches = NULL, *stdlib = NULL, *local = NULL;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "O!UU|O!O!O!OO:_setup", kwlist, &PyDict_Type,
+            args, kwargs, "O!UU|O!O!O!OOO!O!:_setup", kwlist, &PyDict_Type,
             &active, &tfile, &ddir, &PyTuple_Type, &pass, &PyType_Type, &lt,
-            &PyType_Type, &rt, &opmap, &caches)) {
+            &PyType_Type, &rt, &opmap, &caches, &PyTuple_Type, &stdlib,
+            &PyType_Type, &local)) {
         return NULL;
+    }
+    for (Py_ssize_t i = 0; stdlib != NULL && i < PyTuple_GET_SIZE(stdlib);
+         i++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(stdlib, i))) {
+            PyErr_SetString(PyExc_TypeError, "stdlib_dirs: a tuple of str");
+            return NULL;
+        }
     }
     ddl_state *st = get_state(module);
     if (opmap != NULL && caches != NULL &&
@@ -460,6 +463,8 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
     Py_XSETREF(st->threading_active, Py_NewRef(active));
     Py_XSETREF(st->threading_file, Py_NewRef(tfile));
     Py_XSETREF(st->ddlock_dir, Py_NewRef(ddir));
+    Py_XSETREF(st->stdlib_dirs, Py_XNewRef(stdlib));
+    Py_XSETREF(st->local_type, Py_XNewRef(local));
     ddl_code_cache_clear(st); /* which code is internal may have changed */
     ddl_memo_clear(st);       /* so may the stacks its keys stand for */
     Py_RETURN_NONE;
@@ -775,7 +780,8 @@ mod_encode_profile(PyObject *module, PyObject *args, PyObject *kwargs)
         Py_ssize_t nl = PySequence_Size(lb_seq);
         if (nf < 0 || nl < 0 || PySequence_Size(vals) != DDL_NVALUES) {
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_ValueError, "7 values expected (one per sample type)");
+                PyErr_SetString(PyExc_ValueError,
+                                "7 values expected (one per sample type)");
             }
             goto error;
         }
@@ -924,7 +930,10 @@ static PyMethodDef module_methods[] = {
     X(str__wakeup_scheduled, "_wakeup_scheduled")                             \
     X(str_get_name, "get_name")                                               \
     X(str_name_attr, "name")                                                  \
-    X(str__bound_value, "_bound_value")
+    X(str__bound_value, "_bound_value")                                       \
+    X(str_dunder_dict, "__dict__")                                            \
+    X(str_frozen, "<frozen ")                                                 \
+    X(str_packages_dir, "-packages/")
 
 static int
 intern_strings(ddl_state *st)
@@ -1008,6 +1017,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->task_get_name[0]);
     Py_VISIT(st->task_get_name[1]);
     Py_VISIT(st->gevent_getcurrent);
+    Py_VISIT(st->local_type);
     return 0;
 }
 
@@ -1041,6 +1051,8 @@ module_clear(PyObject *module)
     Py_CLEAR(st->task_get_name[0]);
     Py_CLEAR(st->task_get_name[1]);
     Py_CLEAR(st->gevent_getcurrent);
+    Py_CLEAR(st->stdlib_dirs);
+    Py_CLEAR(st->local_type);
 #define CLEAR(field, text) Py_CLEAR(st->field);
     STRINGS(CLEAR)
 #undef CLEAR

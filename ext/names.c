@@ -303,6 +303,23 @@ tuple_item(PyObject *t, int i)
                : NULL;
 }
 
+/* name[key] for a str or int key, name[index] for a sequence item; the
+ * container's name alone for any other key (its repr is the user's). */
+static PyObject *
+item_name(PyObject *name, PyObject *key, Py_ssize_t index)
+{
+    if (key == NULL) {
+        return PyUnicode_FromFormat("%U[%zd]", name, index);
+    }
+    if (PyUnicode_CheckExact(key)) {
+        return PyUnicode_FromFormat("%U[\"%U\"]", name, key);
+    }
+    if (PyLong_CheckExact(key)) {
+        return PyUnicode_FromFormat("%U[%S]", name, key);
+    }
+    return Py_NewRef(name);
+}
+
 /* Borrowed name a load instruction reads, NULL for any other. */
 static PyObject *
 loaded_name(const ddl_opcodes *o, PyCodeObject *co, const insn *in)
@@ -362,7 +379,7 @@ store_through_binding(const ddl_opcodes *o, PyCodeObject *co,
         !(PyUnicode_CheckExact(key) || PyLong_CheckExact(key))) {
         return NULL;
     }
-    return PyUnicode_FromFormat("%U[%R]", container, key);
+    return item_name(container, key, -1);
 }
 
 PyObject *
@@ -421,7 +438,65 @@ done:
 typedef struct {
     PyObject *target;
     long budget;
+    ddl_state *st;
+    int containers;   /* look into dicts, lists and tuples */
+    int in_container; /* the name found is one item's: per lock */
+    PyObject *holder; /* borrowed: the object whose attribute it is */
 } search_ctx;
+
+/* Items of one container looked at (the first ones). */
+#define CONTAINER_MAX 256
+
+/* Is target one of the first items of value, an exact dict, list or
+ * tuple? Read in place (no hashing, comparison or iteration protocol);
+ * *found is a new reference to "name[key]". */
+static int
+match_item(search_ctx *c, PyObject *name, PyObject *value, PyObject **found)
+{
+    PyObject *key = NULL;
+    Py_ssize_t index = -1;
+    if (PyDict_CheckExact(value)) {
+        Py_ssize_t pos = 0, n = 0;
+        PyObject *k, *v;
+        while (n++ < CONTAINER_MAX && PyDict_Next(value, &pos, &k, &v)) {
+            if (--c->budget < 0) {
+                return 0; /* the caller's next step sees the budget gone */
+            }
+            if (v == c->target) {
+                key = k;
+                break;
+            }
+        }
+        if (key == NULL) {
+            return 0;
+        }
+    }
+    else if (PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        int list = PyList_CheckExact(value);
+        Py_ssize_t n = list ? PyList_GET_SIZE(value) : PyTuple_GET_SIZE(value);
+        for (Py_ssize_t i = 0; i < n && i < CONTAINER_MAX && index < 0; i++) {
+            if (--c->budget < 0) {
+                return 0;
+            }
+            PyObject *v =
+                list ? PyList_GET_ITEM(value, i) : PyTuple_GET_ITEM(value, i);
+            index = v == c->target ? i : -1;
+        }
+        if (index < 0) {
+            return 0;
+        }
+    }
+    else {
+        return 0;
+    }
+    *found = item_name(name, key, index);
+    if (*found == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    c->in_container = 1;
+    return 1;
+}
 
 /* Called for each (name, value) found; returns 1 to stop (found, with
  * *found set to a new reference to the name). */
@@ -432,11 +507,14 @@ static int
 visit_match(search_ctx *c, PyObject *name, PyObject *value, void *arg,
             PyObject **found)
 {
-    if (value == c->target && PyUnicode_Check(name)) {
+    if (!PyUnicode_Check(name)) {
+        return 0;
+    }
+    if (value == c->target) {
         *found = Py_NewRef(name);
         return 1;
     }
-    return 0;
+    return c->containers ? match_item(c, name, value, found) : 0;
 }
 
 static int
@@ -462,6 +540,8 @@ visit_dict(search_ctx *c, PyObject *dict, attr_visit visit, void *arg,
  * its classes' __dict__s (class attributes). Modules only when allowed. */
 static int visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
                             attr_visit visit, void *arg, PyObject **found);
+static int visit_attrs_of(search_ctx *c, PyObject *obj, int allow_modules,
+                          attr_visit visit, void *arg, PyObject **found);
 
 /* obj is usually borrowed from a dict being walked. On 3.9 nothing pauses
  * the collector, so an allocation below (a lazily created instance dict) may
@@ -476,12 +556,53 @@ visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
     return r;
 }
 
+/* The current thread's attribute dict of a threading.local (a new
+ * reference, NULL if none): through _thread._local's own getattro, only
+ * when no __init__ of the user's can run (it runs when the thread has no
+ * dict yet), whatever the subclass overrides. */
+static PyObject *
+thread_local_dict(ddl_state *st, PyObject *obj)
+{
+    PyTypeObject *lt = (PyTypeObject *)st->local_type;
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (lt == NULL || lt->tp_getattro == NULL || !PyType_IsSubtype(tp, lt) ||
+        tp->tp_init != PyBaseObject_Type.tp_init ||
+        st->str_dunder_dict == NULL) {
+        return NULL;
+    }
+    PyObject *d = lt->tp_getattro(obj, st->str_dunder_dict);
+    if (d == NULL || !PyDict_Check(d)) {
+        PyErr_Clear();
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
 static int
 visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
                  attr_visit visit, void *arg, PyObject **found)
 {
+    int r = visit_attrs_of(c, obj, allow_modules, visit, arg, found);
+    if (r == 1 && c->holder == NULL) {
+        c->holder = obj; /* the innermost holder is the first to return */
+    }
+    return r;
+}
+
+static int
+visit_attrs_of(search_ctx *c, PyObject *obj, int allow_modules,
+               attr_visit visit, void *arg, PyObject **found)
+{
     PyTypeObject *tp = Py_TYPE(obj);
     int r = 0;
+    PyObject *tld =
+        c->st->local_type != NULL ? thread_local_dict(c->st, obj) : NULL;
+    if (tld != NULL) {
+        r = visit_dict(c, tld, visit, arg, found);
+        Py_DECREF(tld);
+        return r;
+    }
     if (PyModule_Check(obj)) {
         if (!allow_modules || !PyModule_CheckExact(obj)) {
             return 0;
@@ -562,23 +683,26 @@ visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
     return r;
 }
 
+/* arg: how many more levels of attributes below value's (no modules) */
 static int
-visit_level1(search_ctx *c, PyObject *name, PyObject *value, void *arg,
+visit_deeper(search_ctx *c, PyObject *name, PyObject *value, void *arg,
              PyObject **found)
 {
-    /* second level: value's attributes, no modules */
-    return visit_attrs(c, value, 0, visit_match, NULL, found) == 1;
+    intptr_t more = (intptr_t)arg;
+    return visit_attrs(c, value, 0, more > 0 ? visit_deeper : visit_match,
+                       (void *)(more - 1), found) == 1;
 }
 
 /* One pass of the name search over a frame's variables (its locals, then
  * its globals): what to do with each (name, value). */
 typedef struct {
     search_ctx *c;
-    int level; /* 0: the value itself; 1: its attributes; 2: theirs */
-    int pass;  /* level 1: 0 objects, 1 modules */
+    int level; /* 0: the value itself; 1: its attributes; 2, 3: theirs */
+    int pass;  /* level 0: 1 items of containers; level 1: 1 modules */
     PyObject *found;
-    int error;     /* budget exhausted */
-    int in_locals; /* visiting the frame's local variables */
+    PyObject *base; /* the variable it was found through (borrowed) */
+    int error;      /* budget exhausted */
+    int in_locals;  /* visiting the frame's local variables */
 } source_pass;
 
 static int
@@ -593,7 +717,9 @@ source_visit(void *arg, PyObject *name, PyObject *value)
     int r = 0;
     switch (sp->level) {
     case 0:
+        c->containers = sp->pass == 1;
         r = visit_match(c, name, value, NULL, &sp->found);
+        c->containers = 1;
         break;
     case 1:
         if ((sp->pass == 0) == (PyModule_Check(value) != 0)) {
@@ -603,12 +729,16 @@ source_visit(void *arg, PyObject *name, PyObject *value)
                         &sp->found);
         break;
     default:
-        r = visit_attrs(c, value, 0, visit_level1, NULL, &sp->found);
+        r = visit_attrs(c, value, 0, visit_deeper,
+                        (void *)(intptr_t)(sp->level - 2), &sp->found);
         break;
     }
-    if (r < 0) {
-        sp->error = 1;
+    if (r < 0 || c->budget < 0) {
+        sp->error = sp->found == NULL;
         return 1;
+    }
+    if (sp->found != NULL) {
+        sp->base = name;
     }
     return sp->found != NULL;
 }
@@ -631,33 +761,66 @@ source_run(ddl_walk_frame *f, PyObject *globals, source_pass *sp)
     Py_DECREF(globals);
 }
 
-/* Search order: locals, globals, then one level into their values'
- * attributes (objects first, modules last), then a second level. Returns a
- * new reference to the name or NULL; *local: the name is one of f's own
- * variables. */
+typedef struct {
+    PyObject *name;  /* new reference, NULL when not found */
+    PyObject *owner; /* new reference: the holder's type name, or NULL */
+    int handed;      /* found through a parameter or closure variable of f */
+    int per_lock;    /* an item of a container: not one name per site */
+} search_result;
+
+/* The type name of the object holding an attribute (an instance's type,
+ * or the class itself for a class attribute); none for a module. */
 static PyObject *
-search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f, int *local)
+owner_of(PyObject *holder)
 {
-    *local = 0;
-    search_ctx c = {target, NAME_SEARCH_BUDGET};
+    if (holder == NULL || PyModule_Check(holder)) {
+        return NULL;
+    }
+    PyTypeObject *tp =
+        PyType_Check(holder) ? (PyTypeObject *)holder : Py_TYPE(holder);
+    const char *n = tp->tp_name;
+    const char *dot =
+        (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) ? NULL : strrchr(n, '.');
+    PyObject *r = PyUnicode_FromString(dot != NULL ? dot + 1 : n);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    return r;
+}
+
+/* Search order: the locals, then globals, that hold the object; then the
+ * items of the containers they hold; then one level into their values'
+ * attributes (objects first, modules last), then a second and a third.
+ * Inspection off: the variables only. */
+static void
+search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f,
+            search_result *res)
+{
+    *res = (search_result){NULL, NULL, 0, 0};
+    search_ctx c = {target, NAME_SEARCH_BUDGET, st, 1, 0, NULL};
     PyObject *globals = ddl_walk_globals(f);
+    PyCodeObject *co = ddl_walk_code(f);
     static const struct {
         int level, pass;
-    } passes[] = {{0, 0}, {1, 0}, {1, 1}, {2, 0}};
-    size_t npasses = st->inspect_dir ? 4 : 1;
+    } passes[] = {{0, 0}, {0, 1}, {1, 0}, {1, 1}, {2, 0}, {3, 0}};
+    size_t npasses = st->inspect_dir ? sizeof(passes) / sizeof(passes[0]) : 1;
     for (size_t i = 0; i < npasses; i++) {
-        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, 0, 0};
+        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, NULL, 0,
+                          0};
         source_run(f, globals, &sp);
         if (sp.found != NULL) {
-            *local = passes[i].level == 0 && sp.in_locals;
-            return sp.found;
+            res->name = sp.found;
+            res->per_lock = c.in_container;
+            res->handed = passes[i].level == 0 && sp.in_locals &&
+                          sp.base != NULL && ddl_code_handed_name(co, sp.base);
+            res->owner = passes[i].level > 0 ? owner_of(c.holder) : NULL;
+            break;
         }
         if (sp.error) {
             break;
         }
     }
     PyErr_Clear();
-    return NULL;
 }
 
 /* Key of the name cache: (creation code, creation offset, acquiring code),
@@ -688,6 +851,57 @@ cache_key(PyObject *site_code, int site_lasti, PyCodeObject *uco)
     return key;
 }
 
+/* Is co the standard library's (under one of its directories, not in
+ * site-packages, or a frozen stdlib module)? */
+static int
+is_stdlib_code(ddl_state *st, PyObject *code)
+{
+    if (code == NULL || !PyCode_Check(code)) {
+        return 0;
+    }
+    PyObject *fn = ((PyCodeObject *)code)->co_filename;
+    if (fn == NULL || !PyUnicode_Check(fn) || st->stdlib_dirs == NULL) {
+        return 0;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(fn);
+    if (PyUnicode_READ_CHAR(fn, 0) == '<') {
+        return len > 8 &&
+               PyUnicode_Tailmatch(fn, st->str_frozen, 0, len, -1) == 1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(st->stdlib_dirs); i++) {
+        PyObject *dir = PyTuple_GET_ITEM(st->stdlib_dirs, i);
+        if (PyUnicode_Tailmatch(fn, dir, 0, len, -1) == 1) {
+            Py_ssize_t r = PyUnicode_Find(fn, st->str_packages_dir, 0, len, 1);
+            if (r == -2) {
+                PyErr_Clear();
+            }
+            return r == -1;
+        }
+    }
+    return 0;
+}
+
+/* The frame the acquire-site search reads: the first one outside ddlock
+ * and threading.py; for an object made outside the standard library, the
+ * first one outside it too (contextlib's ExitStack, functools, queue ...
+ * between the user's code and the acquire), when there is one. */
+static ddl_walk_frame *
+name_frame(ddl_state *st, ddl_prof *lk)
+{
+    ddl_walk_frame *f = ddl_user_frame(st, ddl_walk_top());
+    if (f == NULL || st->stdlib_dirs == NULL ||
+        is_stdlib_code(st, lk->site_code)) {
+        return f;
+    }
+    for (ddl_walk_frame *u = f; u != NULL;
+         u = ddl_user_frame(st, ddl_walk_back(u))) {
+        if (!is_stdlib_code(st, (PyObject *)ddl_walk_code(u))) {
+            return u;
+        }
+    }
+    return f;
+}
+
 PyObject *
 ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
 {
@@ -697,6 +911,7 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
     PyObject *label = NULL, *site = NULL, *key = NULL, *var = NULL;
     PyCodeObject *uco = NULL;
     ddl_walk_frame *f = NULL;
+    search_result res = {NULL, NULL, 0, 0};
     if (!st->resolve_names) {
         label = ddl_site_label(lk->site_code, lk->site_lasti);
         if (label == NULL) {
@@ -704,7 +919,7 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         }
         goto done;
     }
-    f = ddl_user_frame(st, ddl_walk_top());
+    f = name_frame(st, lk);
     if (f != NULL && lk->site_code != NULL && st->name_cache != NULL) {
         uco = (PyCodeObject *)Py_NewRef(ddl_walk_code(f));
         key = cache_key(lk->site_code, lk->site_lasti, uco);
@@ -725,9 +940,10 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
     if (site == NULL) {
         goto error;
     }
-    int local = 0;
     if (f != NULL) {
-        var = search_name(st, target, f, &local);
+        search_name(st, target, f, &res);
+        var = res.name;
+        res.name = NULL;
     }
     /* The acquire site's name, unless it is only what a function other
      * than the creator was handed (a parameter or closure variable of a
@@ -735,15 +951,19 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
      * to where it was made, when it was bound to one. */
     if (lk->site_code != NULL && lk->site_direct &&
         (var == NULL ||
-         (local && (PyObject *)ddl_walk_code(f) != lk->site_code &&
-          ddl_code_handed_name(ddl_walk_code(f), var)))) {
+         (res.handed && (PyObject *)ddl_walk_code(f) != lk->site_code))) {
         PyObject *bound =
             ddl_creation_binding(st, lk->site_code, lk->site_lasti);
         if (bound != NULL) {
             Py_XSETREF(var, bound);
+            res.per_lock = 0;
         }
         PyErr_Clear();
     }
+    if (res.per_lock) {
+        Py_CLEAR(key); /* an item's name: this lock's only */
+    }
+    Py_CLEAR(res.owner);
     if (var != NULL) {
         st->names_resolved++;
         label = PyUnicode_FromFormat("%U:%U", site, var);
