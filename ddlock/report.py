@@ -132,10 +132,11 @@ class LockName(NamedTuple):
         return "%s:%d" % (self.file, self.line) if self.line is not None else self.file
 
 
-_NAMED_RE = re.compile(r"\A(?P<file>.*):(?P<line>\d+):(?P<var>[^:\s]+)\Z")
+_NAMED_RE = re.compile(r'\A(?P<file>.*?):(?P<line>\d+):(?P<var>[^:\s"]+(?:\["[^"]*"\])?|[^:\s]+)\Z')
 _SITE_RE = re.compile(r"\A(?P<file>.*):(?P<line>\d+)\Z")
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{6,}|<[^<>]* object at [^<>]*>|\bat 0x")
-_IDENT_RE = re.compile(r"\A[^\W\d]\w*(?:\.[^\W\d]\w*)*\Z")
+# a variable or attribute, or an item of one: _locks["db"], shard_locks[2]
+_IDENT_RE = re.compile(r'\A[^\W\d]\w*(?:\.[^\W\d]\w*)*(?:\[(?:"[^"]*"|-?\d+)\])?\Z')
 
 
 def parse_lock_name(label: str) -> LockName:

@@ -306,6 +306,43 @@ ddl_str_of(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
 enum { DDL_SITE_DIRECT = 1, DDL_SITE_OUTER = 2 };
 int ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code,
                       int *lasti);
+
+static inline size_t
+ddl_site_slot(PyCodeObject *co, PyObject *globals)
+{
+    uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)globals >> 6);
+    h ^= h >> 11;
+    return (size_t)(h & (DDL_SITE_CACHE_SIZE - 1));
+}
+
+/* ddl_creation_site's fast path, inline on the creation path of a lock:
+ * the cached verdict of the calling frame (obj NULL), or -1 to ask
+ * ddl_creation_site. */
+static inline int
+ddl_creation_site_cached(ddl_state *st, ddl_walk_frame *caller,
+                         PyObject **code, int *lasti)
+{
+    if (caller == NULL || st->site_cache == NULL) {
+        return -1;
+    }
+    PyCodeObject *co = ddl_walk_code(caller);
+    PyObject *globals = ddl_walk_globals(caller);
+    ddl_site_entry *e = &st->site_cache[ddl_site_slot(co, globals)];
+    if (e->code != (PyObject *)co || e->globals != globals) {
+        return -1;
+    }
+    if (e->verdict == DDL_SITE_CALLER) {
+        *code = Py_NewRef(co);
+        *lasti = ddl_walk_lasti(caller);
+        return DDL_SITE_DIRECT;
+    }
+    if (e->verdict == DDL_SITE_NATIVE) {
+        *code = NULL;
+        *lasti = -1;
+        return 0;
+    }
+    return -1;
+}
 /* Capture the current stack (leaf first, skipping leading threading.py
  * frames). Returns 0, or -1 with no exception set (sample skipped). */
 int ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,

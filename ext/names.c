@@ -131,13 +131,6 @@ creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
  * itself, the common case. Anything else (internal or generated frames)
  * takes the full walk every time. Entries hold references to their code
  * and globals, so a key never outlives what it names. */
-static size_t
-site_slot(PyCodeObject *co, PyObject *globals)
-{
-    uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)globals >> 6);
-    h ^= h >> 11;
-    return (size_t)(h & (DDL_SITE_CACHE_SIZE - 1));
-}
 
 /* Skip the frames of pass-through creation functions (threading.RLock()
  * calling _thread.RLock): the frame that called them is the one making the
@@ -159,26 +152,39 @@ skip_passthrough(ddl_state *st, ddl_walk_frame *f)
     return f;
 }
 
+static int creation_site_slow(ddl_state *st, ddl_walk_frame *top,
+                              PyObject *obj, PyObject **code, int *lasti);
+
+/* The fast path first: the creating frame itself is cached (a pass-through
+ * creation function's frame never is: the cache is keyed by its caller). */
 int
 ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code, int *lasti)
 {
-    ddl_walk_frame *caller = skip_passthrough(st, ddl_walk_top());
+    ddl_walk_frame *top = ddl_walk_top();
+    if (obj == NULL) {
+        int r = ddl_creation_site_cached(st, top, code, lasti);
+        if (r >= 0) {
+            return r;
+        }
+    }
+    return creation_site_slow(st, top, obj, code, lasti);
+}
+
+static int
+creation_site_slow(ddl_state *st, ddl_walk_frame *top, PyObject *obj,
+                   PyObject **code, int *lasti)
+{
+    ddl_walk_frame *caller = skip_passthrough(st, top);
     if (caller == NULL || st->site_cache == NULL || obj != NULL) {
         return creation_site_from(st, caller, obj, code, lasti);
     }
     PyCodeObject *co = ddl_walk_code(caller);
     PyObject *globals = ddl_walk_globals(caller);
-    ddl_site_entry *e = &st->site_cache[site_slot(co, globals)];
-    if (e->code == (PyObject *)co && e->globals == globals) {
-        if (e->verdict == DDL_SITE_NATIVE) {
-            *code = NULL;
-            *lasti = -1;
-            return 0;
-        }
-        if (e->verdict == DDL_SITE_CALLER) {
-            *code = Py_NewRef(co);
-            *lasti = ddl_walk_lasti(caller);
-            return DDL_SITE_DIRECT;
+    ddl_site_entry *e = &st->site_cache[ddl_site_slot(co, globals)];
+    if (caller != top) {
+        int hit = ddl_creation_site_cached(st, caller, code, lasti);
+        if (hit >= 0) {
+            return hit;
         }
     }
     int r = creation_site_from(st, caller, NULL, code, lasti);
