@@ -112,8 +112,8 @@ typedef struct {
  * pointers then mean the same bytes. */
 #define DDL_MEMO_SIZE 128  /* entries, power of two */
 #define DDL_MEMO_FRAMES 48 /* deeper raw stacks are not memoized */
-#define DDL_MEMO_LABELS 8
-#define DDL_MEMO_OWNERS 8
+#define DDL_MEMO_LABELS 9
+#define DDL_MEMO_OWNERS 10
 typedef struct {
     uint64_t hash;       /* of the key; entries with nframes < 0 are empty */
     uint64_t generation; /* st->generation it was filled in */
@@ -259,6 +259,7 @@ typedef struct {
     PyObject *stdlib_dirs; /* tuple of str: the standard library's dirs */
     PyObject *local_type;  /* _thread._local */
     PyObject *str_dunder_dict, *str_frozen, *str_packages_dir;
+    PyObject *site_modules; /* id(code) -> (code, module name) */
 } ddl_state;
 
 /* ---- frames.c, names.c: the only code that reads frames --------------- */
@@ -352,6 +353,9 @@ void ddl_stack_release(ddl_stack *stack);
  * resolves the variable name of target on first use. NULL (no exception)
  * when unknown. */
 PyObject *ddl_lock_name(ddl_state *st, ddl_prof *p, PyObject *target);
+/* The `lock module` and `lock owner` of a named lock (borrowed from it, NULL
+ * when unknown). */
+void ddl_lock_place(ddl_prof *p, PyObject **module, PyObject **owner);
 /* The name the object made by the call at (code, lasti) was bound to
  * there (new ref: "request_lock", "_lock", '_locks["db"]'), or NULL. */
 PyObject *ddl_creation_binding(ddl_state *st, PyObject *code, int lasti);

@@ -290,6 +290,9 @@ mod_stop(PyObject *module, PyObject *args, PyObject *kwargs)
     if (st->name_cache != NULL) {
         PyDict_Clear(st->name_cache);
     }
+    if (st->site_modules != NULL) {
+        PyDict_Clear(st->site_modules);
+    }
     Py_RETURN_NONE;
 }
 
@@ -975,6 +978,7 @@ module_exec(PyObject *module)
         fork_state = st;
     }
     st->name_cache = PyDict_New();
+    st->site_modules = PyDict_New();
     st->line_cache = PyMem_Calloc(DDL_LINE_CACHE_SIZE, sizeof(ddl_line_entry));
     st->site_cache = PyMem_Calloc(DDL_SITE_CACHE_SIZE, sizeof(ddl_site_entry));
     st->code_cache = PyMem_Calloc(DDL_CODE_CACHE_SIZE, sizeof(ddl_code_entry));
@@ -986,8 +990,9 @@ module_exec(PyObject *module)
     st->str_name = PyUnicode_InternFromString("_name");
     st->str_dunder_name = PyUnicode_InternFromString("__name__");
     st->str_ident = PyUnicode_InternFromString("_ident");
-    if (st->name_cache == NULL || st->str_name == NULL ||
-        st->str_dunder_name == NULL || st->str_ident == NULL) {
+    if (st->name_cache == NULL || st->site_modules == NULL ||
+        st->str_name == NULL || st->str_dunder_name == NULL ||
+        st->str_ident == NULL) {
         return -1;
     }
     if (intern_strings(st) < 0 || ddl_locks_init(module, st) < 0 ||
@@ -1018,6 +1023,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->task_get_name[1]);
     Py_VISIT(st->gevent_getcurrent);
     Py_VISIT(st->local_type);
+    Py_VISIT(st->site_modules);
     return 0;
 }
 
@@ -1053,6 +1059,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->gevent_getcurrent);
     Py_CLEAR(st->stdlib_dirs);
     Py_CLEAR(st->local_type);
+    Py_CLEAR(st->site_modules);
 #define CLEAR(field, text) Py_CLEAR(st->field);
     STRINGS(CLEAR)
 #undef CLEAR

@@ -89,6 +89,79 @@ is_init_of(ddl_walk_frame *f, PyObject *obj)
     return ddl_walk_first_arg(f) == obj;
 }
 
+/* The str value of key in dict d (borrowed), found by walking d: no
+ * hashing or comparison of the program's keys runs. */
+static PyObject *
+dict_str_item(PyObject *d, PyObject *key)
+{
+    Py_ssize_t pos = 0, n = 0;
+    PyObject *k, *v;
+    while (n++ < 4096 && PyDict_Next(d, &pos, &k, &v)) {
+        if (k == key ||
+            (PyUnicode_CheckExact(k) &&
+             PyUnicode_GET_LENGTH(k) == PyUnicode_GET_LENGTH(key) &&
+             PyUnicode_Compare(k, key) == 0)) {
+            return PyUnicode_CheckExact(v) ? v : NULL;
+        }
+    }
+    return NULL;
+}
+
+#define SITE_MODULES_MAX 8192
+
+/* Remember the module (its globals' __name__) of a creation site's code,
+ * once per code object: the `lock module` label of the locks it makes. */
+static void
+record_site_module(ddl_state *st, PyObject *code, PyObject *globals)
+{
+    if (st->site_modules == NULL || globals == NULL ||
+        !PyDict_Check(globals)) {
+        return;
+    }
+    PyObject *key = PyLong_FromVoidPtr(code);
+    if (key == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (PyDict_GetItemWithError(st->site_modules, key) == NULL &&
+        !PyErr_Occurred()) {
+        PyObject *name = dict_str_item(globals, st->str_dunder_name);
+        PyObject *entry = name != NULL ? PyTuple_Pack(2, code, name) : NULL;
+        if (entry != NULL) {
+            if (PyDict_GET_SIZE(st->site_modules) >= SITE_MODULES_MAX) {
+                Py_ssize_t pos = 0;
+                PyObject *k, *v;
+                if (PyDict_Next(st->site_modules, &pos, &k, &v)) {
+                    Py_INCREF(k);
+                    (void)PyDict_DelItem(st->site_modules, k);
+                    Py_DECREF(k);
+                }
+            }
+            (void)PyDict_SetItem(st->site_modules, key, entry);
+            Py_DECREF(entry);
+        }
+    }
+    PyErr_Clear();
+    Py_DECREF(key);
+}
+
+/* The module recorded for a creation site's code, borrowed, or NULL. */
+static PyObject *
+site_module(ddl_state *st, PyObject *code)
+{
+    if (st->site_modules == NULL || code == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromVoidPtr(code);
+    PyObject *entry =
+        key != NULL ? PyDict_GetItemWithError(st->site_modules, key) : NULL;
+    Py_XDECREF(key);
+    PyErr_Clear();
+    return entry != NULL && PyTuple_GET_ITEM(entry, 0) == code
+               ? PyTuple_GET_ITEM(entry, 1)
+               : NULL;
+}
+
 static int
 creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
                    PyObject **code, int *lasti)
@@ -122,6 +195,7 @@ creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
         direct &= !dataclass;
     }
     *code = Py_NewRef(ddl_walk_code(f));
+    record_site_module(st, *code, ddl_walk_globals(f));
     *lasti = ddl_walk_lasti(f);
     return direct ? DDL_SITE_DIRECT : DDL_SITE_OUTER;
 }
@@ -447,8 +521,12 @@ typedef struct {
     ddl_state *st;
     int containers;   /* look into dicts, lists and tuples */
     int in_container; /* the name found is one item's: per lock */
-    PyObject *holder; /* borrowed: the object whose attribute it is */
+    int held;         /* the holder below is known */
+    PyObject *owner;  /* new reference: the type name of the object whose
+                         attribute it is (NULL for a module) */
 } search_ctx;
+
+static PyObject *owner_of(PyObject *holder);
 
 /* Items of one container looked at (the first ones). */
 #define CONTAINER_MAX 256
@@ -590,8 +668,9 @@ visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
                  attr_visit visit, void *arg, PyObject **found)
 {
     int r = visit_attrs_of(c, obj, allow_modules, visit, arg, found);
-    if (r == 1 && c->holder == NULL) {
-        c->holder = obj; /* the innermost holder is the first to return */
+    if (r == 1 && !c->held) {
+        c->held = 1; /* the innermost holder is the first to return */
+        c->owner = owner_of(obj);
     }
     return r;
 }
@@ -803,7 +882,7 @@ search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f,
             search_result *res)
 {
     *res = (search_result){NULL, NULL, 0, 0};
-    search_ctx c = {target, NAME_SEARCH_BUDGET, st, 1, 0, NULL};
+    search_ctx c = {target, NAME_SEARCH_BUDGET, st, 1, 0, 0, NULL};
     PyObject *globals = ddl_walk_globals(f);
     PyCodeObject *co = ddl_walk_code(f);
     static const struct {
@@ -819,13 +898,15 @@ search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f,
             res->per_lock = c.in_container;
             res->handed = passes[i].level == 0 && sp.in_locals &&
                           sp.base != NULL && ddl_code_handed_name(co, sp.base);
-            res->owner = passes[i].level > 0 ? owner_of(c.holder) : NULL;
+            res->owner = passes[i].level > 0 ? c.owner : NULL;
+            c.owner = NULL;
             break;
         }
         if (sp.error) {
             break;
         }
     }
+    Py_XDECREF(c.owner);
     PyErr_Clear();
 }
 
@@ -908,11 +989,50 @@ name_frame(ddl_state *st, ddl_prof *lk)
     return f;
 }
 
+/* lk->name is the label, or (label, module, owner) when the lock is
+ * placed (module and owner: str or None). */
+static PyObject *
+label_of(PyObject *name)
+{
+    return name != NULL && PyTuple_CheckExact(name) ? PyTuple_GET_ITEM(name, 0)
+                                                    : name;
+}
+
+void
+ddl_lock_place(ddl_prof *lk, PyObject **module, PyObject **owner)
+{
+    *module = *owner = NULL;
+    if (lk->name_done && lk->name != NULL && PyTuple_CheckExact(lk->name)) {
+        PyObject *m = PyTuple_GET_ITEM(lk->name, 1);
+        PyObject *o = PyTuple_GET_ITEM(lk->name, 2);
+        *module = m != Py_None ? m : NULL;
+        *owner = o != Py_None ? o : NULL;
+    }
+}
+
+/* lk's name: the label, placed by the module its site's code is in and
+ * the owner found by the search. */
+static PyObject *
+placed(ddl_state *st, ddl_prof *lk, PyObject *label, PyObject *owner)
+{
+    PyObject *module = site_module(st, lk->site_code);
+    if (module == NULL && owner == NULL) {
+        return Py_NewRef(label);
+    }
+    PyObject *t = PyTuple_Pack(3, label, module != NULL ? module : Py_None,
+                               owner != NULL ? owner : Py_None);
+    if (t == NULL) {
+        PyErr_Clear();
+        return Py_NewRef(label);
+    }
+    return t;
+}
+
 PyObject *
 ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
 {
     if (lk->name_done) {
-        return Py_XNewRef(lk->name);
+        return Py_XNewRef(label_of(lk->name));
     }
     PyObject *label = NULL, *site = NULL, *key = NULL, *var = NULL;
     PyCodeObject *uco = NULL;
@@ -936,6 +1056,13 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         if (cached != NULL) {
             st->names_cache_hits++;
             label = Py_NewRef(PyTuple_GET_ITEM(cached, 0));
+            if (PyTuple_GET_SIZE(cached) > 3 &&
+                PyTuple_GET_ITEM(cached, 3) == Py_True) {
+                /* found as an attribute: this lock's owner, searched again
+                 * (one site's locks are held by objects of several types) */
+                search_name(st, target, f, &res);
+                Py_CLEAR(res.name);
+            }
             goto done;
         }
         if (PyErr_Occurred()) {
@@ -969,7 +1096,6 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
     if (res.per_lock) {
         Py_CLEAR(key); /* an item's name: this lock's only */
     }
-    Py_CLEAR(res.owner);
     if (var != NULL) {
         st->names_resolved++;
         label = PyUnicode_FromFormat("%U:%U", site, var);
@@ -982,7 +1108,8 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         goto error;
     }
     if (key != NULL) {
-        PyObject *entry = PyTuple_Pack(3, label, lk->site_code, uco);
+        PyObject *entry = PyTuple_Pack(4, label, lk->site_code, uco,
+                                       res.owner != NULL ? Py_True : Py_False);
         if (entry == NULL) {
             goto error;
         }
@@ -1008,8 +1135,9 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         }
     }
 done:
-    Py_XSETREF(lk->name, Py_NewRef(label));
+    Py_XSETREF(lk->name, placed(st, lk, label, res.owner));
     lk->name_done = 1;
+    Py_XDECREF(res.owner);
     Py_XDECREF(site);
     Py_XDECREF(key);
     Py_XDECREF(var);
@@ -1017,6 +1145,7 @@ done:
     return label;
 error:
     PyErr_Clear();
+    Py_XDECREF(res.owner);
     Py_XDECREF(label);
     Py_XDECREF(site);
     Py_XDECREF(key);
