@@ -260,6 +260,7 @@ typedef struct {
     PyObject *local_type;  /* _thread._local */
     PyObject *str_dunder_dict, *str_frozen, *str_packages_dir;
     PyObject *site_modules; /* id(code) -> (code, module name) */
+    PyObject *places;       /* (label, module, owner) -> itself: shared */
 } ddl_state;
 
 /* ---- frames.c, names.c: the only code that reads frames --------------- */

@@ -293,6 +293,9 @@ mod_stop(PyObject *module, PyObject *args, PyObject *kwargs)
     if (st->site_modules != NULL) {
         PyDict_Clear(st->site_modules);
     }
+    if (st->places != NULL) {
+        PyDict_Clear(st->places);
+    }
     Py_RETURN_NONE;
 }
 
@@ -979,6 +982,7 @@ module_exec(PyObject *module)
     }
     st->name_cache = PyDict_New();
     st->site_modules = PyDict_New();
+    st->places = PyDict_New();
     st->line_cache = PyMem_Calloc(DDL_LINE_CACHE_SIZE, sizeof(ddl_line_entry));
     st->site_cache = PyMem_Calloc(DDL_SITE_CACHE_SIZE, sizeof(ddl_site_entry));
     st->code_cache = PyMem_Calloc(DDL_CODE_CACHE_SIZE, sizeof(ddl_code_entry));
@@ -991,8 +995,8 @@ module_exec(PyObject *module)
     st->str_dunder_name = PyUnicode_InternFromString("__name__");
     st->str_ident = PyUnicode_InternFromString("_ident");
     if (st->name_cache == NULL || st->site_modules == NULL ||
-        st->str_name == NULL || st->str_dunder_name == NULL ||
-        st->str_ident == NULL) {
+        st->places == NULL || st->str_name == NULL ||
+        st->str_dunder_name == NULL || st->str_ident == NULL) {
         return -1;
     }
     if (intern_strings(st) < 0 || ddl_locks_init(module, st) < 0 ||
@@ -1024,6 +1028,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->gevent_getcurrent);
     Py_VISIT(st->local_type);
     Py_VISIT(st->site_modules);
+    Py_VISIT(st->places);
     return 0;
 }
 
@@ -1060,6 +1065,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->stdlib_dirs);
     Py_CLEAR(st->local_type);
     Py_CLEAR(st->site_modules);
+    Py_CLEAR(st->places);
 #define CLEAR(field, text) Py_CLEAR(st->field);
     STRINGS(CLEAR)
 #undef CLEAR

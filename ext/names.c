@@ -1025,6 +1025,18 @@ placed(ddl_state *st, ddl_prof *lk, PyObject *label, PyObject *owner)
         PyErr_Clear();
         return Py_NewRef(label);
     }
+    /* one tuple for all the locks placed alike (exact str and None only:
+     * hashing and comparing them runs no user code) */
+    if (st->places != NULL && PyUnicode_CheckExact(label)) {
+        if (PyDict_GET_SIZE(st->places) >= DDL_NAME_CACHE_MAX) {
+            PyDict_Clear(st->places);
+        }
+        PyObject *shared = PyDict_SetDefault(st->places, t, t);
+        if (shared != NULL) {
+            Py_SETREF(t, Py_NewRef(shared));
+        }
+        PyErr_Clear();
+    }
     return t;
 }
 
