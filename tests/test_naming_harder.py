@@ -310,8 +310,9 @@ def test_thread_local(ddlock_profile, kind):
         _use_tls(sub)
     del tls.conn_lock
     # the current thread's attribute dict, read without running user code
-    expect_made_by_factory(ddlock_profile, "tls", "conn_lock" if locals_readable() else None,
-                           "_use_tls", count=2)
+    # (`tls` is a global: found through the globals on every build; the
+    # same site and acquiring function share the name)
+    expect_made_by_factory(ddlock_profile, "tls", "conn_lock", "_use_tls", count=2)
 
 
 def test_thread_local_with_init_is_not_initialised_by_the_search(ddlock_profile):
@@ -368,8 +369,10 @@ def test_inspect_dir_off_turns_off_containers_attributes_and_thread_locals(
     on = inspect and locals_readable()
     # looking into containers, attributes and thread-locals is what it turns off
     expect(ddlock_profile, "member_dict", '_locks["db"]' if on else None, "_Registry.write")
-    assert sorted(n.rsplit(":", 1)[-1] for n in labels_of(ddlock_profile, "factory")) == (
-        ["conn_lock", "pool_lock"] if on else [str(ddlock_profile.linenos("factory").create)])
+    anonymous = str(ddlock_profile.linenos("factory").create)
+    # tls is a global (read on every build); the App is reached through a local
+    expected = {"conn_lock" if inspect else anonymous, "pool_lock" if on else anonymous}
+    assert {n.rsplit(":", 1)[-1] for n in labels_of(ddlock_profile, "factory")} == expected
     # variables and creation bindings stay on
     expect(ddlock_profile, "still_named", "off_lock",
            "test_inspect_dir_off_turns_off_containers_attributes_and_thread_locals")
