@@ -140,7 +140,10 @@ def build_switches(environ=os.environ):
     switches in ``environ``."""
     compile_args = ["-std=c11", "-D_GNU_SOURCE", "-Wall", "-Wextra",
                     "-Wno-unused-parameter", "-Wno-missing-field-initializers",
-                    "-Werror=implicit-function-declaration"]
+                    "-Werror=implicit-function-declaration",
+                    # only PyInit is exported: calls between ddlock's units are
+                    # direct (no PLT) and can be inlined
+                    "-fvisibility=hidden"]
     link_args = []
     macros = []
     if environ.get("DDLOCK_SANITIZE") == "1":

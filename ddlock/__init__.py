@@ -12,6 +12,7 @@ or ``import ddlock.auto`` (configured from the environment), or
 ``ddlock-run python app.py``.
 """
 
+import _thread
 import atexit
 import logging
 import os
@@ -62,6 +63,21 @@ def _ddlock_dir():
 
 def _threading_file():
     return threading.Condition.__init__.__code__.co_filename
+
+
+def _stdlib_dirs():
+    """The standard library's directories (with a trailing separator): the
+    acquire-site search skips their frames for locks made elsewhere."""
+    import sysconfig
+
+    dirs = []
+    for key in ("stdlib", "platstdlib"):
+        d = sysconfig.get_paths().get(key)
+        for p in {d, os.path.realpath(d)} if d else ():
+            p = os.path.join(p, "")
+            if p not in dirs:
+                dirs.append(p)
+    return tuple(dirs)
 
 
 def _passthrough():
@@ -138,8 +154,9 @@ def _start_native(native, cfg):
     lock_type, rlock_type = _native_lock_types()
     opmap, caches = _opcodes()
     active = getattr(threading, "_active", None)
-    native._setup(active if type(active) is dict else None, _threading_file(), _ddlock_dir(), _passthrough(),
-                  lock_type, rlock_type, opmap, caches)
+    native._setup(active if type(active) is dict else None, _threading_file(), _ddlock_dir(),
+                  _passthrough(), lock_type, rlock_type, opmap, caches, _stdlib_dirs(),
+                  _thread._local)
     native.start(
         output_prefix=cfg.output_pprof,
         capture_pct=cfg.capture_pct,

@@ -33,6 +33,9 @@ __all__ = [
     "LockStats",
     "check_lock_names",
     "collect_lock_stats",
+    "describe_lock",
+    "lock_key",
+    "split_lock_key",
     "compare_name_sets",
     "expand_paths",
     "format_criteria",
@@ -52,6 +55,8 @@ __all__ = [
 WIDTH = 100  # every line of the terminal report fits this many columns
 
 LOCK_NAME = "lock name"
+LOCK_MODULE, LOCK_OWNER = "lock module", "lock owner"
+_SEP = "\x1f"
 ACQUIRE, WAIT, RELEASE, HOLD = "lock-acquire", "lock-acquire-wait", "lock-release", "lock-release-hold"
 HOLDER_WAIT = "lock-holder-wait"  # a wait charged to the holder's stack (issue 18)
 VALUE_TYPES = {"wait": WAIT, "hold": HOLD, "holder": HOLDER_WAIT}
@@ -133,10 +138,11 @@ class LockName(NamedTuple):
         return "%s:%d" % (self.file, self.line) if self.line is not None else self.file
 
 
-_NAMED_RE = re.compile(r"\A(?P<file>.*):(?P<line>\d+):(?P<var>[^:\s]+)\Z")
+_NAMED_RE = re.compile(r'\A(?P<file>.*?):(?P<line>\d+):(?P<var>[^:\s"]+(?:\["[^"]*"\])?|[^:\s]+)\Z')
 _SITE_RE = re.compile(r"\A(?P<file>.*):(?P<line>\d+)\Z")
 _ADDRESS_RE = re.compile(r"0x[0-9a-fA-F]{6,}|<[^<>]* object at [^<>]*>|\bat 0x")
-_IDENT_RE = re.compile(r"\A[^\W\d]\w*(?:\.[^\W\d]\w*)*\Z")
+# a variable or attribute, or an item of one: _locks["db"], shard_locks[2]
+_IDENT_RE = re.compile(r'\A[^\W\d]\w*(?:\.[^\W\d]\w*)*(?:\[(?:"[^"]*"|-?\d+)\])?\Z')
 
 
 def parse_lock_name(label: str) -> LockName:
@@ -315,14 +321,47 @@ def _wrap(text: str, width: int, indent: str) -> List[str]:
 # ---------------------------------------------------------------------------
 
 
+def lock_key(labels: Dict[str, object]) -> Optional[str]:
+    """The row a sample belongs to: its ``lock name`` label, with its
+    ``lock module`` and ``lock owner`` when it has them (locks of one
+    creation site held by objects of different types are different rows)."""
+    label = labels.get(LOCK_NAME)
+    if label is None:
+        return None
+    module, owner = labels.get(LOCK_MODULE), labels.get(LOCK_OWNER)
+    if module is None and owner is None:
+        return str(label)
+    return _SEP.join((str(label), str(module or ""), str(owner or "")))
+
+
+def split_lock_key(key: str) -> Tuple[str, Optional[str], Optional[str]]:
+    """(lock name, module or None, owner or None) of a :func:`lock_key`."""
+    label, _, rest = key.partition(_SEP)
+    module, _, owner = rest.partition(_SEP)
+    return label, module or None, owner or None
+
+
+def describe_lock(key: str) -> str:
+    """A lock as a reader places it: module, owner and attribute
+    (``logging FileHandler.lock``), ``(anonymous)`` without a name."""
+    label, module, owner = split_lock_key(key)
+    name = parse_lock_name(label).variable or "(anonymous)"
+    if owner:
+        name = "%s.%s" % (owner, name)
+    return "%s %s" % (module, name) if module else name
+
+
 class LockStats(object):
-    """Totals of one lock name, and its values per stack (root-first)."""
+    """Totals of one lock (a lock name, placed by module and owner), and
+    its values per stack (root-first)."""
 
-    __slots__ = ("label", "name", "acquires", "releases", "wait_ns", "hold_ns", "stacks")
+    __slots__ = ("key", "label", "name", "module", "owner", "acquires", "releases", "wait_ns",
+                 "hold_ns", "stacks")
 
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.name = parse_lock_name(label)
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.label, self.module, self.owner = split_lock_key(key)
+        self.name = parse_lock_name(self.label)
         self.acquires = 0
         self.releases = 0
         self.wait_ns = 0
@@ -333,9 +372,14 @@ class LockStats(object):
     def value(self, which: str) -> int:
         return self.wait_ns if which == "wait" else self.hold_ns
 
+    @property
+    def display(self) -> str:
+        return describe_lock(self.key)
+
 
 def collect_lock_stats(profile: _pprof.Profile) -> Dict[str, LockStats]:
-    """``{lock name label: LockStats}`` over every sample of ``profile``."""
+    """``{lock key: LockStats}`` over every sample of ``profile`` (the key:
+    :func:`lock_key`, the ``lock name`` label itself for an unplaced lock)."""
     idx = []
     for vt in (ACQUIRE, WAIT, RELEASE, HOLD):
         try:
@@ -344,10 +388,9 @@ def collect_lock_stats(profile: _pprof.Profile) -> Dict[str, LockStats]:
             idx.append(None)
     out: Dict[str, LockStats] = {}
     for s in profile.samples:
-        label = s.labels.get(LOCK_NAME)
+        label = lock_key(s.labels)
         if label is None:
             continue
-        label = str(label)
         st = out.get(label)
         if st is None:
             st = out[label] = LockStats(label)
@@ -467,13 +510,13 @@ def render_lock_table(stats: Dict[str, LockStats], by: str = "wait", top: Option
     other value."""
     other = "hold" if by == "wait" else "wait"
     total = sum(s.value(by) for s in stats.values())
-    ordered = sorted(stats.values(), key=lambda s: (-s.value(by), -s.value(other), -s.acquires, s.label))
+    ordered = sorted(stats.values(), key=lambda s: (-s.value(by), -s.value(other), -s.acquires, s.key))
     shown = ordered if top is None else ordered[:top]
     rows = []
     for rank, s in enumerate(shown, 1):
         rows.append([
             str(rank),
-            s.name.variable or "(anonymous)",
+            s.display,
             s.name.site,
             _count(s.acquires),
             _count(s.releases),
@@ -502,11 +545,12 @@ def render_stacks(stats: Dict[str, LockStats], by: str = "wait", locks: int = 5,
                   depth: int = 4, width: int = WIDTH) -> List[str]:
     """The hottest stacks (by ``by``) of the top ``locks`` lock names."""
     vi = 1 if by == "wait" else 3
-    ordered = [s for s in sorted(stats.values(), key=lambda s: (-s.value(by), s.label)) if s.value(by) > 0]
+    ordered = [s for s in sorted(stats.values(), key=lambda s: (-s.value(by), s.key)) if s.value(by) > 0]
     out: List[str] = []
     for s in ordered[:locks]:
         events = "%s acquires" % _count(s.acquires) if by == "wait" else "%s releases" % _count(s.releases)
-        out.append(_fit("%s   %s %s, %s" % (s.label, by, format_ns(s.value(by)), events), width))
+        title = s.label if s.module is None and s.owner is None else "%s (%s)" % (s.display, s.label)
+        out.append(_fit("%s   %s %s, %s" % (title, by, format_ns(s.value(by)), events), width))
         hot = sorted(((v[vi], k, v) for k, v in s.stacks.items() if v[vi] > 0), key=lambda t: (-t[0], t[1]))
         for n, (value, frames, v) in enumerate(hot[:stacks], 1):
             events = v[0] if by == "wait" else v[2]
@@ -598,7 +642,7 @@ def _build_tree(profile: _pprof.Profile, which: str) -> Tuple[_Node, int]:
         if v <= 0:
             continue
         root.value += v
-        node = root.child(str(s.labels.get(LOCK_NAME, "(no lock name)")), "lock")
+        node = root.child(lock_key(s.labels) or "(no lock name)", "lock")
         node.value += v
         if which == "holder":  # lock -> the holder thread -> where it was
             node = node.child("held by %s" % s.labels.get("thread name", "?"), "frame")
@@ -677,13 +721,18 @@ def render_flamegraph(profile: _pprof.Profile, which: str = "wait", title: Optio
             tip = "all locks\n%s %s (100%%)" % (which, format_ns(node.value))
             label = "all locks"
         elif node.kind == "lock":
-            tip = "lock %s\n%s %s (%s of all)" % (node.name, which, format_ns(node.value), share)
-            ln = parse_lock_name(node.name)
-            label = "%s (%s)" % (ln.variable or "anonymous lock", ln.site)
+            name, module, owner = split_lock_key(node.name)
+            ln = parse_lock_name(name)
+            tip = "lock %s\n%s %s (%s of all)" % (name, which, format_ns(node.value), share)
+            if module or owner:
+                tip = "%s: %s" % (describe_lock(node.name), tip)
+            label = "%s (%s)" % (describe_lock(node.name) if module or owner
+                                 else ln.variable or "anonymous lock", ln.site)
         else:
             tip = "%s\n%s %s (%s of all, %s of this lock)\nlock %s" % (
                 node.name, which, format_ns(node.value), share,
-                _pct(node.value, lock.value if lock else 0), lock.name if lock else "?")
+                _pct(node.value, lock.value if lock else 0),
+                split_lock_key(lock.name)[0] if lock else "?")
             label = node.name
         parts.append("<g><title>%s</title>" % escape(tip))
         parts.append('<rect x="%.2f" y="%d" width="%.2f" height="%d" fill="%s" rx="2" ry="2"/>'

@@ -115,8 +115,8 @@ typedef struct {
  * pointers then mean the same bytes. */
 #define DDL_MEMO_SIZE 128  /* entries, power of two */
 #define DDL_MEMO_FRAMES 48 /* deeper raw stacks are not memoized */
-#define DDL_MEMO_LABELS 8
-#define DDL_MEMO_OWNERS 8
+#define DDL_MEMO_LABELS 9
+#define DDL_MEMO_OWNERS 10
 typedef struct {
     uint64_t hash;       /* of the key; entries with nframes < 0 are empty */
     uint64_t generation; /* st->generation it was filled in */
@@ -258,6 +258,12 @@ typedef struct {
     PyObject *str__owner, *str_acquire;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
     PyObject *str__bound_value;
+    /* names.c: the acquire-site search */
+    PyObject *stdlib_dirs; /* tuple of str: the standard library's dirs */
+    PyObject *local_type;  /* _thread._local */
+    PyObject *str_dunder_dict, *str_frozen, *str_packages_dir;
+    PyObject *site_modules; /* id(code) -> (code, module name) */
+    PyObject *places;       /* (label, module, owner) -> itself: shared */
 } ddl_state;
 
 /* ---- frames.c, names.c: the only code that reads frames --------------- */
@@ -305,6 +311,43 @@ ddl_str_of(ddl_str *out, PyObject *s, PyObject **refs, size_t *nrefs)
 enum { DDL_SITE_DIRECT = 1, DDL_SITE_OUTER = 2 };
 int ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code,
                       int *lasti);
+
+static inline size_t
+ddl_site_slot(PyCodeObject *co, PyObject *globals)
+{
+    uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)globals >> 6);
+    h ^= h >> 11;
+    return (size_t)(h & (DDL_SITE_CACHE_SIZE - 1));
+}
+
+/* ddl_creation_site's fast path, inline on the creation path of a lock:
+ * the cached verdict of the calling frame (obj NULL), or -1 to ask
+ * ddl_creation_site. */
+static inline int
+ddl_creation_site_cached(ddl_state *st, ddl_walk_frame *caller,
+                         PyObject **code, int *lasti)
+{
+    if (caller == NULL || st->site_cache == NULL) {
+        return -1;
+    }
+    PyCodeObject *co = ddl_walk_code(caller);
+    PyObject *globals = ddl_walk_globals(caller);
+    ddl_site_entry *e = &st->site_cache[ddl_site_slot(co, globals)];
+    if (e->code != (PyObject *)co || e->globals != globals) {
+        return -1;
+    }
+    if (e->verdict == DDL_SITE_CALLER) {
+        *code = Py_NewRef(co);
+        *lasti = ddl_walk_lasti(caller);
+        return DDL_SITE_DIRECT;
+    }
+    if (e->verdict == DDL_SITE_NATIVE) {
+        *code = NULL;
+        *lasti = -1;
+        return 0;
+    }
+    return -1;
+}
 /* Capture the current stack (leaf first, skipping leading threading.py
  * frames). Returns 0, or -1 with no exception set (sample skipped). */
 int ddl_stack_capture(ddl_state *st, ddl_stack *stack, ddl_frame *frames,
@@ -317,6 +360,14 @@ void ddl_stack_release(ddl_stack *stack);
  * resolves the variable name of target on first use. NULL (no exception)
  * when unknown. */
 PyObject *ddl_lock_name(ddl_state *st, ddl_prof *p, PyObject *target);
+/* The `lock module` and `lock owner` of a named lock (borrowed from it, NULL
+ * when unknown). */
+void ddl_lock_place(ddl_prof *p, PyObject **module, PyObject **owner);
+/* The `lock module` and `lock owner` labels of p (record.c): written to
+ * out (room for 2), their strings' references added to own (room for 4);
+ * returns how many. */
+size_t ddl_place_labels(ddl_prof *p, ddl_label *out, PyObject **own,
+                        size_t *nown);
 /* The name the object made by the call at (code, lasti) was bound to
  * there (new ref: "request_lock", "_lock", '_locks["db"]'), or NULL. */
 PyObject *ddl_creation_binding(ddl_state *st, PyObject *code, int lasti);

@@ -225,9 +225,9 @@ record_holder_wait(ddl_state *st, ddl_wait *w, ddl_prof *p, int64_t wait_ns,
     if (!w->has_stack || st->profile == NULL) {
         return;
     }
-    PyObject *own[6];
+    PyObject *own[10];
     size_t nown = 0;
-    ddl_label labels[5];
+    ddl_label labels[7];
     size_t nl = 0;
     ddl_str name_s = {"<unknown>", 9, 0};
     if (w->name != NULL) {
@@ -243,6 +243,8 @@ record_holder_wait(ddl_state *st, ddl_wait *w, ddl_prof *p, int64_t wait_ns,
     }
     const char *type = ddl_kind_names[p->kind];
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type), 0}, 0};
+    /* placed like the waiter's sample: the same lock, the same row */
+    nl += ddl_place_labels(p, &labels[nl], own, &nown);
     int64_t values[DDL_NVALUES] = {0};
     values[DDL_V_HOLDER_WAIT] = ddl_weighted((double)wait_ns, weight);
     /* the same event as the waiter's sample: not counted again */

@@ -171,7 +171,10 @@ register_new(PyObject *obj, int kind)
     }
     PyObject *code = NULL;
     int lasti = -1;
-    int profile = ddl_creation_site(st, NULL, &code, &lasti);
+    int profile = ddl_creation_site_cached(st, ddl_walk_top(), &code, &lasti);
+    if (profile < 0) {
+        profile = ddl_creation_site(st, NULL, &code, &lasti);
+    }
     if (profile < 0) {
         PyErr_Clear(); /* never let the profiler break lock creation */
         profile = DDL_SITE_OUTER;

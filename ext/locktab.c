@@ -40,7 +40,7 @@ lt_entry_at(ddl_locktab *t, uint32_t n)
 #define LT_GONE 1u
 #define LT_FIRST 2u
 
-static lt_entry *
+static inline lt_entry *
 lt_find(ddl_locktab *t, PyObject *key, size_t *slot)
 {
     if (t == NULL || t->count == 0) {
@@ -91,46 +91,61 @@ lt_rehash(ddl_locktab *t, size_t size)
     return 0;
 }
 
-/* A fresh entry for key, which must not be in the table (a new object:
- * an entry goes when its object is freed), or NULL (out of memory). */
-static lt_entry *
-lt_insert(ddl_locktab *t, PyObject *key)
+/* A new entry number for lt_insert when no freed one is there to reuse,
+ * the index made room for first (rare: kept out of the inline path). */
+static int
+lt_make_room(ddl_locktab *t, uint32_t *n)
 {
     if ((t->filled + 1) * 4 > (t->mask + 1) * 3) {
         /* grow when live entries fill half, else just drop the removed */
         size_t size =
             (t->count + 1) * 2 > t->mask + 1 ? (t->mask + 1) * 2 : t->mask + 1;
         if (lt_rehash(t, size) < 0) {
-            return NULL;
+            return -1;
         }
     }
-    uint32_t n;
     if (t->free_head != 0) {
+        *n = t->free_head - 1;
+        t->free_head = (uint32_t)lt_entry_at(t, *n)->prof.site_lasti;
+        return 0;
+    }
+    if (t->used >= (size_t)UINT32_MAX - LT_FIRST) {
+        return -1;
+    }
+    if (t->used == t->nchunks * LT_CHUNK) {
+        lt_entry **chunks =
+            PyMem_Realloc(t->chunks, (t->nchunks + 1) * sizeof(*chunks));
+        if (chunks == NULL) {
+            return -1;
+        }
+        t->chunks = chunks;
+        chunks[t->nchunks] = PyMem_Calloc(LT_CHUNK, sizeof(lt_entry));
+        if (chunks[t->nchunks] == NULL) {
+            return -1;
+        }
+        t->nchunks++;
+    }
+    *n = (uint32_t)t->used++;
+    return 0;
+}
+
+/* A fresh entry for key, which must not be in the table (a new object:
+ * an entry goes when its object is freed), or NULL (out of memory); its
+ * prof is for the caller to fill in whole. The common case -- a freed
+ * entry reused, the index with room -- inline. */
+static inline lt_entry *
+lt_insert(ddl_locktab *t, PyObject *key)
+{
+    uint32_t n;
+    if (t->free_head != 0 && (t->filled + 1) * 4 <= (t->mask + 1) * 3) {
         n = t->free_head - 1;
         t->free_head = (uint32_t)lt_entry_at(t, n)->prof.site_lasti;
     }
-    else {
-        if (t->used >= (size_t)UINT32_MAX - LT_FIRST) {
-            return NULL;
-        }
-        if (t->used == t->nchunks * LT_CHUNK) {
-            lt_entry **chunks =
-                PyMem_Realloc(t->chunks, (t->nchunks + 1) * sizeof(*chunks));
-            if (chunks == NULL) {
-                return NULL;
-            }
-            t->chunks = chunks;
-            chunks[t->nchunks] = PyMem_Calloc(LT_CHUNK, sizeof(lt_entry));
-            if (chunks[t->nchunks] == NULL) {
-                return NULL;
-            }
-            t->nchunks++;
-        }
-        n = (uint32_t)t->used++;
+    else if (lt_make_room(t, &n) < 0) {
+        return NULL;
     }
     lt_entry *e = lt_entry_at(t, n);
     e->key = key;
-    e->prof = (ddl_prof){NULL, NULL, -1, 0, 0, 0, 0};
     size_t i = lt_hash(key) & t->mask;
     while (t->index[i] >= LT_FIRST) {
         i = (i + 1) & t->mask;
@@ -281,6 +296,7 @@ ddl_lock_register(ddl_state *st, PyObject *obj, int kind, PyObject *target,
             PyErr_NoMemory();
             return -1;
         }
+        e->prof = (ddl_prof){.site_lasti = -1};
     }
     ddl_prof old = e->prof;
     e->prof.site_code = Py_XNewRef(code);
@@ -380,10 +396,11 @@ ddl_locktab_add(ddl_locktab *t, PyObject *obj, PyObject *code, int lasti,
     if (e == NULL) {
         return -1;
     }
-    e->prof.site_code = code; /* the reference moves */
-    e->prof.site_lasti = lasti;
-    e->prof.kind = (unsigned char)kind;
-    e->prof.site_direct = (unsigned char)direct;
+    /* the code's reference moves */
+    e->prof = (ddl_prof){.site_code = code,
+                         .site_lasti = lasti,
+                         .kind = (unsigned char)kind,
+                         .site_direct = (unsigned char)direct};
     return 0;
 }
 

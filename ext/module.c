@@ -291,6 +291,12 @@ mod_stop(PyObject *module, PyObject *args, PyObject *kwargs)
     if (st->name_cache != NULL) {
         PyDict_Clear(st->name_cache);
     }
+    if (st->site_modules != NULL) {
+        PyDict_Clear(st->site_modules);
+    }
+    if (st->places != NULL) {
+        PyDict_Clear(st->places);
+    }
     Py_RETURN_NONE;
 }
 
@@ -425,27 +431,29 @@ mod_drain_logs(PyObject *module, PyObject *unused)
 static PyObject *
 mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"threading_active",
-                             "threading_file",
-                             "ddlock_dir",
-                             "passthrough",
-                             "lock_type",
-                             "rlock_type",
-                             "opmap",
-                             "caches",
-                             NULL};
+    static char *kwlist[] = {
+        "threading_active", "threading_file", "ddlock_dir", "passthrough",
+        "lock_type",        "rlock_type",     "opmap",      "caches",
+        "stdlib_dirs",      "local_type",     NULL};
     PyObject *active, *tfile, *ddir, *pass = NULL, *lt = NULL, *rt = NULL;
-    PyObject *opmap = NULL, *caches = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OUU|O!O!O!OO:_setup",
-                                     kwlist, &active, &tfile, &ddir,
-                                     &PyTuple_Type, &pass, &PyType_Type, &lt,
-                                     &PyType_Type, &rt, &opmap, &caches)) {
+    PyObject *opmap = NULL, *caches = NULL, *stdlib = NULL, *local = NULL;
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwargs, "OUU|O!O!O!OOO!O!:_setup", kwlist, &active, &tfile,
+            &ddir, &PyTuple_Type, &pass, &PyType_Type, &lt, &PyType_Type, &rt,
+            &opmap, &caches, &PyTuple_Type, &stdlib, &PyType_Type, &local)) {
         return NULL;
     }
     if (active != Py_None && !PyDict_CheckExact(active)) {
         PyErr_SetString(PyExc_TypeError,
                         "threading_active must be a dict or None");
         return NULL;
+    }
+    for (Py_ssize_t i = 0; stdlib != NULL && i < PyTuple_GET_SIZE(stdlib);
+         i++) {
+        if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(stdlib, i))) {
+            PyErr_SetString(PyExc_TypeError, "stdlib_dirs: a tuple of str");
+            return NULL;
+        }
     }
     ddl_state *st = get_state(module);
     if (opmap != NULL && caches != NULL &&
@@ -469,6 +477,8 @@ mod_setup(PyObject *module, PyObject *args, PyObject *kwargs)
                active == Py_None ? NULL : Py_NewRef(active));
     Py_XSETREF(st->threading_file, Py_NewRef(tfile));
     Py_XSETREF(st->ddlock_dir, Py_NewRef(ddir));
+    Py_XSETREF(st->stdlib_dirs, Py_XNewRef(stdlib));
+    Py_XSETREF(st->local_type, Py_XNewRef(local));
     ddl_code_cache_clear(st); /* which code is internal may have changed */
     ddl_memo_clear(st);       /* so may the stacks its keys stand for */
     Py_RETURN_NONE;
@@ -938,7 +948,10 @@ static PyMethodDef module_methods[] = {
     X(str__wakeup_scheduled, "_wakeup_scheduled")                             \
     X(str_get_name, "get_name")                                               \
     X(str_name_attr, "name")                                                  \
-    X(str__bound_value, "_bound_value")
+    X(str__bound_value, "_bound_value")                                       \
+    X(str_dunder_dict, "__dict__")                                            \
+    X(str_frozen, "<frozen ")                                                 \
+    X(str_packages_dir, "-packages/")
 
 static int
 intern_strings(ddl_state *st)
@@ -980,6 +993,8 @@ module_exec(PyObject *module)
         fork_state = st;
     }
     st->name_cache = PyDict_New();
+    st->site_modules = PyDict_New();
+    st->places = PyDict_New();
     st->line_cache = PyMem_Calloc(DDL_LINE_CACHE_SIZE, sizeof(ddl_line_entry));
     st->site_cache = PyMem_Calloc(DDL_SITE_CACHE_SIZE, sizeof(ddl_site_entry));
     st->code_cache = PyMem_Calloc(DDL_CODE_CACHE_SIZE, sizeof(ddl_code_entry));
@@ -991,7 +1006,8 @@ module_exec(PyObject *module)
     st->str_name = PyUnicode_InternFromString("_name");
     st->str_dunder_name = PyUnicode_InternFromString("__name__");
     st->str_ident = PyUnicode_InternFromString("_ident");
-    if (st->name_cache == NULL || st->str_name == NULL ||
+    if (st->name_cache == NULL || st->site_modules == NULL ||
+        st->places == NULL || st->str_name == NULL ||
         st->str_dunder_name == NULL || st->str_ident == NULL) {
         return -1;
     }
@@ -1023,6 +1039,9 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->task_get_name[0]);
     Py_VISIT(st->task_get_name[1]);
     Py_VISIT(st->gevent_getcurrent);
+    Py_VISIT(st->local_type);
+    Py_VISIT(st->site_modules);
+    Py_VISIT(st->places);
     return 0;
 }
 
@@ -1056,6 +1075,10 @@ module_clear(PyObject *module)
     Py_CLEAR(st->task_get_name[0]);
     Py_CLEAR(st->task_get_name[1]);
     Py_CLEAR(st->gevent_getcurrent);
+    Py_CLEAR(st->stdlib_dirs);
+    Py_CLEAR(st->local_type);
+    Py_CLEAR(st->site_modules);
+    Py_CLEAR(st->places);
 #define CLEAR(field, text) Py_CLEAR(st->field);
     STRINGS(CLEAR)
 #undef CLEAR

@@ -89,6 +89,79 @@ is_init_of(ddl_walk_frame *f, PyObject *obj)
     return ddl_walk_first_arg(f) == obj;
 }
 
+/* The str value of key in dict d (borrowed), found by walking d: no
+ * hashing or comparison of the program's keys runs. */
+static PyObject *
+dict_str_item(PyObject *d, PyObject *key)
+{
+    Py_ssize_t pos = 0, n = 0;
+    PyObject *k, *v;
+    while (n++ < 4096 && PyDict_Next(d, &pos, &k, &v)) {
+        if (k == key ||
+            (PyUnicode_CheckExact(k) &&
+             PyUnicode_GET_LENGTH(k) == PyUnicode_GET_LENGTH(key) &&
+             PyUnicode_Compare(k, key) == 0)) {
+            return PyUnicode_CheckExact(v) ? v : NULL;
+        }
+    }
+    return NULL;
+}
+
+#define SITE_MODULES_MAX 8192
+
+/* Remember the module (its globals' __name__) of a creation site's code,
+ * once per code object: the `lock module` label of the locks it makes. */
+static void
+record_site_module(ddl_state *st, PyObject *code, PyObject *globals)
+{
+    if (st->site_modules == NULL || globals == NULL ||
+        !PyDict_Check(globals)) {
+        return;
+    }
+    PyObject *key = PyLong_FromVoidPtr(code);
+    if (key == NULL) {
+        PyErr_Clear();
+        return;
+    }
+    if (PyDict_GetItemWithError(st->site_modules, key) == NULL &&
+        !PyErr_Occurred()) {
+        PyObject *name = dict_str_item(globals, st->str_dunder_name);
+        PyObject *entry = name != NULL ? PyTuple_Pack(2, code, name) : NULL;
+        if (entry != NULL) {
+            if (PyDict_GET_SIZE(st->site_modules) >= SITE_MODULES_MAX) {
+                Py_ssize_t pos = 0;
+                PyObject *k, *v;
+                if (PyDict_Next(st->site_modules, &pos, &k, &v)) {
+                    Py_INCREF(k);
+                    (void)PyDict_DelItem(st->site_modules, k);
+                    Py_DECREF(k);
+                }
+            }
+            (void)PyDict_SetItem(st->site_modules, key, entry);
+            Py_DECREF(entry);
+        }
+    }
+    PyErr_Clear();
+    Py_DECREF(key);
+}
+
+/* The module recorded for a creation site's code, borrowed, or NULL. */
+static PyObject *
+site_module(ddl_state *st, PyObject *code)
+{
+    if (st->site_modules == NULL || code == NULL) {
+        return NULL;
+    }
+    PyObject *key = PyLong_FromVoidPtr(code);
+    PyObject *entry =
+        key != NULL ? PyDict_GetItemWithError(st->site_modules, key) : NULL;
+    Py_XDECREF(key);
+    PyErr_Clear();
+    return entry != NULL && PyTuple_GET_ITEM(entry, 0) == code
+               ? PyTuple_GET_ITEM(entry, 1)
+               : NULL;
+}
+
 static int
 creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
                    PyObject **code, int *lasti)
@@ -122,6 +195,7 @@ creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
         direct &= !dataclass;
     }
     *code = Py_NewRef(ddl_walk_code(f));
+    record_site_module(st, *code, ddl_walk_globals(f));
     *lasti = ddl_walk_lasti(f);
     return direct ? DDL_SITE_DIRECT : DDL_SITE_OUTER;
 }
@@ -131,13 +205,6 @@ creation_site_from(ddl_state *st, ddl_walk_frame *caller, PyObject *obj,
  * itself, the common case. Anything else (internal or generated frames)
  * takes the full walk every time. Entries hold references to their code
  * and globals, so a key never outlives what it names. */
-static size_t
-site_slot(PyCodeObject *co, PyObject *globals)
-{
-    uintptr_t h = ((uintptr_t)co >> 4) ^ ((uintptr_t)globals >> 6);
-    h ^= h >> 11;
-    return (size_t)(h & (DDL_SITE_CACHE_SIZE - 1));
-}
 
 /* Skip the frames of pass-through creation functions (threading.RLock()
  * calling _thread.RLock): the frame that called them is the one making the
@@ -159,26 +226,39 @@ skip_passthrough(ddl_state *st, ddl_walk_frame *f)
     return f;
 }
 
+static int creation_site_slow(ddl_state *st, ddl_walk_frame *top,
+                              PyObject *obj, PyObject **code, int *lasti);
+
+/* The fast path first: the creating frame itself is cached (a pass-through
+ * creation function's frame never is: the cache is keyed by its caller). */
 int
 ddl_creation_site(ddl_state *st, PyObject *obj, PyObject **code, int *lasti)
 {
-    ddl_walk_frame *caller = skip_passthrough(st, ddl_walk_top());
+    ddl_walk_frame *top = ddl_walk_top();
+    if (obj == NULL) {
+        int r = ddl_creation_site_cached(st, top, code, lasti);
+        if (r >= 0) {
+            return r;
+        }
+    }
+    return creation_site_slow(st, top, obj, code, lasti);
+}
+
+static int
+creation_site_slow(ddl_state *st, ddl_walk_frame *top, PyObject *obj,
+                   PyObject **code, int *lasti)
+{
+    ddl_walk_frame *caller = skip_passthrough(st, top);
     if (caller == NULL || st->site_cache == NULL || obj != NULL) {
         return creation_site_from(st, caller, obj, code, lasti);
     }
     PyCodeObject *co = ddl_walk_code(caller);
     PyObject *globals = ddl_walk_globals(caller);
-    ddl_site_entry *e = &st->site_cache[site_slot(co, globals)];
-    if (e->code == (PyObject *)co && e->globals == globals) {
-        if (e->verdict == DDL_SITE_NATIVE) {
-            *code = NULL;
-            *lasti = -1;
-            return 0;
-        }
-        if (e->verdict == DDL_SITE_CALLER) {
-            *code = Py_NewRef(co);
-            *lasti = ddl_walk_lasti(caller);
-            return DDL_SITE_DIRECT;
+    ddl_site_entry *e = &st->site_cache[ddl_site_slot(co, globals)];
+    if (caller != top) {
+        int hit = ddl_creation_site_cached(st, caller, code, lasti);
+        if (hit >= 0) {
+            return hit;
         }
     }
     int r = creation_site_from(st, caller, NULL, code, lasti);
@@ -303,6 +383,23 @@ tuple_item(PyObject *t, int i)
                : NULL;
 }
 
+/* name[key] for a str or int key, name[index] for a sequence item; the
+ * container's name alone for any other key (its repr is the user's). */
+static PyObject *
+item_name(PyObject *name, PyObject *key, Py_ssize_t index)
+{
+    if (key == NULL) {
+        return PyUnicode_FromFormat("%U[%zd]", name, index);
+    }
+    if (PyUnicode_CheckExact(key)) {
+        return PyUnicode_FromFormat("%U[\"%U\"]", name, key);
+    }
+    if (PyLong_CheckExact(key)) {
+        return PyUnicode_FromFormat("%U[%S]", name, key);
+    }
+    return Py_NewRef(name);
+}
+
 /* Borrowed name a load instruction reads, NULL for any other. */
 static PyObject *
 loaded_name(const ddl_opcodes *o, PyCodeObject *co, const insn *in)
@@ -362,7 +459,7 @@ store_through_binding(const ddl_opcodes *o, PyCodeObject *co,
         !(PyUnicode_CheckExact(key) || PyLong_CheckExact(key))) {
         return NULL;
     }
-    return PyUnicode_FromFormat("%U[%R]", container, key);
+    return item_name(container, key, -1);
 }
 
 PyObject *
@@ -421,7 +518,69 @@ done:
 typedef struct {
     PyObject *target;
     long budget;
+    ddl_state *st;
+    int containers;   /* look into dicts, lists and tuples */
+    int in_container; /* the name found is one item's: per lock */
+    int held;         /* the holder below is known */
+    PyObject *owner;  /* new reference: the type name of the object whose
+                         attribute it is (NULL for a module) */
 } search_ctx;
+
+static PyObject *owner_of(PyObject *holder);
+
+/* Items of one container looked at (the first ones). */
+#define CONTAINER_MAX 256
+
+/* Is target one of the first items of value, an exact dict, list or
+ * tuple? Read in place (no hashing, comparison or iteration protocol);
+ * *found is a new reference to "name[key]". */
+static int
+match_item(search_ctx *c, PyObject *name, PyObject *value, PyObject **found)
+{
+    PyObject *key = NULL;
+    Py_ssize_t index = -1;
+    if (PyDict_CheckExact(value)) {
+        Py_ssize_t pos = 0, n = 0;
+        PyObject *k, *v;
+        while (n++ < CONTAINER_MAX && PyDict_Next(value, &pos, &k, &v)) {
+            if (--c->budget < 0) {
+                return 0; /* the caller's next step sees the budget gone */
+            }
+            if (v == c->target) {
+                key = k;
+                break;
+            }
+        }
+        if (key == NULL) {
+            return 0;
+        }
+    }
+    else if (PyList_CheckExact(value) || PyTuple_CheckExact(value)) {
+        int list = PyList_CheckExact(value);
+        Py_ssize_t n = list ? PyList_GET_SIZE(value) : PyTuple_GET_SIZE(value);
+        for (Py_ssize_t i = 0; i < n && i < CONTAINER_MAX && index < 0; i++) {
+            if (--c->budget < 0) {
+                return 0;
+            }
+            PyObject *v =
+                list ? PyList_GET_ITEM(value, i) : PyTuple_GET_ITEM(value, i);
+            index = v == c->target ? i : -1;
+        }
+        if (index < 0) {
+            return 0;
+        }
+    }
+    else {
+        return 0;
+    }
+    *found = item_name(name, key, index);
+    if (*found == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    c->in_container = 1;
+    return 1;
+}
 
 /* Called for each (name, value) found; returns 1 to stop (found, with
  * *found set to a new reference to the name). */
@@ -432,11 +591,14 @@ static int
 visit_match(search_ctx *c, PyObject *name, PyObject *value, void *arg,
             PyObject **found)
 {
-    if (value == c->target && PyUnicode_Check(name)) {
+    if (!PyUnicode_Check(name)) {
+        return 0;
+    }
+    if (value == c->target) {
         *found = Py_NewRef(name);
         return 1;
     }
-    return 0;
+    return c->containers ? match_item(c, name, value, found) : 0;
 }
 
 static int
@@ -462,6 +624,8 @@ visit_dict(search_ctx *c, PyObject *dict, attr_visit visit, void *arg,
  * its classes' __dict__s (class attributes). Modules only when allowed. */
 static int visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
                             attr_visit visit, void *arg, PyObject **found);
+static int visit_attrs_of(search_ctx *c, PyObject *obj, int allow_modules,
+                          attr_visit visit, void *arg, PyObject **found);
 
 /* obj is usually borrowed from a dict being walked. On 3.9 nothing pauses
  * the collector, so an allocation below (a lazily created instance dict) may
@@ -476,12 +640,54 @@ visit_attrs(search_ctx *c, PyObject *obj, int allow_modules, attr_visit visit,
     return r;
 }
 
+/* The current thread's attribute dict of a threading.local (a new
+ * reference, NULL if none): through _thread._local's own getattro, only
+ * when no __init__ of the user's can run (it runs when the thread has no
+ * dict yet), whatever the subclass overrides. */
+static PyObject *
+thread_local_dict(ddl_state *st, PyObject *obj)
+{
+    PyTypeObject *lt = (PyTypeObject *)st->local_type;
+    PyTypeObject *tp = Py_TYPE(obj);
+    if (lt == NULL || lt->tp_getattro == NULL || !PyType_IsSubtype(tp, lt) ||
+        tp->tp_init != PyBaseObject_Type.tp_init ||
+        st->str_dunder_dict == NULL) {
+        return NULL;
+    }
+    PyObject *d = lt->tp_getattro(obj, st->str_dunder_dict);
+    if (d == NULL || !PyDict_Check(d)) {
+        PyErr_Clear();
+        Py_XDECREF(d);
+        return NULL;
+    }
+    return d;
+}
+
 static int
 visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
                  attr_visit visit, void *arg, PyObject **found)
 {
+    int r = visit_attrs_of(c, obj, allow_modules, visit, arg, found);
+    if (r == 1 && !c->held) {
+        c->held = 1; /* the innermost holder is the first to return */
+        c->owner = owner_of(obj);
+    }
+    return r;
+}
+
+static int
+visit_attrs_of(search_ctx *c, PyObject *obj, int allow_modules,
+               attr_visit visit, void *arg, PyObject **found)
+{
     PyTypeObject *tp = Py_TYPE(obj);
     int r = 0;
+    PyObject *tld =
+        c->st->local_type != NULL ? thread_local_dict(c->st, obj) : NULL;
+    if (tld != NULL) {
+        r = visit_dict(c, tld, visit, arg, found);
+        Py_DECREF(tld);
+        return r;
+    }
     if (PyModule_Check(obj)) {
         if (!allow_modules || !PyModule_CheckExact(obj)) {
             return 0;
@@ -562,23 +768,26 @@ visit_attrs_held(search_ctx *c, PyObject *obj, int allow_modules,
     return r;
 }
 
+/* arg: how many more levels of attributes below value's (no modules) */
 static int
-visit_level1(search_ctx *c, PyObject *name, PyObject *value, void *arg,
+visit_deeper(search_ctx *c, PyObject *name, PyObject *value, void *arg,
              PyObject **found)
 {
-    /* second level: value's attributes, no modules */
-    return visit_attrs(c, value, 0, visit_match, NULL, found) == 1;
+    intptr_t more = (intptr_t)arg;
+    return visit_attrs(c, value, 0, more > 0 ? visit_deeper : visit_match,
+                       (void *)(more - 1), found) == 1;
 }
 
 /* One pass of the name search over a frame's variables (its locals, then
  * its globals): what to do with each (name, value). */
 typedef struct {
     search_ctx *c;
-    int level; /* 0: the value itself; 1: its attributes; 2: theirs */
-    int pass;  /* level 1: 0 objects, 1 modules */
+    int level; /* 0: the value itself; 1: its attributes; 2, 3: theirs */
+    int pass;  /* level 0: 1 items of containers; level 1: 1 modules */
     PyObject *found;
-    int error;     /* budget exhausted */
-    int in_locals; /* visiting the frame's local variables */
+    PyObject *base; /* the variable it was found through (borrowed) */
+    int error;      /* budget exhausted */
+    int in_locals;  /* visiting the frame's local variables */
 } source_pass;
 
 static int
@@ -593,7 +802,9 @@ source_visit(void *arg, PyObject *name, PyObject *value)
     int r = 0;
     switch (sp->level) {
     case 0:
+        c->containers = sp->pass == 1;
         r = visit_match(c, name, value, NULL, &sp->found);
+        c->containers = 1;
         break;
     case 1:
         if ((sp->pass == 0) == (PyModule_Check(value) != 0)) {
@@ -603,12 +814,16 @@ source_visit(void *arg, PyObject *name, PyObject *value)
                         &sp->found);
         break;
     default:
-        r = visit_attrs(c, value, 0, visit_level1, NULL, &sp->found);
+        r = visit_attrs(c, value, 0, visit_deeper,
+                        (void *)(intptr_t)(sp->level - 2), &sp->found);
         break;
     }
-    if (r < 0) {
-        sp->error = 1;
+    if (r < 0 || c->budget < 0) {
+        sp->error = sp->found == NULL;
         return 1;
+    }
+    if (sp->found != NULL) {
+        sp->base = name;
     }
     return sp->found != NULL;
 }
@@ -631,33 +846,68 @@ source_run(ddl_walk_frame *f, PyObject *globals, source_pass *sp)
     Py_DECREF(globals);
 }
 
-/* Search order: locals, globals, then one level into their values'
- * attributes (objects first, modules last), then a second level. Returns a
- * new reference to the name or NULL; *local: the name is one of f's own
- * variables. */
+typedef struct {
+    PyObject *name;  /* new reference, NULL when not found */
+    PyObject *owner; /* new reference: the holder's type name, or NULL */
+    int handed;      /* found through a parameter or closure variable of f */
+    int per_lock;    /* an item of a container: not one name per site */
+} search_result;
+
+/* The type name of the object holding an attribute (an instance's type,
+ * or the class itself for a class attribute); none for a module. */
 static PyObject *
-search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f, int *local)
+owner_of(PyObject *holder)
 {
-    *local = 0;
-    search_ctx c = {target, NAME_SEARCH_BUDGET};
+    if (holder == NULL || PyModule_Check(holder)) {
+        return NULL;
+    }
+    PyTypeObject *tp =
+        PyType_Check(holder) ? (PyTypeObject *)holder : Py_TYPE(holder);
+    const char *n = tp->tp_name;
+    const char *dot =
+        (tp->tp_flags & Py_TPFLAGS_HEAPTYPE) ? NULL : strrchr(n, '.');
+    PyObject *r = PyUnicode_FromString(dot != NULL ? dot + 1 : n);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    return r;
+}
+
+/* Search order: the locals, then globals, that hold the object; then the
+ * items of the containers they hold; then one level into their values'
+ * attributes (objects first, modules last), then a second and a third.
+ * Inspection off: the variables only. */
+static void
+search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f,
+            search_result *res)
+{
+    *res = (search_result){NULL, NULL, 0, 0};
+    search_ctx c = {target, NAME_SEARCH_BUDGET, st, 1, 0, 0, NULL};
     PyObject *globals = ddl_walk_globals(f);
+    PyCodeObject *co = ddl_walk_code(f);
     static const struct {
         int level, pass;
-    } passes[] = {{0, 0}, {1, 0}, {1, 1}, {2, 0}};
-    size_t npasses = st->inspect_dir ? 4 : 1;
+    } passes[] = {{0, 0}, {0, 1}, {1, 0}, {1, 1}, {2, 0}, {3, 0}};
+    size_t npasses = st->inspect_dir ? sizeof(passes) / sizeof(passes[0]) : 1;
     for (size_t i = 0; i < npasses; i++) {
-        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, 0, 0};
+        source_pass sp = {&c, passes[i].level, passes[i].pass, NULL, NULL, 0,
+                          0};
         source_run(f, globals, &sp);
         if (sp.found != NULL) {
-            *local = passes[i].level == 0 && sp.in_locals;
-            return sp.found;
+            res->name = sp.found;
+            res->per_lock = c.in_container;
+            res->handed = passes[i].level == 0 && sp.in_locals &&
+                          sp.base != NULL && ddl_code_handed_name(co, sp.base);
+            res->owner = passes[i].level > 0 ? c.owner : NULL;
+            c.owner = NULL;
+            break;
         }
         if (sp.error) {
             break;
         }
     }
+    Py_XDECREF(c.owner);
     PyErr_Clear();
-    return NULL;
 }
 
 /* Key of the name cache: (creation code, creation offset, acquiring code),
@@ -688,15 +938,118 @@ cache_key(PyObject *site_code, int site_lasti, PyCodeObject *uco)
     return key;
 }
 
+/* Is co the standard library's (under one of its directories, not in
+ * site-packages, or a frozen stdlib module)? */
+static int
+is_stdlib_code(ddl_state *st, PyObject *code)
+{
+    if (code == NULL || !PyCode_Check(code)) {
+        return 0;
+    }
+    PyObject *fn = ((PyCodeObject *)code)->co_filename;
+    if (fn == NULL || !PyUnicode_Check(fn) || st->stdlib_dirs == NULL) {
+        return 0;
+    }
+    Py_ssize_t len = PyUnicode_GET_LENGTH(fn);
+    if (PyUnicode_READ_CHAR(fn, 0) == '<') {
+        return len > 8 &&
+               PyUnicode_Tailmatch(fn, st->str_frozen, 0, len, -1) == 1;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(st->stdlib_dirs); i++) {
+        PyObject *dir = PyTuple_GET_ITEM(st->stdlib_dirs, i);
+        if (PyUnicode_Tailmatch(fn, dir, 0, len, -1) == 1) {
+            Py_ssize_t r = PyUnicode_Find(fn, st->str_packages_dir, 0, len, 1);
+            if (r == -2) {
+                PyErr_Clear();
+            }
+            return r == -1;
+        }
+    }
+    return 0;
+}
+
+/* The frame the acquire-site search reads: the first one outside ddlock
+ * and threading.py; for an object made outside the standard library, the
+ * first one outside it too (contextlib's ExitStack, functools, queue ...
+ * between the user's code and the acquire), when there is one. */
+static ddl_walk_frame *
+name_frame(ddl_state *st, ddl_prof *lk)
+{
+    ddl_walk_frame *f = ddl_user_frame(st, ddl_walk_top());
+    if (f == NULL || st->stdlib_dirs == NULL ||
+        is_stdlib_code(st, lk->site_code)) {
+        return f;
+    }
+    for (ddl_walk_frame *u = f; u != NULL;
+         u = ddl_user_frame(st, ddl_walk_back(u))) {
+        if (!is_stdlib_code(st, (PyObject *)ddl_walk_code(u))) {
+            return u;
+        }
+    }
+    return f;
+}
+
+/* lk->name is the label, or (label, module, owner) when the lock is
+ * placed (module and owner: str or None). */
+static PyObject *
+label_of(PyObject *name)
+{
+    return name != NULL && PyTuple_CheckExact(name) ? PyTuple_GET_ITEM(name, 0)
+                                                    : name;
+}
+
+void
+ddl_lock_place(ddl_prof *lk, PyObject **module, PyObject **owner)
+{
+    *module = *owner = NULL;
+    if (lk->name_done && lk->name != NULL && PyTuple_CheckExact(lk->name)) {
+        PyObject *m = PyTuple_GET_ITEM(lk->name, 1);
+        PyObject *o = PyTuple_GET_ITEM(lk->name, 2);
+        *module = m != Py_None ? m : NULL;
+        *owner = o != Py_None ? o : NULL;
+    }
+}
+
+/* lk's name: the label, placed by the module its site's code is in and
+ * the owner found by the search. */
+static PyObject *
+placed(ddl_state *st, ddl_prof *lk, PyObject *label, PyObject *owner)
+{
+    PyObject *module = site_module(st, lk->site_code);
+    if (module == NULL && owner == NULL) {
+        return Py_NewRef(label);
+    }
+    PyObject *t = PyTuple_Pack(3, label, module != NULL ? module : Py_None,
+                               owner != NULL ? owner : Py_None);
+    if (t == NULL) {
+        PyErr_Clear();
+        return Py_NewRef(label);
+    }
+    /* one tuple for all the locks placed alike (exact str and None only:
+     * hashing and comparing them runs no user code) */
+    if (st->places != NULL && PyUnicode_CheckExact(label)) {
+        if (PyDict_GET_SIZE(st->places) >= DDL_NAME_CACHE_MAX) {
+            PyDict_Clear(st->places);
+        }
+        PyObject *shared = PyDict_SetDefault(st->places, t, t);
+        if (shared != NULL) {
+            Py_SETREF(t, Py_NewRef(shared));
+        }
+        PyErr_Clear();
+    }
+    return t;
+}
+
 PyObject *
 ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
 {
     if (lk->name_done) {
-        return Py_XNewRef(lk->name);
+        return Py_XNewRef(label_of(lk->name));
     }
     PyObject *label = NULL, *site = NULL, *key = NULL, *var = NULL;
     PyCodeObject *uco = NULL;
     ddl_walk_frame *f = NULL;
+    search_result res = {NULL, NULL, 0, 0};
     if (!st->resolve_names) {
         label = ddl_site_label(lk->site_code, lk->site_lasti);
         if (label == NULL) {
@@ -704,7 +1057,7 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         }
         goto done;
     }
-    f = ddl_user_frame(st, ddl_walk_top());
+    f = name_frame(st, lk);
     if (f != NULL && lk->site_code != NULL && st->name_cache != NULL) {
         uco = (PyCodeObject *)Py_NewRef(ddl_walk_code(f));
         key = cache_key(lk->site_code, lk->site_lasti, uco);
@@ -715,6 +1068,13 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         if (cached != NULL) {
             st->names_cache_hits++;
             label = Py_NewRef(PyTuple_GET_ITEM(cached, 0));
+            if (PyTuple_GET_SIZE(cached) > 3 &&
+                PyTuple_GET_ITEM(cached, 3) == Py_True) {
+                /* found as an attribute: this lock's owner, searched again
+                 * (one site's locks are held by objects of several types) */
+                search_name(st, target, f, &res);
+                Py_CLEAR(res.name);
+            }
             goto done;
         }
         if (PyErr_Occurred()) {
@@ -725,9 +1085,10 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
     if (site == NULL) {
         goto error;
     }
-    int local = 0;
     if (f != NULL) {
-        var = search_name(st, target, f, &local);
+        search_name(st, target, f, &res);
+        var = res.name;
+        res.name = NULL;
     }
     /* The acquire site's name, unless it is only what a function other
      * than the creator was handed (a parameter or closure variable of a
@@ -735,14 +1096,17 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
      * to where it was made, when it was bound to one. */
     if (lk->site_code != NULL && lk->site_direct &&
         (var == NULL ||
-         (local && (PyObject *)ddl_walk_code(f) != lk->site_code &&
-          ddl_code_handed_name(ddl_walk_code(f), var)))) {
+         (res.handed && (PyObject *)ddl_walk_code(f) != lk->site_code))) {
         PyObject *bound =
             ddl_creation_binding(st, lk->site_code, lk->site_lasti);
         if (bound != NULL) {
             Py_XSETREF(var, bound);
+            res.per_lock = 0;
         }
         PyErr_Clear();
+    }
+    if (res.per_lock) {
+        Py_CLEAR(key); /* an item's name: this lock's only */
     }
     if (var != NULL) {
         st->names_resolved++;
@@ -756,7 +1120,8 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         goto error;
     }
     if (key != NULL) {
-        PyObject *entry = PyTuple_Pack(3, label, lk->site_code, uco);
+        PyObject *entry = PyTuple_Pack(4, label, lk->site_code, uco,
+                                       res.owner != NULL ? Py_True : Py_False);
         if (entry == NULL) {
             goto error;
         }
@@ -782,8 +1147,9 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
         }
     }
 done:
-    Py_XSETREF(lk->name, Py_NewRef(label));
+    Py_XSETREF(lk->name, placed(st, lk, label, res.owner));
     lk->name_done = 1;
+    Py_XDECREF(res.owner);
     Py_XDECREF(site);
     Py_XDECREF(key);
     Py_XDECREF(var);
@@ -791,6 +1157,7 @@ done:
     return label;
 error:
     PyErr_Clear();
+    Py_XDECREF(res.owner);
     Py_XDECREF(label);
     Py_XDECREF(site);
     Py_XDECREF(key);

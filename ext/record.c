@@ -260,7 +260,7 @@ memo_take(ddl_memo_entry *e, PyObject **refs)
 #define MEMO_REFS (2 * DDL_MEMO_FRAMES + DDL_MEMO_OWNERS)
 /* a record's labels always fit an entry (ddl_lock_record checks the owners
  * and the stack depth; its ticket is never 0 once added) */
-_Static_assert(5 + DDL_TASK_LABELS <= DDL_MEMO_LABELS, "memo labels");
+_Static_assert(7 + DDL_TASK_LABELS <= DDL_MEMO_LABELS, "memo labels");
 
 /* Fill e (the references it takes are new ones; the entry's old ones are
  * dropped last, since that may run Python code). */
@@ -337,6 +337,25 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
                          NULL, 0);
 }
 
+size_t
+ddl_place_labels(ddl_prof *p, ddl_label *out, PyObject **own, size_t *nown)
+{
+    size_t n = 0;
+    PyObject *place[2];
+    ddl_lock_place(p, &place[0], &place[1]);
+    for (int i = 0; i < 2; i++) { /* lock module, lock owner (names.c) */
+        if (place[i] != NULL) {
+            ddl_str s;
+            own[(*nown)++] = Py_NewRef(place[i]);
+            ddl_str_of(&s, place[i], own, nown);
+            out[n++] = (ddl_label){i == 0 ? (ddl_str){"lock module", 11, 0}
+                                          : (ddl_str){"lock owner", 10, 0},
+                                   s, 0};
+        }
+    }
+    return n;
+}
+
 int
 ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
               int64_t hold_ns, int is_release, double weight,
@@ -364,9 +383,9 @@ ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
     /* the labels, and the objects their strings point into: own (name,
      * tname and escaped bytes made for them: references of this function)
      * and extra_refs */
-    ddl_label labels[5 + DDL_TASK_LABELS + DDL_EXTRA_LABELS];
+    ddl_label labels[7 + DDL_TASK_LABELS + DDL_EXTRA_LABELS];
     ddl_label_refs extra_refs;
-    PyObject *own[4];
+    PyObject *own[8];
     size_t nown = 0;
     size_t nl = 0;
     ddl_str name_s = {"<unknown>", 9};
@@ -386,6 +405,7 @@ ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
     }
     const char *type = ddl_kind_names[p->kind];
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type)}, 0};
+    nl += ddl_place_labels(p, &labels[nl], own, &nown);
     nl += ddl_task_labels(st, &labels[nl], &extra_refs);
     for (size_t i = 0; i < nextra && i < DDL_EXTRA_LABELS; i++) {
         labels[nl++] = extra[i]; /* the caller keeps their strings */

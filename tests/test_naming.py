@@ -211,10 +211,10 @@ def test_locks_in_a_dict_and_a_list(ddlock_profile, kind):
             pass  # !RELEASE[<3.10]! in_dict
         stripes[0].acquire()  # !ACQUIRE! in_list
         stripes[0].release()  # !RELEASE! in_list
-    # containers are not searched: "<file>:<line>" only
+    # the items of the containers a variable holds: name[key], name[index]
     caller = "test_locks_in_a_dict_and_a_list"
-    expect(ddlock_profile, "in_dict", None, caller)
-    expect(ddlock_profile, "in_list", None, caller)
+    expect(ddlock_profile, "in_dict", 'by_key["shard-1"]' if locals_readable() else None, caller)
+    expect(ddlock_profile, "in_list", "stripes[0]" if locals_readable() else None, caller)
 
 
 def test_per_request_locks_made_in_a_loop(ddlock_profile, kind):
@@ -609,8 +609,8 @@ def _acquire_among_hostiles(prop, getattr_, dictprop, comparing, inst, cls, slot
     deep.inner.deep_lock.acquire()  # !ACQUIRE! hostile_named
     deep.inner.deep_lock.release()  # !RELEASE! hostile_named
     # never found: the whole search runs over everything
-    anon[0].acquire()  # !ACQUIRE! hostile_anon
-    anon[0].release()  # !RELEASE! hostile_anon
+    anon[0][0].acquire()  # !ACQUIRE! hostile_anon
+    anon[0][0].release()  # !RELEASE! hostile_anon
 
 
 def _make_hidden(LockT):
@@ -633,7 +633,7 @@ def test_hostile_objects_are_never_invoked(ddlock_profile, kind, where):
             LockT = getattr(threading, kind)
             deep = _Plain()
             deep.inner = _Inner(LockT)
-            anon = [LockT()]  # !CREATE! hostile_anon
+            anon = [[LockT()]]  # !CREATE! hostile_anon (two containers deep: not searched)
             if where == "locals":
                 args = hostiles
             elif where == "globals":
@@ -909,9 +909,9 @@ def test_stolen_slot_descriptor_is_not_followed(tmp_path):
 
         def work():
             thief = Thief(1.0)
-            holder = [threading.Lock()]  # !CREATE! stolen
-            holder[0].acquire()  # !ACQUIRE! stolen
-            holder[0].release()  # !RELEASE! stolen
+            holder = [[threading.Lock()]]  # !CREATE! stolen
+            holder[0][0].acquire()  # !ACQUIRE! stolen
+            holder[0][0].release()  # !RELEASE! stolen
             return thief
 
         work()
@@ -1016,15 +1016,15 @@ def test_collection_inside_the_name_search(tmp_path):
     def one_round():
         global victim
         sys._getframe().f_locals          # this frame's locals dict exists from now on
-        holder = [threading.Lock()]       # !CREATE! in_search
+        holder = [[threading.Lock()]]     # !CREATE! in_search
         gc.disable()
         victim = E()                      # no instance dict yet: the search makes it
         junk = Cyclic()
         junk = None                       # young garbage, not collected yet
         keep = [{} for _ in range(100)]   # no dict left in the free list
         gc.enable()                       # the next GC allocation collects
-        holder[0].acquire()               # !ACQUIRE! in_search
-        holder[0].release()               # !RELEASE! in_search
+        holder[0][0].acquire()            # !ACQUIRE! in_search
+        holder[0][0].release()            # !RELEASE! in_search
         return "victim" not in globals()
 
     gc.set_threshold(1)
