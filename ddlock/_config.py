@@ -228,6 +228,8 @@ VARIABLES = {
     # agentless only: replaces https://intake.profile.<site>/api/v2/profile
     # (a private intake, or a loopback HTTPS server in tests)
     "intake_url": (("DDLOCK_INTAKE_URL",), _parse_https_url, None),
+    # condition-wait / condition-wait-time: Condition, Event, Queue waits
+    "condition_wait": (("DD_PROFILING_LOCK_CONDITION_WAIT",), _parse_bool, True),
 }
 
 # settings holding a URL: shown redacted in messages

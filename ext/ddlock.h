@@ -255,6 +255,9 @@ typedef struct {
     PyObject *str__owner, *str_acquire;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;
     PyObject *str__bound_value;
+    /* hooks.c: condition waits */
+    PyObject *str_wait, *str__cond, *str__condition, *str__queue;
+    PyObject *str__maxsize;
 } ddl_state;
 
 /* ---- frames.c, names.c: the only code that reads frames --------------- */
@@ -405,6 +408,12 @@ int ddl_sample_timed(ddl_state *st, int64_t t0, int64_t *now_ns,
  * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
 int ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
                int64_t hold_ns, int is_release, double weight);
+/* Record one sampled condition wait (condition-wait, condition-wait-time)
+ * of an object profiled as p, labelled `lock type` type (NULL: p's kind)
+ * and `wait outcome` outcome (a static string). As ddl_record. */
+int ddl_record_wait(ddl_state *st, ddl_prof *p, PyObject *target,
+                    const char *type, const char *outcome, int64_t wait_ns,
+                    double weight);
 /* Empty the record memo (drops its references); may run Python code. */
 void ddl_memo_clear(ddl_state *st);
 

@@ -924,7 +924,12 @@ static PyMethodDef module_methods[] = {
     X(str__wakeup_scheduled, "_wakeup_scheduled")                             \
     X(str_get_name, "get_name")                                               \
     X(str_name_attr, "name")                                                  \
-    X(str__bound_value, "_bound_value")
+    X(str__bound_value, "_bound_value")                                       \
+    X(str_wait, "wait")                                                       \
+    X(str__cond, "_cond")                                                     \
+    X(str__condition, "_condition")                                           \
+    X(str__queue, "_queue")                                                   \
+    X(str__maxsize, "_maxsize")
 
 static int
 intern_strings(ddl_state *st)

@@ -260,7 +260,7 @@ memo_take(ddl_memo_entry *e, PyObject **refs)
 #define MEMO_REFS (2 * DDL_MEMO_FRAMES + DDL_MEMO_OWNERS)
 /* a record's labels always fit an entry (ddl_lock_record checks the owners
  * and the stack depth; its ticket is never 0 once added) */
-_Static_assert(5 + DDL_TASK_LABELS <= DDL_MEMO_LABELS, "memo labels");
+_Static_assert(6 + DDL_TASK_LABELS <= DDL_MEMO_LABELS, "memo labels");
 
 /* Fill e (the references it takes are new ones; the entry's old ones are
  * dropped last, since that may run Python code). */
@@ -326,12 +326,16 @@ ddl_memo_clear(ddl_state *st)
     }
 }
 
-/* Record one sampled event with the current stack and the lock's labels.
- * Never raises and never lets an exception escape (the caller's pending
- * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
-int
-ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
-           int64_t hold_ns, int is_release, double weight)
+/* Record one sampled event with the current stack and the lock's labels
+ * (type: the `lock type` label, NULL: p's kind; extra: one more label or
+ * NULL) and values. event tells the memo apart: 0 acquire, 1 release,
+ * 2 condition wait. Never raises and never lets an exception escape (the
+ * caller's pending exception, e.g. in __exit__, is preserved). Returns 0
+ * when recorded. */
+static int
+record_event(ddl_state *st, ddl_prof *p, PyObject *target, const char *type,
+             const ddl_label *extra, const int64_t values[DDL_NVALUES],
+             int is_release)
 {
     if (!st->running || st->profile == NULL) {
         return -1;
@@ -355,7 +359,7 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
     /* the labels, and the objects their strings point into: own (name,
      * tname and escaped bytes made for them: references of this function)
      * and extra_refs */
-    ddl_label labels[5 + DDL_TASK_LABELS];
+    ddl_label labels[6 + DDL_TASK_LABELS];
     ddl_label_refs extra_refs;
     PyObject *own[4];
     size_t nown = 0;
@@ -375,18 +379,13 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
         ddl_str_of(&tname_s, tname, own, &nown);
         labels[nl++] = (ddl_label){{"thread name", 11}, tname_s, 0};
     }
-    const char *type = ddl_kind_names[p->kind];
+    if (type == NULL) {
+        type = ddl_kind_names[p->kind];
+    }
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type)}, 0};
     nl += ddl_task_labels(st, &labels[nl], &extra_refs);
-
-    int64_t values[DDL_NVALUES] = {0};
-    if (is_release) {
-        values[DDL_V_RELEASE] = weighted(1.0, weight);
-        values[DDL_V_HOLD] = weighted((double)hold_ns, weight);
-    }
-    else {
-        values[DDL_V_ACQUIRE] = weighted(1.0, weight);
-        values[DDL_V_WAIT] = weighted((double)wait_ns, weight);
+    if (extra != NULL) {
+        labels[nl++] = *extra;
     }
 
     ddl_raw_frame raw[DDL_MEMO_FRAMES];
@@ -471,6 +470,34 @@ labels_done:
     ddl_gc_resume(gc_was_enabled);
     ddl_tls.busy = 0;
     return rc;
+}
+
+int
+ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
+           int64_t hold_ns, int is_release, double weight)
+{
+    int64_t values[DDL_NVALUES] = {0};
+    if (is_release) {
+        values[DDL_V_RELEASE] = weighted(1.0, weight);
+        values[DDL_V_HOLD] = weighted((double)hold_ns, weight);
+    }
+    else {
+        values[DDL_V_ACQUIRE] = weighted(1.0, weight);
+        values[DDL_V_WAIT] = weighted((double)wait_ns, weight);
+    }
+    return record_event(st, p, target, NULL, NULL, values, is_release);
+}
+
+int
+ddl_record_wait(ddl_state *st, ddl_prof *p, PyObject *target,
+                const char *type, const char *outcome, int64_t wait_ns,
+                double weight)
+{
+    int64_t values[DDL_NVALUES] = {0};
+    values[DDL_V_COND_WAIT] = weighted(1.0, weight);
+    values[DDL_V_COND_TIME] = weighted((double)wait_ns, weight);
+    ddl_label label = {{"wait outcome", 12}, {outcome, strlen(outcome)}, 0};
+    return record_event(st, p, target, type, &label, values, 2);
 }
 
 const char *const ddl_kind_names[DDL_K_COUNT] = {
