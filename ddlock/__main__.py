@@ -1,6 +1,7 @@
 """``python -m ddlock`` (also the ``ddlock`` command).
 
-    python -m ddlock report FILES... [--top N] [--stacks N] [--svg OUT.svg] [--value wait|hold]
+    python -m ddlock report FILES... [--top N] [--stacks N] [--svg OUT.svg]
+        [--value wait|hold|condition-wait-time]
     python -m ddlock check FILES... [--expect NAME]...
     python -m ddlock run python app.py args...      (same as ddlock-run)
 
@@ -70,8 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stack-locks", type=int, default=5, metavar="N",
                    help="locks whose stacks are shown (default 5)")
     r.add_argument("--svg", metavar="OUT.svg", help="also write a flame graph to OUT.svg")
-    r.add_argument("--value", choices=("wait", "hold"), default="wait",
-                   help="value drawn in the flame graph (default wait)")
+    r.add_argument("--value", choices=("wait", "hold", "condition-wait-time"), default="wait",
+                   help="value drawn in the flame graph (default wait; condition-wait-time: "
+                        "time waiting in Condition/Event/Queue waits)")
     _add_limits(r)
 
     c = sub.add_parser("check", help="verify lock names against the production stress test's criteria",

@@ -318,3 +318,42 @@ def test_hooks_removed_at_stop():
         print(on, off)
     """)
     assert proc.stdout.strip() == "[True, True, True, True] [False, False, False, False]"
+
+
+def test_report_section_svg_and_go_pprof(prefix, tmp_path):
+    import shutil
+    import subprocess
+
+    run_python(POOL, args=(prefix, "100"))
+    # python -m ddlock report: condition waits in their own section, not
+    # among the locks; the flame graph of condition-wait-time
+    svg = str(tmp_path / "waits.svg")
+    proc = run_python("""
+        import sys
+        from ddlock.__main__ import main
+        sys.exit(main(["report", sys.argv[1], "--svg", sys.argv[2],
+                       "--value", "condition-wait-time"]))
+    """, args=(prefix, svg))
+    text = proc.stdout
+    head, _, section = text.partition("Condition waits")
+    assert section, text
+    assert "not_empty" in section and "notified" in section
+    assert "Queue.get" in section and "worker" in section
+    # the lock tables above list the queue's lock (mutex), not its Condition
+    assert "not_empty" not in head.split("Top locks by wait", 1)[1].split("Hottest", 1)[0]
+    with open(svg) as f:
+        drawn = f.read()
+    assert "condition wait time" in drawn and "not_empty" in drawn and "worker" in drawn
+    # go tool pprof reads the new sample types
+    go = shutil.which("go")
+    assert go, "golang-go is installed by `make deps`"
+    path = testing.list_profile_files(prefix)[0]
+    raw = subprocess.run([go, "tool", "pprof", "-raw", path], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert raw.returncode == 0, raw.stderr
+    assert "condition-wait/count condition-wait-time/nanoseconds" in raw.stdout
+    top = subprocess.run([go, "tool", "pprof", "-top", "-sample_index=condition-wait-time",
+                          path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True, timeout=120)
+    assert top.returncode == 0, top.stderr
+    assert "worker" in top.stdout and "Queue.get" in top.stdout
