@@ -517,9 +517,8 @@ init_done(ddl_state *st, ddl_hook *h, PyObject *self)
     if (h->kind == DDL_K_CONDITION || h->kind == DDL_K_ACONDITION) {
         if (wait_hooked(st, self)) {
             ddl_wait_tracker_new(st, self,
-                                 h->kind == DDL_K_CONDITION
-                                     ? DDL_W_CONDITION
-                                     : DDL_W_ACONDITION,
+                                 h->kind == DDL_K_CONDITION ? DDL_W_CONDITION
+                                                            : DDL_W_ACONDITION,
                                  NULL, code, lasti,
                                  profile == DDL_SITE_DIRECT);
             PyErr_Clear();
@@ -635,9 +634,9 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         int64_t t0 = ddl_monotonic_ns();
         r = call_orig(h, args, nargsf, kwnames);
         if (r != NULL) {
-            ddl_tracker_waited(st, t,
-                               t0, r == Py_False ? DDL_WAIT_TIMEOUT
-                                                 : DDL_WAIT_NOTIFIED);
+            ddl_tracker_waited(st, t, t0,
+                               r == Py_False ? DDL_WAIT_TIMEOUT
+                                             : DDL_WAIT_NOTIFIED);
         }
         return r;
     }

@@ -775,7 +775,8 @@ mod_encode_profile(PyObject *module, PyObject *args, PyObject *kwargs)
         Py_ssize_t nl = PySequence_Size(lb_seq);
         if (nf < 0 || nl < 0 || PySequence_Size(vals) != DDL_NVALUES) {
             if (!PyErr_Occurred()) {
-                PyErr_SetString(PyExc_ValueError, "7 values expected (one per sample type)");
+                PyErr_SetString(PyExc_ValueError,
+                                "7 values expected (one per sample type)");
             }
             goto error;
         }

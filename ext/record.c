@@ -489,9 +489,8 @@ ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
 }
 
 int
-ddl_record_wait(ddl_state *st, ddl_prof *p, PyObject *target,
-                const char *type, const char *outcome, int64_t wait_ns,
-                double weight)
+ddl_record_wait(ddl_state *st, ddl_prof *p, PyObject *target, const char *type,
+                const char *outcome, int64_t wait_ns, double weight)
 {
     int64_t values[DDL_NVALUES] = {0};
     values[DDL_V_COND_WAIT] = weighted(1.0, weight);

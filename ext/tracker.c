@@ -397,8 +397,8 @@ ddl_wait_tracker_new(ddl_state *st, PyObject *obj, int wait_type,
     if (t != NULL) {
         return t;
     }
-    int kind = wait_type >= DDL_W_ACONDITION ? DDL_K_ACONDITION
-                                             : DDL_K_CONDITION;
+    int kind =
+        wait_type >= DDL_W_ACONDITION ? DDL_K_ACONDITION : DDL_K_CONDITION;
     t = ddl_tracker_new(st, obj, kind, target, code, lasti, direct);
     if (t != NULL) {
         t->wait_type = wait_type;
