@@ -402,6 +402,7 @@ ddl_wait_tracker_new(ddl_state *st, PyObject *obj, int wait_type,
     t = ddl_tracker_new(st, obj, kind, target, code, lasti, direct);
     if (t != NULL) {
         t->wait_type = wait_type;
+        st->primitives_created--; /* counted as its lock's, or not at all */
     }
     return t;
 }
