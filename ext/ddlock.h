@@ -257,7 +257,7 @@ typedef struct {
     PyObject *str__bound_value;
     /* hooks.c: condition waits */
     PyObject *str_wait, *str__cond, *str__condition, *str__queue;
-    PyObject *str__maxsize;
+    PyObject *str__maxsize, *str_future_label;
 } ddl_state;
 
 /* ---- frames.c, names.c: the only code that reads frames --------------- */

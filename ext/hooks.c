@@ -419,8 +419,13 @@ wait_init_done(ddl_state *st, ddl_hook *h, PyObject *self)
         if (cond == NULL || !wait_hooked(st, cond)) {
             goto done;
         }
-        ddl_wait_tracker_new(st, cond, h->kind, self, code, lasti,
-                             profile == DDL_SITE_DIRECT);
+        ddl_tracker *t = ddl_wait_tracker_new(
+            st, cond, h->kind, self, code, lasti, profile == DDL_SITE_DIRECT);
+        if (t != NULL && profile == 0 && !t->prof.name_done) {
+            /* made by an executor: no site of the user's to name it by */
+            Py_XSETREF(t->prof.name, Py_NewRef(st->str_future_label));
+            t->prof.name_done = 1;
+        }
     }
     else {
         ddl_wait_tracker_new(st, self, h->kind, NULL, code, lasti,

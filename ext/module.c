@@ -930,7 +930,8 @@ static PyMethodDef module_methods[] = {
     X(str__cond, "_cond")                                                     \
     X(str__condition, "_condition")                                           \
     X(str__queue, "_queue")                                                   \
-    X(str__maxsize, "_maxsize")
+    X(str__maxsize, "_maxsize")                                               \
+    X(str_future_label, "concurrent.futures.Future")
 
 static int
 intern_strings(ddl_state *st)
