@@ -66,6 +66,8 @@ ROWS = [
     ("deep10_with_lock", "`with lock:` 10-deep stack", "ns"),
     ("held_probe", "contended path: acquire(timeout=0) of a held Lock", "ns"),
     ("contention4", "4 threads contending (kops/s)", "rate"),
+    ("cond_roundtrip", "Condition wait/notify round trip, 2 threads", "ns"),
+    ("queue_roundtrip", "queue.Queue put/get round trip, 2 threads", "ns"),
     ("size_lock.getsizeof", "sys.getsizeof(Lock) (B)", "bytes"),
     ("size_rlock.getsizeof", "sys.getsizeof(RLock) (B)", "bytes"),
     ("size_lock.traced", "tracemalloc B/Lock", "bytes"),
@@ -268,6 +270,11 @@ def targets(summary, ddtrace_why):
     r = ratio("ddlock-default", "contention4")
     add("contention>=0.95x", "ddlock default: 4-thread contention throughput >= 0.95x native",
         None if r is None else "%.2fx" % r, None if r is None else r >= 0.95)
+
+    for key in ("cond_roundtrip", "queue_roundtrip"):
+        r = ratio("ddlock-default", key)
+        add("condwait<=1.1x", "ddlock default: %s <= 1.10x native" % names[key],
+            None if r is None else "%.2fx" % r, None if r is None else r <= 1.10)
 
     for key, what in (("size_lock.getsizeof", "sys.getsizeof(Lock)"),
                       ("size_rlock.getsizeof", "sys.getsizeof(RLock)"),

@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -52,10 +53,10 @@ CONFIGS = {
 MODES = {
     "full": dict(target_s=0.02, repeats=11, min_n=5_000, max_n=3_000_000,
                  contention_n=100_000, contention_min_n=5_000, contention_s=0.4,
-                 contention_repeats=3, size_count=10_000),
+                 contention_repeats=3, size_count=10_000, roundtrip_n=5_000),
     "quick": dict(target_s=0.01, repeats=3, min_n=5_000, max_n=300_000,
                   contention_n=20_000, contention_min_n=2_000, contention_s=0.1,
-                  contention_repeats=1, size_count=10_000),
+                  contention_repeats=1, size_count=10_000, roundtrip_n=1_000),
 }
 
 DEEP_STACK = 10        # Python frames on the stack at the `with lock:`
@@ -253,6 +254,63 @@ def contention(lock, nthreads, n):
     return nthreads * n / (dt / 1e9)
 
 
+def cond_roundtrip(n):
+    """Two threads taking turns through one Condition (wait/notify both
+    ways); wall ns for n round trips (two condition waits each)."""
+    cond = threading.Condition()
+    turn = [0]
+
+    def peer():
+        with cond:
+            for _ in range(n):
+                while turn[0] % 2 == 0:
+                    cond.wait()
+                turn[0] += 1
+                cond.notify()
+
+    t = threading.Thread(target=peer)
+    t.start()
+    t0 = perf_counter_ns()
+    with cond:
+        for _ in range(n):
+            turn[0] += 1
+            cond.notify()
+            while turn[0] % 2 == 1:
+                cond.wait()
+    dt = perf_counter_ns() - t0
+    t.join()
+    return dt
+
+
+def queue_roundtrip(n):
+    """A request put on one queue.Queue and its reply got from another,
+    served by a second thread; wall ns for n put/get pairs."""
+    requests, replies = queue.Queue(), queue.Queue()
+
+    def server():
+        for _ in range(n):
+            replies.put(requests.get())
+
+    t = threading.Thread(target=server)
+    t.start()
+    t0 = perf_counter_ns()
+    for i in range(n):
+        requests.put(i)
+        replies.get()
+    dt = perf_counter_ns() - t0
+    t.join()
+    return dt
+
+
+def measure_roundtrip(fn, knobs):
+    """ns per round trip between two threads: the median of the repeats
+    (the machine's scheduling decides much of it: the fastest is luck)."""
+    fn(200)  # warm up
+    n = knobs["roundtrip_n"]
+    walls = sorted(fn(n) / n for _ in range(knobs["repeats"]))
+    return {"ns": walls[len(walls) // 2], "n": n, "all": [round(w) for w in walls]}
+
+
 def traced_bytes_per_lock(factory, count):
     """Bytes tracemalloc sees allocated per lock for `count` live locks
     (object, underlying OS lock, anything the profiler attaches)."""
@@ -382,6 +440,10 @@ def run(name, mode):
     res["contention4"] = {"ops_per_s": max(rates), "all": rates,
                           "n_per_thread": n,
                           "s": round(time.monotonic() - t0, 2)}
+
+    # condition waits (issue 25): a wait costs a thread switch anyway
+    res["cond_roundtrip"] = measure_roundtrip(cond_roundtrip, knobs)
+    res["queue_roundtrip"] = measure_roundtrip(queue_roundtrip, knobs)
 
     res["size_lock"] = {"getsizeof": sys.getsizeof(threading.Lock()),
                         "traced": traced_bytes_per_lock(threading.Lock,

@@ -135,7 +135,7 @@ def _patch(native):
     types = cfg.lock_types if cfg is not None else _primitives.LOCK_TYPES
     native._hook_locks("Lock" in types, "RLock" in types)
     # Semaphore, BoundedSemaphore, Condition, asyncio's, gevent's
-    _primitives.install(native, types)
+    _primitives.install(native, types, cfg.condition_wait if cfg is not None else True)
 
 
 def _unpatch():
@@ -218,6 +218,7 @@ if TYPE_CHECKING:
         ca_file: Optional[str] = None,
         intake_url: Optional[str] = None,
         lock_stuck_s: Optional[float] = None,
+        condition_wait: Optional[bool] = None,
         interval: Optional[float] = None,
         inspect_dir: Optional[bool] = None,
         exclude_modules: Union[str, Iterable[str], None] = None,

@@ -1,6 +1,7 @@
 """``python -m ddlock`` (also the ``ddlock`` command).
 
-    python -m ddlock report FILES... [--top N] [--stacks N] [--svg OUT.svg] [--value wait|hold|holder]
+    python -m ddlock report FILES... [--top N] [--stacks N] [--svg OUT.svg]
+        [--value wait|hold|holder|condition-wait-time]
     python -m ddlock check FILES... [--expect NAME]...
     python -m ddlock check                          (no FILES: this build, ddlock.build_info())
     python -m ddlock run python app.py args...      (same as ddlock-run)
@@ -71,9 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stack-locks", type=int, default=5, metavar="N",
                    help="locks whose stacks are shown (default 5)")
     r.add_argument("--svg", metavar="OUT.svg", help="also write a flame graph to OUT.svg")
-    r.add_argument("--value", choices=("wait", "hold", "holder"), default="wait",
+    r.add_argument("--value", choices=("wait", "hold", "holder", "condition-wait-time"),
+                   default="wait",
                    help="value drawn in the flame graph (default wait; holder: the waits "
-                        "charged to the holders' stacks)")
+                        "charged to the holders' stacks; condition-wait-time: time waiting "
+                        "in Condition/Event/Queue waits)")
     _add_limits(r)
 
     c = sub.add_parser("check", help="verify lock names against the production stress test's criteria",

@@ -230,6 +230,8 @@ VARIABLES = {
     "intake_url": (("DDLOCK_INTAKE_URL",), _parse_https_url, None),
     # a contended wait longer than this is reported while it lasts (0: off)
     "lock_stuck_s": (("DD_PROFILING_LOCK_STUCK_S",), _parse_float(0.0, 86400.0), 10.0),
+    # condition-wait / condition-wait-time: Condition, Event, Queue waits
+    "condition_wait": (("DD_PROFILING_LOCK_CONDITION_WAIT",), _parse_bool, True),
 }
 
 # settings holding a URL: shown redacted in messages

@@ -44,7 +44,8 @@ KIND = {name: i for i, name in enumerate(LOCK_TYPES)}
 
 _native = None
 _installed = []  # (class, attribute, original value, hook) in install order
-_state = {"types": (), "watcher": None, "subscriber": None, "registered": False}
+_state = {"types": (), "watcher": None, "subscriber": None, "registered": False,
+          "condition_wait": True}
 
 
 def _hook(cls, kind, ops):
@@ -54,7 +55,7 @@ def _hook(cls, kind, ops):
     if cls is None or not isinstance(cls, type):
         return
     own = vars(cls)
-    kind_id = KIND[kind]
+    kind_id = KIND[kind] if isinstance(kind, str) else kind
     for name, op in ops.items():
         orig = own.get(name)
         if orig is None:
@@ -91,13 +92,14 @@ def _ops(*names):
     n = _native
     table = {"__init__": n.H_INIT, "acquire": n.H_ACQUIRE, "__enter__": n.H_ACQUIRE,
              "release": n.H_RELEASE, "_release_save": n.H_RELEASE_SAVE,
-             "_acquire_restore": n.H_ACQUIRE_RESTORE, "aacquire": n.H_AACQUIRE}
+             "_acquire_restore": n.H_ACQUIRE_RESTORE, "aacquire": n.H_AACQUIRE,
+             "wait": n.H_WAIT, "winit": n.H_WINIT, "await": n.H_AWAIT,
+             "aget": n.H_AQGET, "aput": n.H_AQPUT}
+    renamed = {"aacquire": "acquire", "winit": "__init__", "await": "wait",
+               "aget": "get", "aput": "put"}
     ops = {}
     for name in names:
-        if name == "aacquire":
-            ops["acquire"] = table[name]
-        else:
-            ops[name] = table[name]
+        ops[renamed.get(name, name)] = table[name]
     return ops
 
 
@@ -119,6 +121,38 @@ def _install_threading(types):
         _hook(getattr(threading, "_PyRLock", None), "RLock",
               _ops("__init__", "acquire", "__enter__", "release", "_release_save",
                    "_acquire_restore"))
+    if _state["condition_wait"]:
+        _install_condition_waits()
+
+
+# ---- condition waits ---------------------------------------------------------
+
+def _install_condition_waits():
+    """Condition.wait (and wait_for, which calls it) is timed; what waits
+    through a Condition made inside threading (Event, Barrier) or
+    concurrent.futures (Future) names that Condition's waits by itself.
+    A queue.Queue's Conditions are made in queue.py: profiled as they are,
+    named by their bindings (not_empty, not_full)."""
+    n = _native
+    _hook(threading.Condition, n.W_CONDITION, _ops("wait"))
+    _hook(threading.Event, n.W_EVENT, _ops("winit"))
+    _hook(threading.Barrier, n.W_BARRIER, _ops("winit"))
+
+
+def _install_futures(base):
+    if _native is not None and _native.is_running() and _state["condition_wait"]:
+        _hook(getattr(base, "Future", None), _native.W_FUTURE, _ops("winit"))
+
+
+def _install_asyncio_waits():
+    n = _native
+    locks = sys.modules.get("asyncio.locks")
+    queues = sys.modules.get("asyncio.queues")
+    if locks is not None:
+        _hook(getattr(locks, "Condition", None), n.W_ACONDITION, _ops("await"))
+        _hook(getattr(locks, "Event", None), n.W_AEVENT, _ops("winit", "await"))
+    if queues is not None:
+        _hook(getattr(queues, "Queue", None), n.W_AQUEUE, _ops("winit", "aget", "aput"))
 
 
 # ---- asyncio ---------------------------------------------------------------
@@ -198,6 +232,8 @@ def _install_asyncio(asyncio):
             _hook(cls, kind, _ops("__init__", "aacquire", "release"))
         if name == "BoundedSemaphore" and "asyncio.Semaphore" not in types:
             _hook_inherited(cls, kind, _ops("aacquire"))
+    if _state["condition_wait"]:
+        _install_asyncio_waits()
     if not _state["registered"]:
         # an acquire that may wait returns a Waiting (ext/hooks.c): a
         # coroutine to asyncio (create_task, wait_for, gather...)
@@ -334,13 +370,15 @@ def _asyncio_imported(module):
 
 # ---- install / uninstall -------------------------------------------------------
 
-def install(native, types):
-    """Hook the primitives selected by ``types`` (names of LOCK_TYPES).
-    ddlock.start() calls this with its control lock held, after the native
-    locks' hooks (ext/lock.c) are in."""
+def install(native, types, condition_wait=True):
+    """Hook the primitives selected by ``types`` (names of LOCK_TYPES), and
+    the condition waits unless ``condition_wait`` is false. ddlock.start()
+    calls this with its control lock held, after the native locks' hooks
+    (ext/lock.c) are in."""
     global _native
     _native = native
     _state["types"] = tuple(types)
+    _state["condition_wait"] = bool(condition_wait)
     _install_threading(types)
     if _gevent_patched():
         _install_gevent()
@@ -350,6 +388,12 @@ def install(native, types):
         _install_asyncio(asyncio)
     else:
         hooks["asyncio"] = _asyncio_imported
+    if condition_wait:
+        base = sys.modules.get("concurrent.futures._base")
+        if base is not None:
+            _install_futures(base)
+        else:
+            hooks["concurrent.futures._base"] = _install_futures
     if "Lock" in types or "RLock" in types:
         events = sys.modules.get("gevent.events")
         if events is not None:

@@ -47,6 +47,7 @@ __all__ = [
     "render_flamegraph",
     "render_flamegraph_file",
     "render_report",
+    "render_condition_waits",
     "render_lock_table",
     "render_stacks",
     "variable_names",
@@ -59,7 +60,9 @@ LOCK_MODULE, LOCK_OWNER = "lock module", "lock owner"
 _SEP = "\x1f"
 ACQUIRE, WAIT, RELEASE, HOLD = "lock-acquire", "lock-acquire-wait", "lock-release", "lock-release-hold"
 HOLDER_WAIT = "lock-holder-wait"  # a wait charged to the holder's stack (issue 18)
-VALUE_TYPES = {"wait": WAIT, "hold": HOLD, "holder": HOLDER_WAIT}
+CONDITION_WAIT, CONDITION_WAIT_TIME = "condition-wait", "condition-wait-time"
+VALUE_TYPES = {"wait": WAIT, "hold": HOLD, "holder": HOLDER_WAIT,
+               CONDITION_WAIT_TIME: CONDITION_WAIT_TIME}
 
 
 # ---------------------------------------------------------------------------
@@ -391,10 +394,12 @@ def collect_lock_stats(profile: _pprof.Profile) -> Dict[str, LockStats]:
         label = lock_key(s.labels)
         if label is None:
             continue
+        vals = [s.values[i] if i is not None and i < len(s.values) else 0 for i in idx]
+        if not any(vals):
+            continue  # a holder-wait or condition-wait sample (their own sections)
         st = out.get(label)
         if st is None:
             st = out[label] = LockStats(label)
-        vals = [s.values[i] if i is not None and i < len(s.values) else 0 for i in idx]
         st.acquires += vals[0]
         st.wait_ns += vals[1]
         st.releases += vals[2]
@@ -590,9 +595,11 @@ def render_report(profile: _pprof.Profile, paths: Sequence[str] = (), top: int =
     out.append(_fit(title, width))
     out.append(_fit("%d lock name%s, %s acquires, %s total wait, %s total hold, %d samples" % (
         len(stats), "" if len(stats) == 1 else "s", _count(acquires), format_ns(total_wait), format_ns(total_hold), len(profile.samples)), width))
+    waits = render_condition_waits(profile, top=top, stacks=stacks, width=width)
     if not stats:
         out.append("")
         out.append("no lock samples in these profiles")
+        out.extend(waits)
         return "\n".join(out) + "\n"
     for by in ("wait", "hold"):
         out.append("")
@@ -605,7 +612,65 @@ def render_report(profile: _pprof.Profile, paths: Sequence[str] = (), top: int =
     from ._holders import render_holders
 
     out.extend(render_holders(profile, locks=stack_locks, holders=stacks, width=width))
+    out.extend(waits)
     return "\n".join(out) + "\n"
+
+
+def render_condition_waits(profile: _pprof.Profile, top: int = 10, stacks: int = 3, depth: int = 4,
+                           width: int = WIDTH) -> List[str]:
+    """Condition waits (Condition, Event, Queue, Barrier, Future and asyncio
+    waits: waiting for a resource, not for a lock), apart from lock
+    contention: one row per waited object by total wait, then its hottest
+    waiting stacks. Empty when the profile has none."""
+    try:
+        ci, ti = profile.value_index(CONDITION_WAIT), profile.value_index(CONDITION_WAIT_TIME)
+    except ValueError:
+        return []
+    # name -> [type, waits, wait ns, {outcome: waits}, {stack: [waits, ns]}]
+    rows: Dict[str, list] = {}
+    for s in profile.samples:
+        n = s.values[ci] if ci < len(s.values) else 0
+        t = s.values[ti] if ti < len(s.values) else 0
+        if n <= 0 and t <= 0:
+            continue
+        name = str(s.labels.get(LOCK_NAME, "(no lock name)"))
+        r = rows.setdefault(name, [str(s.labels.get("lock type", "")), 0, 0, {}, {}])
+        r[1] += n
+        r[2] += t
+        outcome = str(s.labels.get("wait outcome", "?"))
+        r[3][outcome] = r[3].get(outcome, 0) + n
+        acc = r[4].setdefault(tuple(s.frames), [0, 0])
+        acc[0] += n
+        acc[1] += t
+    if not rows:
+        return []
+    total = sum(r[2] for r in rows.values())
+    ordered = sorted(rows.items(), key=lambda kv: (-kv[1][2], kv[0]))
+    out = ["", "Condition waits (waiting for a resource: Condition, Event, Queue...; not lock contention)"]
+    table = []
+    for rank, (name, r) in enumerate(ordered[:top], 1):
+        ln = parse_lock_name(name)
+        outcomes = ", ".join("%s %s" % (k, _count(v)) for k, v in sorted(r[3].items()))
+        table.append([str(rank), ln.variable or "(anonymous)", r[0], _fit_site(ln.site, 24), _count(r[1]),
+                      format_ns(r[2]), _pct(r[2], total), outcomes])
+    out.extend(_table(["#", "waited on", "type", "created at", "waits", "wait", "wait%", "outcomes"],
+                      table, "<<<<>>><", flex=(1, 3, 7), width=width))
+    if len(ordered) > top:
+        out.append("(%d more waited objects not shown; --top N)" % (len(ordered) - top))
+    for name, r in ordered[: min(top, 5)]:
+        out.append(_fit("%s   condition wait %s, %s waits" % (name, format_ns(r[2]), _count(r[1])), width))
+        hot = sorted(r[4].items(), key=lambda kv: (-kv[1][1], kv[0]))
+        for n, (frames, (count, ns)) in enumerate(hot[:stacks], 1):
+            out.append(_fit("  %d. wait %s (%s of this object), %s waits" % (
+                n, format_ns(ns), _pct(ns, r[2]), _count(count)), width))
+            for f in frames[:depth]:
+                where = os.path.basename(f.filename) if f.filename else ""
+                if where and f.line:
+                    where = "%s:%d" % (where, f.line)
+                out.append(_fit("       %s  %s" % (f.function_name or "?", where), width).rstrip())
+            if len(frames) > depth:
+                out.append("       … %d more frames" % (len(frames) - depth))
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -688,7 +753,8 @@ def render_flamegraph(profile: _pprof.Profile, which: str = "wait", title: Optio
     bottom_margin = 24
     height = top_margin + depth * row_height + bottom_margin
     char_w = 6.6  # average glyph width at font-size 11
-    title = title or "ddlock %s time by lock" % which
+    title = title or ("ddlock condition wait time by waited object" if which == CONDITION_WAIT_TIME
+                      else "ddlock %s time by lock" % which)
     total = root.value
     parts = [
         '<?xml version="1.0" encoding="UTF-8" standalone="no"?>',

@@ -115,7 +115,7 @@ typedef struct {
  * pointers then mean the same bytes. */
 #define DDL_MEMO_SIZE 128  /* entries, power of two */
 #define DDL_MEMO_FRAMES 48 /* deeper raw stacks are not memoized */
-#define DDL_MEMO_LABELS 9
+#define DDL_MEMO_LABELS 10
 #define DDL_MEMO_OWNERS 10
 typedef struct {
     uint64_t hash;       /* of the key; entries with nframes < 0 are empty */
@@ -264,6 +264,9 @@ typedef struct {
     PyObject *str_dunder_dict, *str_frozen, *str_packages_dir;
     PyObject *site_modules; /* id(code) -> (code, module name) */
     PyObject *places;       /* (label, module, owner) -> itself: shared */
+    /* hooks.c: condition waits */
+    PyObject *str_wait, *str__cond, *str__condition, *str__queue;
+    PyObject *str__maxsize, *str_future_label;
 } ddl_state;
 
 /* ---- frames.c, names.c: the only code that reads frames --------------- */
@@ -473,6 +476,12 @@ int ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target,
                   double weight, const ddl_label *extra, size_t nextra);
 /* value * weight, rounded stochastically (unbiased). */
 int64_t ddl_weighted(double value, double weight);
+/* Record one sampled condition wait (condition-wait, condition-wait-time)
+ * of an object profiled as p, labelled `lock type` type (NULL: p's kind)
+ * and `wait outcome` outcome (a static string). As ddl_record. */
+int ddl_record_wait(ddl_state *st, ddl_prof *p, PyObject *target,
+                    const char *type, const char *outcome, int64_t wait_ns,
+                    double weight);
 /* Empty the record memo (drops its references); may run Python code. */
 void ddl_memo_clear(ddl_state *st);
 

@@ -33,6 +33,13 @@ enum {
     H_RELEASE_SAVE,    /* releases every level (Condition.wait) */
     H_ACQUIRE_RESTORE, /* re-acquires after Condition.wait() */
     H_AACQUIRE,        /* asyncio acquire(): returns an awaitable */
+    H_WAIT,            /* Condition.wait(): a condition wait, timed */
+    H_WINIT,           /* __init__ of what waits through a Condition (kind:
+                          its DDL_W_*): profile its waits */
+    H_AWAIT,           /* asyncio Condition.wait(), Event.wait(): returns
+                          an awaitable, timed when it may suspend */
+    H_AQGET,           /* asyncio Queue.get() */
+    H_AQPUT,           /* asyncio Queue.put() */
     H_COUNT
 };
 
@@ -202,6 +209,8 @@ typedef struct {
     int64_t t0;
     int done;
     ddl_wait *holder; /* holder.c: the holder task when it began, or NULL */
+    int wait;         /* a condition wait (else an acquire) */
+    int suspended;    /* it yielded at least once */
 } ddl_waiting;
 
 static PyObject *
@@ -222,6 +231,8 @@ waiting_new(ddl_state *st, PyObject *coro, ddl_tracker *t, int64_t t0)
     if (holder != NULL) {
         w->holder = ddl_wait_task(st, holder);
     }
+    w->wait = 0;
+    w->suspended = 0;
     PyObject_GC_Track(w);
     return (PyObject *)w;
 }
@@ -233,7 +244,21 @@ static PyObject *
 waiting_step(ddl_waiting *w, PyObject *r)
 {
     if (r != NULL) {
+        w->suspended = 1;
         return r;
+    }
+    if (w->wait) {
+        /* a condition wait that suspended: returned (notified) or was
+         * cancelled (asyncio's timeouts cancel); the exception stays */
+        if (!w->done && w->suspended && w->st->running) {
+            int outcome = PyErr_ExceptionMatches(PyExc_StopIteration)
+                              ? DDL_WAIT_NOTIFIED
+                              : DDL_WAIT_CANCELLED;
+            ddl_tracker_waited(w->st, (ddl_tracker *)w->tracker, w->t0,
+                               outcome);
+        }
+        w->done = 1;
+        return NULL;
     }
     if (w->done || !PyErr_ExceptionMatches(PyExc_StopIteration)) {
         return NULL;
@@ -378,6 +403,122 @@ class_hooked(ddl_state *st, PyObject *obj)
     return acquire != NULL && Py_IS_TYPE(acquire, st->hook_type);
 }
 
+/* Are obj's waits hooked (its class's wait is a Hook: condition waits are
+ * profiled)? */
+static int
+wait_hooked(ddl_state *st, PyObject *obj)
+{
+    PyObject *wait = ddl_type_lookup(Py_TYPE(obj), st->str_wait);
+    return wait != NULL && Py_IS_TYPE(wait, st->hook_type);
+}
+
+/* After a successful __init__ of self, which waits through a Condition
+ * (an Event, a Barrier, a Future) or is an asyncio Event or Queue: its
+ * waits are profiled, named by self. Never raises. */
+static void
+wait_init_done(ddl_state *st, ddl_hook *h, PyObject *self)
+{
+    PyObject *code = NULL, *cond = NULL;
+    int lasti = -1;
+    int profile = ddl_creation_site(st, self, &code, &lasti);
+    /* Futures are made by the executors (an excluded module): their
+     * waits are profiled, named where they are waited for */
+    if (profile < 0 || (profile == 0 && h->kind != DDL_W_FUTURE)) {
+        goto done;
+    }
+    if (h->kind == DDL_W_EVENT || h->kind == DDL_W_BARRIER ||
+        h->kind == DDL_W_FUTURE) {
+        cond = plain_attr(self, h->kind == DDL_W_FUTURE ? st->str__condition
+                                                        : st->str__cond);
+        if (cond == NULL || !wait_hooked(st, cond)) {
+            goto done;
+        }
+        ddl_tracker *t = ddl_wait_tracker_new(
+            st, cond, h->kind, self, code, lasti, profile == DDL_SITE_DIRECT);
+        if (t != NULL && profile == 0 && !t->prof.name_done) {
+            /* made by an executor: no site of the user's to name it by */
+            Py_XSETREF(t->prof.name, Py_NewRef(st->str_future_label));
+            t->prof.name_done = 1;
+        }
+    }
+    else {
+        ddl_wait_tracker_new(st, self, h->kind, NULL, code, lasti,
+                             profile == DDL_SITE_DIRECT);
+    }
+done:
+    PyErr_Clear();
+    Py_XDECREF(code);
+    Py_XDECREF(cond);
+}
+
+/* Length of a list or deque v (reading it runs no code of the user's), or
+ * -1. */
+static Py_ssize_t
+plain_len(PyObject *v)
+{
+    if (v == NULL ||
+        !(PyList_CheckExact(v) ||
+          strcmp(Py_TYPE(v)->tp_name, "collections.deque") == 0)) {
+        return -1;
+    }
+    Py_ssize_t n = PyObject_Length(v);
+    if (n < 0) {
+        PyErr_Clear();
+    }
+    return n;
+}
+
+/* Would an asyncio wait (op) on obj suspend? Yes unless the stdlib's state
+ * says it returns at once: a set Event, a Queue with an item to get or
+ * room to put. */
+static int
+asyncio_wait_suspends(ddl_state *st, int op, PyObject *obj)
+{
+    PyObject *v;
+    int suspends = 1;
+    if (op == H_AWAIT) {
+        v = plain_attr(obj, st->str__value);
+        suspends = v != Py_True; /* Condition.wait: no _value */
+        Py_XDECREF(v);
+        return suspends;
+    }
+    v = plain_attr(obj, st->str__queue);
+    Py_ssize_t n = plain_len(v);
+    Py_XDECREF(v);
+    if (op == H_AQGET) {
+        return n <= 0;
+    }
+    v = plain_attr(obj, st->str__maxsize);
+    if (n >= 0 && v != NULL && PyLong_CheckExact(v)) {
+        long max = PyLong_AsLong(v);
+        if (max == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        else {
+            suspends = max > 0 && n >= max;
+        }
+    }
+    Py_XDECREF(v);
+    return suspends;
+}
+
+static PyObject *
+hook_async_wait(ddl_state *st, ddl_hook *h, ddl_tracker *t,
+                PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    int suspends = asyncio_wait_suspends(st, h->op, args[0]);
+    PyObject *coro = call_orig(h, args, nargsf, kwnames);
+    if (coro == NULL || !suspends) {
+        return coro;
+    }
+    PyObject *w = waiting_new(st, coro, t, ddl_monotonic_ns());
+    Py_DECREF(coro);
+    if (w != NULL) {
+        ((ddl_waiting *)w)->wait = 1;
+    }
+    return w;
+}
+
 /* After a successful __init__ of self: profile it, unless it is profiled
  * already or made by an excluded module. Never raises. */
 static void
@@ -393,6 +534,14 @@ init_done(ddl_state *st, ddl_hook *h, PyObject *self)
         goto done;
     }
     if (h->kind == DDL_K_CONDITION || h->kind == DDL_K_ACONDITION) {
+        if (wait_hooked(st, self)) {
+            ddl_wait_tracker_new(st, self,
+                                 h->kind == DDL_K_CONDITION ? DDL_W_CONDITION
+                                                            : DDL_W_ACONDITION,
+                                 NULL, code, lasti,
+                                 profile == DDL_SITE_DIRECT);
+            PyErr_Clear();
+        }
         /* the Condition's lock is what is profiled, labelled by it; one
          * that ddlock profiles already keeps its own samples */
         lock = plain_attr(self, st->str__lock);
@@ -481,15 +630,20 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         return call_orig(h, args, nargsf, kwnames);
     }
     PyObject *self = args[0];
-    if (h->op == H_INIT) {
+    if (h->op == H_INIT || h->op == H_WINIT) {
         PyObject *r = call_orig(h, args, nargsf, kwnames);
         if (r != NULL && st->running) {
-            init_done(st, h, self);
+            if (h->op == H_INIT) {
+                init_done(st, h, self);
+            }
+            else {
+                wait_init_done(st, h, self);
+            }
         }
         return r;
     }
     ddl_tracker *t = ddl_tracker_of(st, self);
-    if (t == NULL) {
+    if (t == NULL || (t->wait_type != DDL_W_NONE) != (h->op >= H_WAIT)) {
         return call_orig(h, args, nargsf, kwnames);
     }
     /* t lives as long as self, which the call holds */
@@ -508,6 +662,20 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         }
         return r;
     }
+    case H_WAIT: {
+        int64_t t0 = ddl_monotonic_ns();
+        r = call_orig(h, args, nargsf, kwnames);
+        if (r != NULL) {
+            ddl_tracker_waited(st, t, t0,
+                               r == Py_False ? DDL_WAIT_TIMEOUT
+                                             : DDL_WAIT_NOTIFIED);
+        }
+        return r;
+    }
+    case H_AWAIT:
+    case H_AQGET:
+    case H_AQPUT:
+        return hook_async_wait(st, h, t, args, nargsf, kwnames);
     case H_RELEASE:
     case H_RELEASE_SAVE:
         r = call_orig(h, args, nargsf, kwnames);
@@ -532,7 +700,8 @@ hook_new(PyTypeObject *tp, PyObject *args, PyObject *kwargs)
                                      &kind, &orig)) {
         return NULL;
     }
-    if (op < 0 || op >= H_COUNT || kind < 0 || kind >= DDL_K_COUNT) {
+    int nkinds = op >= H_WAIT ? DDL_W_COUNT : DDL_K_COUNT;
+    if (op < 0 || op >= H_COUNT || kind < 0 || kind >= nkinds) {
         PyErr_SetString(PyExc_ValueError, "unknown hook op or kind");
         return NULL;
     }
@@ -682,6 +851,18 @@ ddl_hooks_init(PyObject *module, ddl_state *st)
         {H_RELEASE_SAVE, "H_RELEASE_SAVE"},
         {H_ACQUIRE_RESTORE, "H_ACQUIRE_RESTORE"},
         {H_AACQUIRE, "H_AACQUIRE"},
+        {H_WAIT, "H_WAIT"},
+        {H_WINIT, "H_WINIT"},
+        {H_AWAIT, "H_AWAIT"},
+        {H_AQGET, "H_AQGET"},
+        {H_AQPUT, "H_AQPUT"},
+        {DDL_W_CONDITION, "W_CONDITION"},
+        {DDL_W_EVENT, "W_EVENT"},
+        {DDL_W_BARRIER, "W_BARRIER"},
+        {DDL_W_FUTURE, "W_FUTURE"},
+        {DDL_W_ACONDITION, "W_ACONDITION"},
+        {DDL_W_AEVENT, "W_AEVENT"},
+        {DDL_W_AQUEUE, "W_AQUEUE"},
     };
     for (size_t i = 0; i < sizeof(consts) / sizeof(consts[0]); i++) {
         if (PyModule_AddIntConstant(module, consts[i].name, consts[i].value) <

@@ -951,7 +951,13 @@ static PyMethodDef module_methods[] = {
     X(str__bound_value, "_bound_value")                                       \
     X(str_dunder_dict, "__dict__")                                            \
     X(str_frozen, "<frozen ")                                                 \
-    X(str_packages_dir, "-packages/")
+    X(str_packages_dir, "-packages/")                                         \
+    X(str_wait, "wait")                                                       \
+    X(str__cond, "_cond")                                                     \
+    X(str__condition, "_condition")                                           \
+    X(str__queue, "_queue")                                                   \
+    X(str__maxsize, "_maxsize")                                               \
+    X(str_future_label, "concurrent.futures.Future")
 
 static int
 intern_strings(ddl_state *st)

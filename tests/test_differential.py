@@ -470,3 +470,97 @@ def test_asyncio_acquire_works_wherever_asyncio_takes_a_coroutine(tmp_path):
         pytest.skip("walrus")
     out = differential(ASYNCIO_TOOLS, tmp_path)
     assert out["create_task"] is True and out["gather"] == [True]
+
+
+# Condition waits (issue 25): what Condition.wait/wait_for, Event.wait,
+# Queue.get/put, Barrier.wait, Future.result and asyncio's waits return and
+# raise is unchanged by the wait hooks.
+CONDITION_WAITS = r'''
+import asyncio, json, queue, threading, time
+from concurrent.futures import ThreadPoolExecutor
+def o(fn, *a, **k):
+    try:
+        v = fn(*a, **k)
+    except BaseException as e:
+        return ["raise", type(e).__name__, str(e)]
+    return ["return", v if isinstance(v, (bool, int, str, type(None))) else type(v).__name__]
+out = {}
+cond = threading.Condition()
+out["wait_unowned"] = o(cond.wait, 0.01)
+out["wait_for_unowned"] = o(cond.wait_for, lambda: True, 0.01)
+with cond:
+    out["wait_timeout"] = o(cond.wait, 0.02)
+    out["wait_zero"] = o(cond.wait, 0)
+    out["wait_bad_timeout"] = o(cond.wait, "x")
+    out["wait_kw"] = o(cond.wait, timeout=0.01)
+    out["wait_extra"] = o(cond.wait, 0.01, 2)
+    out["wait_for_value"] = o(cond.wait_for, lambda: 42, 0.01)
+    out["wait_for_false"] = o(cond.wait_for, lambda: 0, 0.02)
+    out["wait_for_raises"] = o(cond.wait_for, lambda: 1 / 0, 0.01)
+threading.Timer(0.05, lambda: (cond.acquire(), cond.notify(), cond.release())).start()
+with cond:
+    out["wait_notified"] = o(cond.wait, 5)
+ev = threading.Event()
+out["event_timeout"] = o(ev.wait, 0.02)
+out["event_bad"] = o(ev.wait, "x")
+threading.Timer(0.05, ev.set).start()
+out["event_set"] = o(ev.wait, 5)
+q = queue.Queue(maxsize=1)
+out["get_empty"] = o(q.get, timeout=0.02)
+out["get_nowait"] = o(q.get, False)
+out["put"] = o(q.put, "a")
+out["put_full"] = o(q.put, "b", timeout=0.02)
+out["put_bad"] = o(q.put, "b", True, -1)
+out["get"] = o(q.get)
+threading.Timer(0.05, q.put, ("late",)).start()
+out["get_late"] = o(q.get, timeout=5)
+b = threading.Barrier(2, timeout=0.02)
+out["barrier_timeout"] = o(b.wait)
+out["barrier_broken"] = o(b.wait)
+with ThreadPoolExecutor(1) as ex:
+    f = ex.submit(time.sleep, 0.2)
+    out["future_timeout"] = o(f.result, 0.01)
+    out["future_value"] = o(ex.submit(lambda: 7).result, 5)
+    out["future_raises"] = o(ex.submit(lambda: 1 / 0).result, 5)
+async def amain():
+    r = {}
+    ev, q, c = asyncio.Event(), asyncio.Queue(maxsize=1), asyncio.Condition()
+    async def ao(coro):
+        try:
+            v = await coro
+        except BaseException as e:
+            return ["raise", type(e).__name__, str(e)]
+        return ["return", v]
+    r["event_timeout"] = await ao(asyncio.wait_for(ev.wait(), 0.02))
+    asyncio.get_running_loop().call_later(0.02, ev.set)
+    r["event_set"] = await ao(ev.wait())
+    r["cond_unlocked"] = await ao(c.wait())
+    async def notifier():
+        async with c:
+            c.notify_all()
+    async with c:
+        asyncio.ensure_future(notifier())
+        r["cond_notified"] = await ao(c.wait())
+        r["cond_wait_for"] = await ao(c.wait_for(lambda: "yes"))
+    r["get_timeout"] = await ao(asyncio.wait_for(q.get(), 0.02))
+    await q.put(1)
+    r["put_timeout"] = await ao(asyncio.wait_for(q.put(2), 0.02))
+    r["get"] = await ao(q.get())
+    asyncio.get_running_loop().call_later(0.02, q.put_nowait, 3)
+    r["get_late"] = await ao(q.get())
+    task = asyncio.ensure_future(q.get())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    r["get_cancelled"] = await ao(task)
+    return r
+out["asyncio"] = asyncio.run(amain())
+print(json.dumps(out))
+'''
+
+
+def test_condition_waits_return_and_raise_natively(tmp_path):
+    out = differential(CONDITION_WAITS, tmp_path)
+    assert out["wait_timeout"] == ["return", False]
+    assert out["event_set"] == ["return", True]
+    assert out["get_empty"][:2] == ["raise", "Empty"]
+    assert out["asyncio"]["get_cancelled"][:2] == ["raise", "CancelledError"]

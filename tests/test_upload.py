@@ -53,6 +53,7 @@ def emit(tag, obj):
 ddlock.start(capture_pct=100)
 app_lock = threading.Lock()  # !APP_LOCK!
 shared_rlock = threading.RLock()  # !SHARED_RLOCK!
+round_done = threading.Event()  # !ROUND_DONE!
 total = [0]
 
 
@@ -92,6 +93,7 @@ for _ in range(ROUNDS):
     for th in threads:
         th.join()
     work += time.monotonic() - t
+    round_done.wait(0.001)  # a condition wait (timeout)
     if MODE == "flush":
         emit("before", ddlock.stats())
         paths += ddlock.flush()
@@ -443,6 +445,14 @@ def test_upload_to_ddapm_test_agent(ddapm_agent, program, prefix):
     assert "hold_handoff" in [ln.function_name for loc in held[0].locations for ln in loc.lines]
     assert any(s.labels.get("holder thread name") == "handoff-holder"
                for s in profile.samples_with_value("lock-acquire-wait"))
+    # the condition-wait sample types went with it (issue 25)
+    assert [(vt.type, vt.unit) for vt in profile.sample_types][-2:] == [
+        (testing.CONDITION_WAIT, "count"), (testing.CONDITION_WAIT_TIME, "nanoseconds")]
+    waited = testing.get_samples_with_lock_name(
+        profile, "prog.py:%d:round_done" % marker_line(program, "!ROUND_DONE!"))
+    assert [s.labels.get("wait outcome") for s in waited] == ["timeout"]
+    assert profile.total(testing.CONDITION_WAIT, waited) == 1
+    assert profile.total(testing.CONDITION_WAIT_TIME, waited) >= 1000000
 
 
 # ---------------------------------------------------------------------------
