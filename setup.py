@@ -234,6 +234,7 @@ ext = Extension(
         "ext/names.c",
         "ext/tasks.c",
         "ext/record.c",
+        "ext/order.c",
         "ext/locktab.c",
         "ext/lock.c",
         "ext/tracker.c",

@@ -19,7 +19,8 @@ import threading
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Union
 
 __version__ = "0.1.0"
-__all__ = ["start", "stop", "flush", "stats", "is_running", "build_info", "__version__"]
+__all__ = ["start", "stop", "flush", "stats", "is_running", "build_info",
+           "lock_order_inversions", "__version__"]
 
 log = logging.getLogger("ddlock")
 
@@ -157,6 +158,7 @@ def _start_native(native, cfg):
         max_files=cfg.output_max_files,
         min_free_bytes=cfg.output_min_free_mb << 20,
         resolve_names=cfg.resolve_names,
+        lock_order=cfg.lock_order,
     )
 
 
@@ -195,6 +197,7 @@ if TYPE_CHECKING:
         tags: Optional[str] = None,
         ca_file: Optional[str] = None,
         intake_url: Optional[str] = None,
+        lock_order: Optional[bool] = None,
         interval: Optional[float] = None,
         inspect_dir: Optional[bool] = None,
         exclude_modules: Union[str, Iterable[str], None] = None,
@@ -233,6 +236,10 @@ def _start_with(cfg):
         _state["pid"] = os.getpid()
         _state["logged_kinds"] = set()
         _patch(native)
+        if cfg.lock_order:
+            from . import _order
+
+            _order.start(native)
         if not _state["atexit"]:
             atexit.register(_at_exit)
             _state["atexit"] = True
@@ -251,7 +258,31 @@ def stop(flush: bool = True) -> None:
         _unpatch()
         native.stop(final_export=bool(flush))
         _state["config"] = None
+    _stop_order()
     _drain_native_logs()
+
+
+def _stop_order():
+    import sys
+
+    order = sys.modules.get(__name__ + "._order")
+    if order is not None:
+        order.stop()
+
+
+def lock_order_inversions(same_class: bool = False) -> List[Dict[str, Any]]:
+    """The lock-order inversions found since ``start(lock_order=True)`` (kept
+    after ``stop()`` until the next start): each a dict with ``kind``
+    ("inversion"), ``locks`` (the lock names around the cycle) and ``edges``
+    (``held``, ``acquired``, ``stack``: (file, line, function) tuples,
+    innermost first, where that order was first taken, and ``thread``).
+    ``same_class=True`` adds the same-class nesting reports (``kind``
+    "same-class")."""
+    native = _loaded_native()
+    if native is None:
+        return []
+    reports = native._order_reports()
+    return [r for r in reports if same_class or r.get("kind") == "inversion"]
 
 
 def flush() -> List[str]:
@@ -356,6 +387,10 @@ def _fork_child():
             native.stop(final_export=False)
             _start_native(native, cfg)
             _state["pid"] = os.getpid()
+            if cfg.lock_order:
+                from . import _order
+
+                _order.start(native)
     except Exception:
         pass
 

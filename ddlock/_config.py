@@ -228,6 +228,8 @@ VARIABLES = {
     # agentless only: replaces https://intake.profile.<site>/api/v2/profile
     # (a private intake, or a loopback HTTPS server in tests)
     "intake_url": (("DDLOCK_INTAKE_URL",), _parse_https_url, None),
+    # lock-order checking: every acquire, inversions logged (ext/order.c)
+    "lock_order": (("DD_PROFILING_LOCK_ORDER",), _parse_bool, False),
 }
 
 # settings holding a URL: shown redacted in messages

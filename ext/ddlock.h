@@ -80,6 +80,8 @@ typedef struct {
                                   Condition for its lock), kept beside */
     unsigned char site_direct; /* the site's call made the object (not an
                                   outer constructor's): its binding names it */
+    uint32_t order_gen;        /* lock-order session order_class belongs to */
+    uint32_t order_class;      /* its lock class there (order.c), 0: none */
 } ddl_prof;
 
 void ddl_prof_clear(ddl_prof *p);
@@ -174,6 +176,7 @@ typedef struct {
 
 typedef struct ddl_locktab ddl_locktab;       /* lock.c */
 typedef struct ddl_trackertab ddl_trackertab; /* tracker.c */
+typedef struct ddl_order ddl_order;           /* order.c */
 
 /* Per-module state (one per interpreter that imports ddlock._ddlock; only
  * the main interpreter's profiles). */
@@ -204,7 +207,10 @@ typedef struct {
     int resolve_names; /* 0 only for testing the checker */
     int n_excludes;
     char *excludes[DDL_MAX_EXCLUDES];
-    uint64_t seed; /* 0 = random */
+    uint64_t seed;      /* 0 = random */
+    int lock_order;     /* lock-order checking on (order.c) */
+    uint32_t order_gen; /* its session, never 0 once started */
+    ddl_order *order;
 
     ddl_profile *profile;
     ddl_exporter *exporter;
