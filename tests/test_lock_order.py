@@ -483,3 +483,90 @@ def test_lock_freed_while_held_leaves_the_list():
     ''')
     assert res["stats"]["order_held"] == 0
     assert res["stats"]["order_acquires"] == 1
+
+
+# ---- the pytest plugin: --ddlock-lock-order -----------------------------------
+
+pytest_plugins = ["pytester"]
+
+SUITE = '''
+import threading
+
+a = threading.Lock()
+b = threading.Lock()
+
+
+def run(fn):
+    t = threading.Thread(target=fn)
+    t.start()
+    t.join()
+
+
+def test_forward():
+    def forward():
+        with a:
+            with b:
+                pass
+    run(forward)
+
+
+def test_backward():
+    def backward():
+        with b:
+            with a:
+                pass
+    run(backward)
+
+
+def test_unrelated():
+    assert True
+'''
+
+
+@pytest.fixture
+def plugin_env(monkeypatch):
+    from _subproc import python_env
+
+    for key, value in python_env().items():
+        monkeypatch.setenv(key, value)
+
+
+def test_plugin_fails_the_session(pytester, plugin_env):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-p", "ddlock.pytest_plugin", "--ddlock-lock-order")
+    result.assert_outcomes(passed=3)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines([
+        "*ddlock lock order*",
+        "found during test_suite.py::test_backward",
+        "*lock-order inversion between 2 locks: test_suite.py:3:a -> test_suite.py:4:b -> test_suite.py:3:a",
+        "*test_suite.py:16 in *forward",
+        "*test_suite.py:24 in *backward",
+        "ddlock lock order: 1 inversion(s), 0 same-class nesting(s)",
+    ])
+
+
+def test_plugin_fails_the_test(pytester, plugin_env):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-p", "ddlock.pytest_plugin", "--ddlock-lock-order",
+                                           "--ddlock-lock-order-fail=test")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_suite.py::test_backward*"])
+    result.stdout.fnmatch_lines(["*1 lock-order inversion(s) found during call*"])
+
+
+def test_plugin_passes_a_clean_suite(pytester, plugin_env):
+    pytester.makepyfile(test_suite=SUITE.replace("with b:\n            with a:",
+                                                 "with a:\n            with b:"))
+    result = pytester.runpytest_subprocess("-p", "ddlock.pytest_plugin", "--ddlock-lock-order")
+    result.assert_outcomes(passed=3)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["ddlock lock order: no inversion found"])
+
+
+def test_plugin_off_by_default(pytester, plugin_env):
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-p", "ddlock.pytest_plugin")
+    result.assert_outcomes(passed=3)
+    assert result.ret == 0
+    assert "ddlock lock order" not in result.stdout.str()
