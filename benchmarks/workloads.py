@@ -40,7 +40,10 @@ CONFIGS = {
     "ddlock-100": ("ddlock", 100.0),
     "ddtrace-default": ("ddtrace", None),
     "ddtrace-100": ("ddtrace", 100.0),
+    "ddlock-order": ("ddlock", None),
 }
+# ddlock.start() keywords of a configuration beyond its capture
+EXTRA = {"ddlock-order": {"lock_order": True}}
 
 # Per-mode knobs: seconds one timed repeat should last (n is calibrated to
 # it), repeats per workload, bounds on n, the contention test's size (n per
@@ -249,6 +252,7 @@ def start_profiler(name):
                       upload_interval=600.0)
         if pct is not None:
             kwargs["capture_pct"] = pct
+        kwargs.update(EXTRA.get(name, {}))
         ddlock.start(**kwargs)
         cfg = ddlock._state["config"]
         info["version"] = ddlock.__version__
@@ -279,6 +283,15 @@ def start_profiler(name):
     rlock_t = type(threading.RLock())
     info["lock_type"] = "%s.%s" % (lock_t.__module__, lock_t.__qualname__)
     info["rlock_type"] = "%s.%s" % (rlock_t.__module__, rlock_t.__qualname__)
+    if kind == "ddlock":
+        # ddlock profiles the native types in place (issue 23): the locks
+        # must be native objects that ddlock profiles
+        from ddlock import _ddlock
+        made = (_ddlock.profiled(threading.Lock()), _ddlock.profiled(threading.RLock()))
+        if made != ("Lock", "RLock"):
+            raise RuntimeError("ddlock lock collector not active: profiled() "
+                               "says %r" % (made,))
+        return info
     for t in (lock_t, rlock_t):
         if not t.__module__.startswith(kind):
             raise RuntimeError(
@@ -294,7 +307,9 @@ def stop_profiler(name):
         st = ddlock.stats()
         ddlock.stop(flush=False)
         return {k: st[k] for k in ("events_sampled", "locks_created",
-                                   "samples_dropped", "current_keys")
+                                   "samples_dropped", "current_keys",
+                                   "order_acquires", "order_edges",
+                                   "order_skipped")
                 if k in st}
     return {}
 
@@ -324,6 +339,13 @@ def run(name, mode):
     deep_lock = threading.Lock()
     res["deep10_with_lock"] = measure(deep_with, (deep_lock,), knobs)
     res["deep10_with_lock"]["depth"] = getattr(_deep_leaf, "depth", None)
+    # `with lock:` while 3 other locks are held (each its own lock class):
+    # what lock-order checking costs an acquire (3 pairs looked up)
+    held1 = threading.Lock()
+    held2 = threading.RLock()
+    held3 = threading.Lock()
+    with held1, held2, held3:
+        res["with_lock_3held"] = measure(loop_with, (threading.Lock(),), knobs)
 
     t0 = time.monotonic()
     clock = threading.Lock()

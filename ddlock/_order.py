@@ -20,7 +20,7 @@ log = logging.getLogger("ddlock")
 _state: Dict[str, Any] = {"thread": None, "stop": None, "native": None}
 
 
-def _where(frame) -> str:
+def _where(frame: Any) -> str:
     filename, line, func = frame
     return "%s:%d in %s" % (filename, line, func)
 
@@ -45,7 +45,7 @@ def format_report(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _emit(native) -> None:
+def _emit(native: Any) -> None:
     try:
         reports = native._order_take()
     except Exception:
@@ -57,7 +57,7 @@ def _emit(native) -> None:
             pass
 
 
-def _run(native, stop: threading.Event) -> None:
+def _run(native: Any, stop: threading.Event) -> None:
     try:
         native._order_set_reporter(threading.get_ident())
     except Exception:
@@ -70,7 +70,7 @@ def _run(native, stop: threading.Event) -> None:
         _emit(native)
 
 
-def start(native) -> None:
+def start(native: Any) -> None:
     """ddlock.start() with lock_order: the reporter thread."""
     stop = threading.Event()
     thread = threading.Thread(target=_run, args=(native, stop),
@@ -100,5 +100,5 @@ def reports(kind: Optional[str] = None) -> List[Dict[str, Any]]:
     native = _state["native"]
     if native is None:
         return []
-    out = native._order_reports()
+    out: List[Dict[str, Any]] = native._order_reports()
     return [r for r in out if kind is None or r.get("kind") == kind]

@@ -6,6 +6,7 @@
  *   frames.c    stacks, creation sites, lock names (the only frame reader)
  *   tasks.c     who is running: thread, asyncio task, greenlet; their labels
  *   record.c    sampling decisions and the record path into the profile
+ *   order.c     lock-order checking (order.h)
  *   lock.c      the native _thread.lock / _thread.RLock, profiled in place
  *   tracker.c   profiling state of the Python-level primitives
  *   hooks.c     method hooks of the Python-level primitives' classes
