@@ -485,6 +485,40 @@ def test_lock_freed_while_held_leaves_the_list():
     assert res["stats"]["order_acquires"] == 1
 
 
+
+def test_forked_child_checks_its_own_order():
+    res = order_run('''
+        start(lock_order=True)
+        a = threading.Lock()
+        b = threading.Lock()
+        with a:
+            with b:
+                pass
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                with b:
+                    with a:   # the child's own graph: b -> a alone
+                        pass
+                with a:
+                    with b:
+                        pass
+                import json
+                inv = ddlock.lock_order_inversions()
+                ddlock.stop()
+                os.write(w, json.dumps([x["locks"] for x in inv]).encode())
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        os.close(w)
+        child = _json.loads(os.read(r, 65536).decode())
+        emit(result(child=child))
+    ''')
+    assert res["inversions"] == []
+    assert [names(x) for x in res["child"]] == [["a", "b"]]
+
+
 # ---- the pytest plugin: --ddlock-lock-order -----------------------------------
 
 pytest_plugins = ["pytester"]
