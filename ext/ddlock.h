@@ -81,8 +81,6 @@ typedef struct {
                                   Condition for its lock), kept beside */
     unsigned char site_direct; /* the site's call made the object (not an
                                   outer constructor's): its binding names it */
-    uint32_t order_gen;        /* lock-order session order_class belongs to */
-    uint32_t order_class;      /* its lock class there (order.c), 0: none */
 } ddl_prof;
 
 void ddl_prof_clear(ddl_prof *p);
@@ -208,9 +206,8 @@ typedef struct {
     int resolve_names; /* 0 only for testing the checker */
     int n_excludes;
     char *excludes[DDL_MAX_EXCLUDES];
-    uint64_t seed;      /* 0 = random */
-    int lock_order;     /* lock-order checking on (order.c) */
-    uint32_t order_gen; /* its session, never 0 once started */
+    uint64_t seed;  /* 0 = random */
+    int lock_order; /* lock-order checking on (order.c) */
     ddl_order *order;
 
     ddl_profile *profile;

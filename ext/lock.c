@@ -749,7 +749,7 @@ order_acquired(PyObject *self, int is_try, unsigned long depth)
         return;
     }
     PyObject *target = self;
-    if (ddl_order_needs_target(st, p)) {
+    if (ddl_order_needs_target(st, self)) {
         ddl_lock_prof(st, self, &target);
     }
     ddl_order_acquired(st, self, p, target,

@@ -290,7 +290,6 @@ ddl_lock_register(ddl_state *st, PyObject *obj, int kind, PyObject *target,
     e->prof.name_done = 0;
     e->prof.has_target = (unsigned char)has_target;
     e->prof.site_direct = (unsigned char)direct;
-    e->prof.order_gen = 0; /* a new class: it is named anew */
     if (old.site_code != NULL || old.name != NULL) {
         ddl_prof_clear(&old);
     }

@@ -1,9 +1,10 @@
 /* Lock-order checking (lockdep for Python): see order.h.
  *
  * - Lock classes: (creation site code, offset, name label), numbered from 1
- *   per session in a dict; a lock's class is cached in its ddl_prof
- *   (order_gen, order_class). At most max_classes; a lock past that has
- *   class 0 (held, never in an edge) and is counted.
+ *   per session in a dict; a lock's class is kept in a table keyed by the
+ *   lock's address (kept off ddl_prof: no memory when the mode is off),
+ *   dropped when the lock is freed. At most max_classes; a lock past that
+ *   has class 0 (held, never in an edge) and is counted.
  * - Held lists: one per actor holding something (thread ident, or task for
  *   asyncio locks), entries (lock, class, depth) innermost last. Re-entry
  *   (an RLock, a semaphore taken twice by one holder) raises the depth. A
@@ -60,8 +61,16 @@ typedef struct {
     PyObject *thread; /* int: the actor that first took this order */
 } edge_info;
 
+typedef struct {
+    PyObject *key; /* borrowed, NULL: empty */
+    uint32_t cls;
+} cmap_ent;
+
 struct ddl_order {
     int busy;
+    /* the class of each lock acquired this session */
+    cmap_ent *cmap;
+    size_t cmask, ccount;
     /* held lists: [0, nlists) in use, the rest keep their buffers */
     held_list *lists;
     int nlists, lists_cap;
@@ -178,6 +187,91 @@ list_push(ddl_order *o, held_list *l, PyObject *obj, uint32_t cls,
     return 0;
 }
 
+/* ---- the class of each lock ----------------------------------------------
+ */
+
+static inline size_t
+cmap_hash(const void *p)
+{
+    uint64_t x = (uint64_t)(uintptr_t)p >> 4;
+    x *= 0x9e3779b97f4a7c15ULL;
+    return (size_t)(x ^ (x >> 29));
+}
+
+static cmap_ent *
+cmap_find(ddl_order *o, PyObject *key)
+{
+    if (o->ccount == 0) {
+        return NULL;
+    }
+    for (size_t i = cmap_hash(key) & o->cmask;; i = (i + 1) & o->cmask) {
+        if (o->cmap[i].key == key) {
+            return &o->cmap[i];
+        }
+        if (o->cmap[i].key == NULL) {
+            return NULL;
+        }
+    }
+}
+
+static void
+cmap_put_at(cmap_ent *map, size_t mask, PyObject *key, uint32_t cls)
+{
+    size_t i = cmap_hash(key) & mask;
+    while (map[i].key != NULL) {
+        i = (i + 1) & mask;
+    }
+    map[i] = (cmap_ent){key, cls};
+}
+
+static void
+cmap_put(ddl_order *o, PyObject *key, uint32_t cls)
+{
+    if (o->cmap == NULL || (o->ccount + 1) * 2 > o->cmask + 1) {
+        size_t size = o->cmap == NULL ? 256 : (o->cmask + 1) * 2;
+        cmap_ent *map = PyMem_Calloc(size, sizeof(cmap_ent));
+        if (map == NULL) {
+            return; /* looked up again next time */
+        }
+        for (size_t i = 0; o->cmap != NULL && i <= o->cmask; i++) {
+            if (o->cmap[i].key != NULL) {
+                cmap_put_at(map, size - 1, o->cmap[i].key, o->cmap[i].cls);
+            }
+        }
+        PyMem_Free(o->cmap);
+        o->cmap = map;
+        o->cmask = size - 1;
+    }
+    cmap_put_at(o->cmap, o->cmask, key, cls);
+    o->ccount++;
+}
+
+static void
+cmap_del(ddl_order *o, PyObject *key)
+{
+    cmap_ent *e = cmap_find(o, key);
+    if (e == NULL) {
+        return;
+    }
+    size_t hole = (size_t)(e - o->cmap);
+    o->ccount--;
+    for (size_t j = (hole + 1) & o->cmask; o->cmap[j].key != NULL;
+         j = (j + 1) & o->cmask) {
+        size_t ideal = cmap_hash(o->cmap[j].key) & o->cmask;
+        if (((j - ideal) & o->cmask) >= ((j - hole) & o->cmask)) {
+            o->cmap[hole] = o->cmap[j];
+            hole = j;
+        }
+    }
+    o->cmap[hole] = (cmap_ent){NULL, 0};
+}
+
+int
+ddl_order_needs_target(ddl_state *st, PyObject *obj)
+{
+    return st->order != NULL && cmap_find(st->order, obj) == NULL;
+}
+
 /* ---- classes ------------------------------------------------------------ */
 
 /* The class of p (made now if new), 0 when there is none (unknown site,
@@ -185,8 +279,6 @@ list_push(ddl_order *o, held_list *l, PyObject *obj, uint32_t cls,
 static uint32_t
 class_of(ddl_state *st, ddl_order *o, ddl_prof *p, PyObject *target)
 {
-    p->order_gen = st->order_gen;
-    p->order_class = 0;
     if (p->site_code == NULL) {
         return 0;
     }
@@ -235,7 +327,6 @@ done:
     PyErr_Clear();
     Py_XDECREF(key);
     Py_DECREF(name);
-    p->order_class = id;
     return id;
 }
 
@@ -548,9 +639,15 @@ ddl_order_acquired(ddl_state *st, PyObject *obj, ddl_prof *p, PyObject *target,
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
     o->acquires++;
-    uint32_t c = p->order_gen == st->order_gen
-                     ? p->order_class
-                     : class_of(st, o, p, target != NULL ? target : obj);
+    cmap_ent *known = cmap_find(o, obj);
+    uint32_t c;
+    if (known != NULL) {
+        c = known->cls;
+    }
+    else {
+        c = class_of(st, o, p, target != NULL ? target : obj);
+        cmap_put(o, obj, c);
+    }
     /* the held classes, copied: making an edge allocates, and what that
      * runs (a finalizer releasing a lock) may change the lists */
     uint32_t held[DDL_ORDER_MAX_HELD];
@@ -639,7 +736,13 @@ void
 ddl_order_forget(ddl_state *st, PyObject *obj)
 {
     ddl_order *o = st->order;
-    if (o == NULL || o->nheld == 0) {
+    if (o == NULL) {
+        return;
+    }
+    if (o->ccount > 0) {
+        cmap_del(o, obj); /* its address may be another lock's next */
+    }
+    if (o->nheld == 0) {
         return;
     }
     for (int i = o->nlists - 1; i >= 0; i--) {
@@ -696,6 +799,9 @@ order_reset(ddl_order *o)
     PyMem_Free(o->edges);
     PyMem_Free(o->pkeys);
     PyMem_Free(o->dfs);
+    PyMem_Free(o->cmap);
+    o->cmap = NULL;
+    o->cmask = o->ccount = 0;
     o->cls = NULL;
     o->edges = NULL;
     o->pkeys = NULL;
@@ -782,10 +888,6 @@ ddl_order_start(ddl_state *st)
         return -1;
     }
     o->busy = 0;
-    st->order_gen++;
-    if (st->order_gen == 0) {
-        st->order_gen = 1;
-    }
     return 0;
 }
 

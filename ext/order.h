@@ -14,13 +14,9 @@
 
 #include "ddlock.h"
 
-/* Does p need its class (first acquire of its lock in this session)? The
- * caller then passes the object that names it; else target may be NULL. */
-static inline int
-ddl_order_needs_target(ddl_state *st, ddl_prof *p)
-{
-    return p->order_gen != st->order_gen;
-}
+/* Does obj need its class (first acquire in this session)? The caller
+ * then passes the object that names it; else target may be NULL. */
+int ddl_order_needs_target(ddl_state *st, PyObject *obj);
 
 /* An acquire of obj (profiled as p, named by target) by actor (the thread
  * ident, or the task of an asyncio lock) succeeded. is_try: a non-blocking

@@ -389,7 +389,7 @@ ddl_tracker_order_acquired(ddl_state *st, ddl_tracker *t, int is_try,
         return;
     }
     PyObject *target =
-        ddl_order_needs_target(st, &t->prof) ? tracker_target(t) : NULL;
+        ddl_order_needs_target(st, t->key) ? tracker_target(t) : NULL;
     ddl_order_acquired(st, t->key, &t->prof, target,
                        ddl_current_actor(st, t->prof.kind), is_try, depth);
 }
