@@ -238,6 +238,7 @@ ext = Extension(
         "ext/tasks.c",
         "ext/record.c",
         "ext/holder.c",
+        "ext/order.c",
         "ext/locktab.c",
         "ext/lock.c",
         "ext/tracker.c",

@@ -36,7 +36,8 @@ import setup_ddtrace  # noqa: E402
 from workloads import CONFIGS  # noqa: E402
 
 CONFIG_ORDER = ["native", "ddlock-0", "ddlock-default", "ddlock-100",
-                "portable-default", "portable-100", "ddtrace-default", "ddtrace-100"]
+                "portable-default", "portable-100", "ddlock-order", "ddtrace-default",
+                "ddtrace-100"]
 LABELS = {
     "native": "native",
     "ddlock-0": "ddlock 0%",
@@ -46,12 +47,13 @@ LABELS = {
     "portable-100": "ddlock portable 100%",
     "ddtrace-default": "ddtrace 1% (default)",
     "ddtrace-100": "ddtrace 100%",
+    "ddlock-order": "ddlock 1% + lock order",
 }
 SHORT = {
     "native": "native", "ddlock-0": "ddlock 0%", "ddlock-default": "ddlock dflt",
     "ddlock-100": "ddlock 100%", "portable-default": "port. dflt",
     "portable-100": "port. 100%", "ddtrace-default": "ddtrace dflt",
-    "ddtrace-100": "ddtrace 100%",
+    "ddtrace-100": "ddtrace 100%", "ddlock-order": "ddlock order",
 }
 
 # (key, row label, kind): kind "ns" (lower is better), "rate" (higher is
@@ -65,6 +67,7 @@ ROWS = [
     ("create_rlock", "threading.RLock()", "ns"),
     ("deep10_with_lock", "`with lock:` 10-deep stack", "ns"),
     ("held_probe", "contended path: acquire(timeout=0) of a held Lock", "ns"),
+    ("with_lock_3held", "`with lock:` 3 locks held", "ns"),
     ("contention4", "4 threads contending (kops/s)", "rate"),
     ("cond_roundtrip", "Condition wait/notify round trip, 2 threads", "ns"),
     ("queue_roundtrip", "queue.Queue put/get round trip, 2 threads", "ns"),
@@ -262,6 +265,14 @@ def targets(summary, ddtrace_why):
             add("overhead-vs-ddtrace", desc,
                 "%.1fx (ddlock %+.1f ns, ddtrace %+.1f ns)" % (o_theirs / o_ours, o_ours, o_theirs),
                 o_theirs / o_ours >= 10.0)
+
+    # lock-order checking: every acquire checked (issue 19)
+    d_order = med(summary, "ddlock-order", "with_lock_3held")
+    d_native = med(summary, "native", "with_lock_3held")
+    add("order<=1us", "ddlock lock order: `with lock:` with 3 locks held <= native + 1 us",
+        None if None in (d_order, d_native) else "%+.0f ns (%.0f vs %.0f)"
+        % (d_order - d_native, d_order, d_native),
+        None if None in (d_order, d_native) else d_order - d_native <= 1000)
 
     r = ratio("ddlock-default", "create_lock")
     add("create<=2x", "ddlock default: threading.Lock() creation <= 2x native",

@@ -45,7 +45,10 @@ CONFIGS = {
     "portable-100": ("ddlock", 100.0),
     "ddtrace-default": ("ddtrace", None),
     "ddtrace-100": ("ddtrace", 100.0),
+    "ddlock-order": ("ddlock", None),
 }
+# ddlock.start() keywords of a configuration beyond its capture
+EXTRA = {"ddlock-order": {"lock_order": True}}
 
 # Per-mode knobs: seconds one timed repeat should last (n is calibrated to
 # it), repeats per workload, bounds on n, the contention test's size (n per
@@ -339,6 +342,7 @@ def start_profiler(name):
                       upload_interval=600.0)
         if pct is not None:
             kwargs["capture_pct"] = pct
+        kwargs.update(EXTRA.get(name, {}))
         ddlock.start(**kwargs)
         cfg = ddlock._state["config"]
         info["version"] = ddlock.__version__
@@ -392,7 +396,9 @@ def stop_profiler(name):
         st = ddlock.stats()
         ddlock.stop(flush=False)
         return {k: st[k] for k in ("events_sampled", "locks_created",
-                                   "samples_dropped", "current_keys")
+                                   "samples_dropped", "current_keys",
+                                   "order_acquires", "order_edges",
+                                   "order_skipped")
                 if k in st}
     return {}
 
@@ -422,6 +428,13 @@ def run(name, mode):
     deep_lock = threading.Lock()
     res["deep10_with_lock"] = measure(deep_with, (deep_lock,), knobs)
     res["deep10_with_lock"]["depth"] = getattr(_deep_leaf, "depth", None)
+    # `with lock:` while 3 other locks are held (each its own lock class):
+    # what lock-order checking costs an acquire (3 pairs looked up)
+    held1 = threading.Lock()
+    held2 = threading.RLock()
+    held3 = threading.Lock()
+    with held1, held2, held3:
+        res["with_lock_3held"] = measure(loop_with, (threading.Lock(),), knobs)
 
     probe_lock = threading.Lock()
     done, holder = hold_in_thread(probe_lock)

@@ -24,7 +24,7 @@ from . import _stuck
 
 __version__ = "0.1.0"
 __all__ = ["start", "stop", "flush", "stats", "is_running", "build_info", "stuck_waits",
-           "deadlocks", "__version__"]
+           "deadlocks", "lock_order_inversions", "__version__"]
 
 log = logging.getLogger("ddlock")
 
@@ -179,6 +179,7 @@ def _start_native(native, cfg):
         max_files=cfg.output_max_files,
         min_free_bytes=cfg.output_min_free_mb << 20,
         resolve_names=cfg.resolve_names,
+        lock_order=cfg.lock_order,
     )
 
 
@@ -219,6 +220,7 @@ if TYPE_CHECKING:
         intake_url: Optional[str] = None,
         lock_stuck_s: Optional[float] = None,
         condition_wait: Optional[bool] = None,
+        lock_order: Optional[bool] = None,
         interval: Optional[float] = None,
         inspect_dir: Optional[bool] = None,
         exclude_modules: Union[str, Iterable[str], None] = None,
@@ -259,6 +261,10 @@ def _start_with(cfg):
         _state["logged_kinds"] = set()
         _patch(native)
         _stuck.start(cfg.lock_stuck_s)
+        if cfg.lock_order:
+            from . import _order
+
+            _order.start(native)
         if not _state["atexit"]:
             atexit.register(_at_exit)
             _state["atexit"] = True
@@ -292,7 +298,31 @@ def stop(flush: bool = True) -> None:
         _unpatch()
         native.stop(final_export=bool(flush))
         _state["config"] = None
+    _stop_order()
     _drain_native_logs()
+
+
+def _stop_order():
+    import sys
+
+    order = sys.modules.get(__name__ + "._order")
+    if order is not None:
+        order.stop()
+
+
+def lock_order_inversions(same_class: bool = False) -> List[Dict[str, Any]]:
+    """The lock-order inversions found since ``start(lock_order=True)`` (kept
+    after ``stop()`` until the next start): each a dict with ``kind``
+    ("inversion"), ``locks`` (the lock names around the cycle) and ``edges``
+    (``held``, ``acquired``, ``stack``: (file, line, function) tuples,
+    innermost first, where that order was first taken, and ``thread``).
+    ``same_class=True`` adds the same-class nesting reports (``kind``
+    "same-class")."""
+    native = _loaded_native()
+    if native is None:
+        return []
+    reports = native._order_reports()
+    return [r for r in reports if same_class or r.get("kind") == "inversion"]
 
 
 def flush() -> List[str]:
@@ -425,6 +455,10 @@ def _fork_child():
             _start_native(native, cfg)
             _state["pid"] = os.getpid()
             _stuck.fork_child()
+            if cfg.lock_order:
+                from . import _order
+
+                _order.start(native)
     except Exception:
         pass
 

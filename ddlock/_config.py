@@ -232,6 +232,8 @@ VARIABLES = {
     "lock_stuck_s": (("DD_PROFILING_LOCK_STUCK_S",), _parse_float(0.0, 86400.0), 10.0),
     # condition-wait / condition-wait-time: Condition, Event, Queue waits
     "condition_wait": (("DD_PROFILING_LOCK_CONDITION_WAIT",), _parse_bool, True),
+    # lock-order checking: every acquire, inversions logged (ext/order.c)
+    "lock_order": (("DD_PROFILING_LOCK_ORDER",), _parse_bool, False),
 }
 
 # settings holding a URL: shown redacted in messages

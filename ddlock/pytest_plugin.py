@@ -28,6 +28,13 @@ lock and every thread's stack) instead of hanging the suite. The main thread
 is interrupted by a signal (SIGUSR2, handled only during the test); the
 threads of the cycle other than the main thread stay blocked until the main
 thread's unwinding releases what it held.
+``--ddlock-lock-order`` runs ddlock for the whole session with lock-order
+checking on (``ddlock.start(lock_order=True, capture_pct=0)``, no file, no
+upload): every lock-order inversion the tests' locks take is listed at the
+end. ``--ddlock-lock-order-fail=session`` (the default) then fails the
+session; ``test`` fails the test during which the inversion was found;
+``none`` only lists them. ddlock runs for the whole session, so tests cannot
+start it themselves (the ``ddlock_profile`` fixture) in such a run.
 """
 
 from __future__ import annotations
@@ -187,23 +194,112 @@ def ddlock_profile(request: "pytest.FixtureRequest", tmp_path: "os.PathLike[str]
         ddlock.stop()
 
 
-# ---- deadlocked tests fail instead of hanging -------------------------------
+# ---- lock-order checking ------------------------------------------------------
 
-class DeadlockError(AssertionError):
-    """A test's threads deadlocked on profiled locks (ddlock's report)."""
+FAIL_MODES = ("session", "test", "none")
 
 
-def pytest_addoption(parser: Any) -> None:
-    group = parser.getgroup("ddlock")
+def pytest_addoption(parser: "pytest.Parser") -> None:
+    group = parser.getgroup("ddlock", "ddlock lock profiler")
+    group.addoption("--ddlock-lock-order", action="store_true", default=False,
+                    help="check lock order for the whole session (ddlock.start("
+                         "lock_order=True)) and list lock-order inversions")
+    group.addoption("--ddlock-lock-order-fail", choices=FAIL_MODES, default="session",
+                    help="what an inversion fails: the session (default), the "
+                         "test during which it was found, or none")
     group.addoption("--ddlock-deadlock-timeout", type=float, default=None, metavar="SECONDS",
                     help="fail a test whose threads stay deadlocked on locks ddlock profiles "
                          "for SECONDS, with ddlock's deadlock report (0: off, the default)")
     parser.addini("ddlock_deadlock_timeout", "default of --ddlock-deadlock-timeout", default="0")
 
 
-def pytest_configure(config: Any) -> None:
+def pytest_configure(config: "pytest.Config") -> None:
     config.addinivalue_line("markers", "ddlock_deadlock_timeout(seconds): fail this test when "
                                        "its threads stay deadlocked that long (ddlock)")
+    if config.getoption("ddlock_lock_order", default=False):
+        config.pluginmanager.register(
+            LockOrderSession(config.getoption("ddlock_lock_order_fail")), "ddlock-lock-order")
+
+
+class LockOrderSession:
+    """The ``--ddlock-lock-order`` run: ddlock from session start to finish."""
+
+    def __init__(self, fail: str) -> None:
+        self.fail = fail
+        self.started = False
+        self.seen = 0
+        self.found_in: List[str] = []  # node id when each report appeared
+        self.reports: List[dict] = []
+
+    def _new_inversions(self) -> List[dict]:
+        import ddlock
+
+        inversions = ddlock.lock_order_inversions()
+        new = inversions[self.seen:]
+        self.seen = len(inversions)
+        return new
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionstart(self, session: "pytest.Session") -> None:
+        import ddlock
+
+        ddlock.start(lock_order=True, capture_pct=0, upload_enabled=False)
+        self.started = True
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: "pytest.Item", call: "pytest.CallInfo[None]"):  # type: ignore[no-untyped-def]
+        outcome = yield
+        if not self.started:
+            return
+        new = self._new_inversions()
+        if not new:
+            return
+        self.found_in += [item.nodeid] * len(new)
+        rep = outcome.get_result()
+        if self.fail == "test" and rep.passed:
+            from . import _order
+
+            rep.outcome = "failed"
+            rep.longrepr = "ddlock: %d lock-order inversion(s) found during %s:\n%s" % (
+                len(new), call.when, "\n".join(_order.format_report(r) for r in new))
+
+    def pytest_sessionfinish(self, session: "pytest.Session", exitstatus: int) -> None:
+        if not self.started:
+            return
+        import ddlock
+
+        new = self._new_inversions()
+        self.found_in += ["(session)"] * len(new)
+        ddlock.stop(flush=False)
+        self.started = False
+        self.reports = ddlock.lock_order_inversions(same_class=True)
+        inversions = [r for r in self.reports if r.get("kind") == "inversion"]
+        if inversions and self.fail == "session" and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:  # type: ignore[no-untyped-def]
+        from . import _order
+
+        inversions = [r for r in self.reports if r.get("kind") == "inversion"]
+        nestings = [r for r in self.reports if r.get("kind") == "same-class"]
+        if not inversions and not nestings:
+            terminalreporter.write_line("ddlock lock order: no inversion found")
+            return
+        terminalreporter.section("ddlock lock order")
+        for i, report in enumerate(inversions):
+            where = self.found_in[i] if i < len(self.found_in) else "?"
+            terminalreporter.write_line("found during %s" % where)
+            terminalreporter.write_line(_order.format_report(report))
+        for report in nestings:
+            terminalreporter.write_line(_order.format_report(report))
+        terminalreporter.write_line("ddlock lock order: %d inversion(s), %d same-class nesting(s)"
+                                    % (len(inversions), len(nestings)))
+
+
+# ---- deadlocked tests fail instead of hanging -------------------------------
+
+class DeadlockError(AssertionError):
+    """A test's threads deadlocked on profiled locks (ddlock's report)."""
 
 
 def _deadlock_timeout(item: Any) -> float:

@@ -6,6 +6,7 @@
  *   frames.c    stacks, creation sites, lock names (the only frame reader)
  *   tasks.c     who is running: thread, asyncio task, greenlet; their labels
  *   record.c    sampling decisions and the record path into the profile
+ *   order.c     lock-order checking (order.h)
  *   lock.c      the native _thread.lock / _thread.RLock, profiled in place
  *   tracker.c   profiling state of the Python-level primitives
  *   hooks.c     method hooks of the Python-level primitives' classes
@@ -177,6 +178,7 @@ typedef struct {
 
 typedef struct ddl_locktab ddl_locktab;       /* lock.c */
 typedef struct ddl_trackertab ddl_trackertab; /* tracker.c */
+typedef struct ddl_order ddl_order;           /* order.c */
 
 /* Per-module state (one per interpreter that imports ddlock._ddlock; only
  * the main interpreter's profiles). */
@@ -207,7 +209,9 @@ typedef struct {
     int resolve_names; /* 0 only for testing the checker */
     int n_excludes;
     char *excludes[DDL_MAX_EXCLUDES];
-    uint64_t seed; /* 0 = random */
+    uint64_t seed;  /* 0 = random */
+    int lock_order; /* lock-order checking on (order.c) */
+    ddl_order *order;
 
     ddl_profile *profile;
     ddl_exporter *exporter;

@@ -24,6 +24,8 @@
  */
 #include "tracker.h"
 
+#include "order.h"
+
 #include <string.h>
 
 enum {
@@ -273,6 +275,9 @@ waiting_step(ddl_waiting *w, PyObject *r)
         w->holder = NULL;
         ddl_tracker_acquired_w(w->st, (ddl_tracker *)w->tracker, DDL_ACQ_TIMED,
                                w->t0, 0, holder);
+        if (w->st->lock_order) {
+            ddl_tracker_order_acquired(w->st, (ddl_tracker *)w->tracker, 0, 1);
+        }
     }
     ddl_set_stop_iteration(value);
     Py_DECREF(value);
@@ -587,6 +592,10 @@ hook_sync_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     if (r != NULL && result_true(r)) {
         ddl_tracker_acquired_w(
             st, t, free ? DDL_ACQ_UNCONTENDED : DDL_ACQ_TIMED, t0, 0, w);
+        if (st->lock_order) {
+            ddl_tracker_order_acquired(
+                st, t, ddl_order_is_try(args + 1, nargs - 1, kwnames), 1);
+        }
     }
     else if (w != NULL) {
         ddl_wait_end(st, w, NULL, NULL, 0, 0);
@@ -611,6 +620,9 @@ hook_async_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
         if (coro != NULL && ddl_sample_uncontended(st)) {
             /* it takes the lock as soon as it runs */
             ddl_tracker_acquired(st, t, DDL_ACQ_SAMPLED, 0, 0);
+        }
+        if (coro != NULL && st->lock_order) {
+            ddl_tracker_order_acquired(st, t, 0, 1);
         }
         return coro;
     }
@@ -657,8 +669,11 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         int64_t t0 = ddl_monotonic_ns();
         r = call_orig(h, args, nargsf, kwnames);
         if (r != NULL) {
-            ddl_tracker_acquired(st, t, DDL_ACQ_TIMED, t0,
-                                 restored_depth(nargs >= 2 ? args[1] : NULL));
+            int depth = restored_depth(nargs >= 2 ? args[1] : NULL);
+            ddl_tracker_acquired(st, t, DDL_ACQ_TIMED, t0, depth);
+            if (st->lock_order) {
+                ddl_tracker_order_acquired(st, t, 0, (unsigned long)depth);
+            }
         }
         return r;
     }
@@ -684,6 +699,9 @@ hook_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
         }
         if (r != NULL && (t->sampled || t->nring > 0)) {
             ddl_tracker_released(st, t, h->op == H_RELEASE_SAVE);
+        }
+        if (r != NULL && st->lock_order) {
+            ddl_tracker_order_released(st, t, h->op == H_RELEASE_SAVE);
         }
         return r;
     }

@@ -31,6 +31,7 @@
  */
 #include "holder.h"
 #include "locktab.h"
+#include "order.h"
 
 #include <string.h>
 
@@ -44,11 +45,12 @@ typedef struct {
     const char *name;
     PyCFunction impl;
     int flags;
-    PyObject *orig;     /* the native descriptor, strong while installed */
-    PyCFunction native; /* its C function, when METH_NOARGS, else NULL */
-    PyCFunction meth;   /* its C function, whatever its calling convention */
-    int meth_flags;     /* and that convention (METH_COEXIST masked) */
-    PyMethodDef def;    /* ours: the native name and doc */
+    PyCFunction impl_order; /* impl checking lock order (order.c) */
+    PyObject *orig;         /* the native descriptor, strong while installed */
+    PyCFunction native;     /* its C function, when METH_NOARGS, else NULL */
+    PyCFunction meth; /* its C function, whatever its calling convention */
+    int meth_flags;   /* and that convention (METH_COEXIST masked) */
+    PyMethodDef def;  /* ours: the native name and doc */
 } hmethod;
 
 enum {
@@ -90,6 +92,25 @@ static PyObject *rl_exit(PyObject *, PyObject *const *, Py_ssize_t);
 static PyObject *rl_release_save(PyObject *, PyObject *);
 static PyObject *rl_acquire_restore(PyObject *, PyObject *const *, Py_ssize_t);
 
+static PyObject *lko_acquire(PyObject *, PyObject *const *, Py_ssize_t,
+                             PyObject *);
+static PyObject *lko_acquire_lock(PyObject *, PyObject *const *, Py_ssize_t,
+                                  PyObject *);
+static PyObject *lko_enter(PyObject *, PyObject *const *, Py_ssize_t,
+                           PyObject *);
+static PyObject *lko_release(PyObject *, PyObject *);
+static PyObject *lko_release_lock(PyObject *, PyObject *);
+static PyObject *lko_exit(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *rlo_acquire(PyObject *, PyObject *const *, Py_ssize_t,
+                             PyObject *);
+static PyObject *rlo_enter(PyObject *, PyObject *const *, Py_ssize_t,
+                           PyObject *);
+static PyObject *rlo_release(PyObject *, PyObject *);
+static PyObject *rlo_exit(PyObject *, PyObject *const *, Py_ssize_t);
+static PyObject *rlo_release_save(PyObject *, PyObject *);
+static PyObject *rlo_acquire_restore(PyObject *, PyObject *const *,
+                                     Py_ssize_t);
+
 #define FASTKW METH_FASTCALL | METH_KEYWORDS
 #define FN(f) ((PyCFunction)(void (*)(void))(f))
 
@@ -116,26 +137,31 @@ static struct {
 } H = {
     .lm =
         {
-            [LM_ACQUIRE] = {"acquire", FN(lk_acquire), FASTKW},
-            [LM_ACQUIRE_LOCK] = {"acquire_lock", FN(lk_acquire_lock), FASTKW},
-            [LM_ENTER] = {"__enter__", FN(lk_enter), FASTKW},
-            [LM_RELEASE] = {"release", FN(lk_release), METH_NOARGS},
+            [LM_ACQUIRE] = {"acquire", FN(lk_acquire), FASTKW,
+                            FN(lko_acquire)},
+            [LM_ACQUIRE_LOCK] = {"acquire_lock", FN(lk_acquire_lock), FASTKW,
+                                 FN(lko_acquire_lock)},
+            [LM_ENTER] = {"__enter__", FN(lk_enter), FASTKW, FN(lko_enter)},
+            [LM_RELEASE] = {"release", FN(lk_release), METH_NOARGS,
+                            FN(lko_release)},
             [LM_RELEASE_LOCK] = {"release_lock", FN(lk_release_lock),
-                                 METH_NOARGS},
-            [LM_EXIT] = {"__exit__", FN(lk_exit), METH_FASTCALL},
+                                 METH_NOARGS, FN(lko_release_lock)},
+            [LM_EXIT] = {"__exit__", FN(lk_exit), METH_FASTCALL, FN(lko_exit)},
             /* not replaced: called by the portable path */
-            [LM_LOCKED] = {"locked", NULL, 0},
+            [LM_LOCKED] = {"locked", NULL, 0, NULL},
         },
     .rm =
         {
-            [RM_ACQUIRE] = {"acquire", FN(rl_acquire), FASTKW},
-            [RM_ENTER] = {"__enter__", FN(rl_enter), FASTKW},
-            [RM_RELEASE] = {"release", FN(rl_release), METH_NOARGS},
-            [RM_EXIT] = {"__exit__", FN(rl_exit), METH_FASTCALL},
+            [RM_ACQUIRE] = {"acquire", FN(rl_acquire), FASTKW,
+                            FN(rlo_acquire)},
+            [RM_ENTER] = {"__enter__", FN(rl_enter), FASTKW, FN(rlo_enter)},
+            [RM_RELEASE] = {"release", FN(rl_release), METH_NOARGS,
+                            FN(rlo_release)},
+            [RM_EXIT] = {"__exit__", FN(rl_exit), METH_FASTCALL, FN(rlo_exit)},
             [RM_RELEASE_SAVE] = {"_release_save", FN(rl_release_save),
-                                 METH_NOARGS},
+                                 METH_NOARGS, FN(rlo_release_save)},
             [RM_ACQUIRE_RESTORE] = {"_acquire_restore", FN(rl_acquire_restore),
-                                    METH_FASTCALL},
+                                    METH_FASTCALL, FN(rlo_acquire_restore)},
             /* not replaced: called by the portable path */
             [RM_IS_OWNED] = {"_is_owned", NULL, 0},
         },
@@ -834,6 +860,91 @@ rl_acquire_restore(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return r;
 }
 
+/* ---- lock-order checking
+ * ---------------------------------------------------- While
+ * start(lock_order=True) runs, the methods installed are these: the ones
+ * above, then order.c told of what succeeded. The methods installed otherwise
+ * are the ones above alone (no test of a flag). */
+
+static void
+order_acquired(PyObject *self, int is_try, unsigned long depth)
+{
+    ddl_state *st = active_state();
+    ddl_prof *p = st != NULL ? ddl_lock_prof(st, self, NULL) : NULL;
+    if (p == NULL) {
+        return;
+    }
+    PyObject *target = self;
+    if (ddl_order_needs_target(st, self)) {
+        ddl_lock_prof(st, self, &target);
+    }
+    ddl_order_acquired(st, self, p, target,
+                       (uintptr_t)PyThread_get_thread_ident(), is_try, depth);
+}
+
+static void
+order_released(PyObject *self, int full)
+{
+    ddl_state *st = H.st;
+    if (st != NULL && st->lock_order) {
+        ddl_order_released(st, self, (uintptr_t)PyThread_get_thread_ident(),
+                           full);
+    }
+}
+
+#define ORDER_ACQUIRE(name, impl)                                             \
+    static PyObject *name(PyObject *self, PyObject *const *args,              \
+                          Py_ssize_t nargs, PyObject *kwnames)                \
+    {                                                                         \
+        PyObject *r = impl(self, args, nargs, kwnames);                       \
+        if (r == Py_True) {                                                   \
+            order_acquired(self, ddl_order_is_try(args, nargs, kwnames), 1);  \
+        }                                                                     \
+        return r;                                                             \
+    }
+#define ORDER_RELEASE(name, impl, full)                                       \
+    static PyObject *name(PyObject *self, PyObject *unused)                   \
+    {                                                                         \
+        PyObject *r = impl(self, unused);                                     \
+        if (r != NULL) {                                                      \
+            order_released(self, full);                                       \
+        }                                                                     \
+        return r;                                                             \
+    }
+#define ORDER_EXIT(name, impl)                                                \
+    static PyObject *name(PyObject *self, PyObject *const *args,              \
+                          Py_ssize_t nargs)                                   \
+    {                                                                         \
+        PyObject *r = impl(self, args, nargs);                                \
+        if (r != NULL) {                                                      \
+            order_released(self, 0);                                          \
+        }                                                                     \
+        return r;                                                             \
+    }
+
+ORDER_ACQUIRE(lko_acquire, lk_acquire)
+ORDER_ACQUIRE(lko_acquire_lock, lk_acquire_lock)
+ORDER_ACQUIRE(lko_enter, lk_enter)
+ORDER_RELEASE(lko_release, lk_release, 0)
+ORDER_RELEASE(lko_release_lock, lk_release_lock, 0)
+ORDER_EXIT(lko_exit, lk_exit)
+ORDER_ACQUIRE(rlo_acquire, rl_acquire)
+ORDER_ACQUIRE(rlo_enter, rl_enter)
+ORDER_RELEASE(rlo_release, rl_release, 0)
+ORDER_EXIT(rlo_exit, rl_exit)
+ORDER_RELEASE(rlo_release_save, rl_release_save, 1)
+
+/* Condition.wait() re-acquiring: a blocking acquire at the depth saved. */
+static PyObject *
+rlo_acquire_restore(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    PyObject *r = rl_acquire_restore(self, args, nargs);
+    if (r != NULL) {
+        order_acquired(self, 0, restored_depth(args, nargs));
+    }
+    return r;
+}
+
 /* ---- creation and deallocation ------------------------------------------ */
 
 static PyObject *
@@ -907,6 +1018,9 @@ forget(PyObject *obj)
     ddl_state *st = H.st;
     if (st != NULL && st->locktab != NULL) {
         ddl_locktab_forget(st->locktab, obj);
+        if (st->lock_order) {
+            ddl_order_forget(st, obj);
+        }
     }
 }
 
@@ -930,7 +1044,8 @@ rlock_dealloc_hook(PyObject *obj)
  * __exit__ (index exit) is called directly when it is the C function of
  * release (index release): it ignores its arguments. */
 static int
-hook_methods(PyTypeObject *tp, hmethod *ms, int n, int release, int exit)
+hook_methods(PyTypeObject *tp, hmethod *ms, int n, int release, int exit,
+             int order)
 {
     PyObject *dict = ddl_type_dict(tp);
     if (dict == NULL) {
@@ -959,7 +1074,9 @@ hook_methods(PyTypeObject *tp, hmethod *ms, int n, int release, int exit)
         if (m->impl == NULL) {
             continue;
         }
-        m->def = (PyMethodDef){m->name, m->impl, m->flags, nd->ml_doc};
+        m->def = (PyMethodDef){
+            m->name, order && m->impl_order ? m->impl_order : m->impl,
+            m->flags, nd->ml_doc};
         PyObject *ours = PyDescr_NewMethod(tp, &m->def);
         if (ours == NULL) {
             goto done;
@@ -1100,7 +1217,8 @@ ddl_locks_hook(ddl_state *st, int lock, int rlock)
         if (mod == NULL) {
             return -1;
         }
-        if (hook_methods(ltp, H.lm, LM_COUNT, LM_RELEASE, LM_EXIT) < 0) {
+        if (hook_methods(ltp, H.lm, LM_COUNT, LM_RELEASE, LM_EXIT,
+                         st->lock_order) < 0) {
             Py_DECREF(mod);
             unhook_methods(ltp, H.lm, LM_COUNT);
             return -1;
@@ -1120,7 +1238,8 @@ ddl_locks_hook(ddl_state *st, int lock, int rlock)
         H.lock_hooked = 1;
     }
     if (rlock && !H.rlock_hooked) {
-        if (hook_methods(rtp, H.rm, RM_COUNT, RM_RELEASE, RM_EXIT) < 0) {
+        if (hook_methods(rtp, H.rm, RM_COUNT, RM_RELEASE, RM_EXIT,
+                         st->lock_order) < 0) {
             unhook_methods(rtp, H.rm, RM_COUNT);
             return -1;
         }

@@ -3,6 +3,7 @@
  * parses configuration and installs the hooks; this module owns the
  * profile, the exporter and the hooks' state. */
 #include "holder.h"
+#include "order.h"
 #include "tracker.h"
 
 #include <pthread.h>
@@ -134,6 +135,7 @@ static void
 stop_collecting(ddl_state *st, int final_export)
 {
     st->running = 0;
+    st->lock_order = 0; /* its reports stay until the next start */
     st->generation++;
     ddl_exporter *e = st->exporter;
     ddl_profile *p = st->profile;
@@ -180,13 +182,14 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
                              "resolve_names",
                              "max_files",
                              "min_free_bytes",
+                             "lock_order",
                              NULL};
     const char *output_prefix = NULL, *url = NULL, *unix_socket = NULL;
     const char *api_key = NULL, *tags = "", *version = DDL_VERSION;
     const char *ca_file = NULL;
     double capture_pct = 1.0, interval = 60.0;
     int max_frames = 64, inspect_dir = 1, upload_enabled = 0,
-        resolve_names = 1;
+        resolve_names = 1, lock_order = 0;
     PyObject *exclude = NULL;
     Py_ssize_t max_samples = 10000;
     long long wait_rate_ns = 1000000, seed = 0;
@@ -194,12 +197,12 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
     unsigned int file_mode = 0600, max_files = 0;
     unsigned long long min_free_bytes = 0;
     if (!PyArg_ParseTupleAndKeywords(
-            args, kwargs, "|$zdidpOnLLpzzzlzzzIpIK:start", kwlist,
+            args, kwargs, "|$zdidpOnLLpzzzlzzzIpIKp:start", kwlist,
             &output_prefix, &capture_pct, &max_frames, &interval, &inspect_dir,
             &exclude, &max_samples, &wait_rate_ns, &seed, &upload_enabled,
             &url, &unix_socket, &api_key, &timeout_ms, &tags, &version,
-            &ca_file, &file_mode, &resolve_names, &max_files,
-            &min_free_bytes)) {
+            &ca_file, &file_mode, &resolve_names, &max_files, &min_free_bytes,
+            &lock_order)) {
         return NULL;
     }
     if (!(capture_pct >= 0.0 && capture_pct <= 100.0)) {
@@ -223,6 +226,9 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
     ddl_site_cache_clear(st); /* decisions depend on the exclusions */
     if (exclude != NULL && exclude != Py_None &&
         set_excludes(st, exclude) < 0) {
+        return NULL;
+    }
+    if (lock_order && ddl_order_start(st) < 0) {
         return NULL;
     }
     if (st->file_history == NULL &&
@@ -271,6 +277,7 @@ mod_start(PyObject *module, PyObject *args, PyObject *kwargs)
     st->resolve_names = resolve_names;
     st->wait_rate_ns = wait_rate_ns;
     st->seed = (uint64_t)seed;
+    st->lock_order = lock_order;
     ddl_reset_seed_sequence();
     st->generation++;
     st->running = 1;
@@ -354,6 +361,9 @@ mod_stats(PyObject *module, PyObject *unused)
     SET_U64(d, "names_cache_hits", st->names_cache_hits);
     SET_U64(d, "names_missed", st->names_missed);
     SET_U64(d, "holds_dropped", st->holds_dropped);
+    if (ddl_order_stats(st, d) < 0) {
+        goto error;
+    }
     if (st->profile != NULL || st->has_last_stats) {
         ddl_profile_stats ps = st->last_profile_stats;
         if (st->profile != NULL) {
@@ -560,6 +570,7 @@ mod_fork_child(PyObject *module, PyObject *unused)
     }
     ddl_locks_fork_child(st);
     ddl_waits_fork_child();
+    ddl_order_fork_child(st);
     if (st->exporter != NULL && ddl_exporter_fork_child(st->exporter) != 0) {
         /* no export thread in the child: stop collecting rather than grow */
         st->running = 0;
@@ -1019,7 +1030,7 @@ module_exec(PyObject *module)
     }
     if (intern_strings(st) < 0 || ddl_locks_init(module, st) < 0 ||
         ddl_trackers_init(module, st) < 0 || ddl_hooks_init(module, st) < 0 ||
-        ddl_holder_init(module, st) < 0) {
+        ddl_holder_init(module, st) < 0 || ddl_order_init(module, st) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "__version__", DDL_VERSION) < 0) {
@@ -1062,6 +1073,7 @@ module_clear(PyObject *module)
     ddl_ident_cache_clear(st);
     ddl_locks_clear(st);
     ddl_trackers_clear(st);
+    ddl_order_clear(st);
     Py_CLEAR(st->threading_active);
     Py_CLEAR(st->threading_file);
     Py_CLEAR(st->ddlock_dir);

@@ -14,6 +14,8 @@
  */
 #include "tracker.h"
 
+#include "order.h"
+
 #include <string.h>
 
 struct ddl_trackertab {
@@ -147,6 +149,9 @@ tracker_call(PyObject *self, PyObject *args, PyObject *kwargs)
     size_t slot;
     if (st != NULL && tt_find(st->trackertab, t->key, &slot) == t) {
         tt_remove_at(st->trackertab, slot);
+    }
+    if (st != NULL && st->lock_order && t->key != NULL) {
+        ddl_order_forget(st, t->key);
     }
     t->key = NULL;
     /* the table owned the weak reference that calls us; the call holds
@@ -475,7 +480,32 @@ ddl_tracker_waited(ddl_state *st, ddl_tracker *t, int64_t t0, int outcome)
                     1.0 / p);
 }
 
-/* ---- module parts --------------------------------------------------------
+/* ---- lock-order checking ------------------------------------------------ */
+
+void
+ddl_tracker_order_acquired(ddl_state *st, ddl_tracker *t, int is_try,
+                           unsigned long depth)
+{
+    if (t->key == NULL || !st->running) {
+        return;
+    }
+    PyObject *target =
+        ddl_order_needs_target(st, t->key) ? tracker_target(t) : NULL;
+    ddl_order_acquired(st, t->key, &t->prof, target,
+                       ddl_current_actor(st, t->prof.kind), is_try, depth);
+}
+
+void
+ddl_tracker_order_released(ddl_state *st, ddl_tracker *t, int full)
+{
+    if (t->key != NULL) {
+        ddl_order_released(st, t->key, ddl_current_actor(st, t->prof.kind),
+                           full);
+    }
+}
+
+/* ---- module parts
+ * --------------------------------------------------------
  */
 
 ddl_prof *

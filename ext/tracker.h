@@ -89,6 +89,11 @@ ddl_tracker *ddl_wait_tracker_new(ddl_state *st, PyObject *obj, int wait_type,
  * (DDL_WAIT_*): sampled like a contended acquire. Never raises. */
 void ddl_tracker_waited(ddl_state *st, ddl_tracker *t, int64_t t0,
                         int outcome);
+/* Lock-order checking (order.c) of t's object: an acquire succeeded
+ * (is_try: non-blocking; depth: levels restored), a release succeeded. */
+void ddl_tracker_order_acquired(ddl_state *st, ddl_tracker *t, int is_try,
+                                unsigned long depth);
+void ddl_tracker_order_released(ddl_state *st, ddl_tracker *t, int full);
 /* What profiles obj: a native lock's entry or a tracker's; NULL if none.
  * *target (when not NULL): the object whose name labels it, borrowed. */
 ddl_prof *ddl_profiled(ddl_state *st, PyObject *obj, PyObject **target);
