@@ -614,8 +614,10 @@ hook_async_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
     int waits = asyncio_would_wait(st, t->prof.kind, args[0]);
     PyObject *coro = call_orig(h, args, nargsf, kwnames);
     if (coro == NULL || !waits) {
-        if (coro != NULL) {
-            ddl_tracker_note_task(st, t); /* holder.c: the holder */
+        if (coro != NULL && t->holder_wanted) {
+            /* holder.c: the holder, noted once the lock was contended
+             * (reading the running task costs more than the acquire) */
+            ddl_tracker_note_task(st, t);
         }
         if (coro != NULL && ddl_sample_uncontended(st)) {
             /* it takes the lock as soon as it runs */
@@ -626,6 +628,7 @@ hook_async_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
         }
         return coro;
     }
+    t->holder_wanted = 1;
     PyObject *w = waiting_new(st, coro, t, ddl_monotonic_ns());
     Py_DECREF(coro);
     return w;

@@ -27,10 +27,12 @@ typedef struct {
     /* semaphores: sampled holds in progress, by holder (made lazily) */
     ddl_pending_hold *ring;
     int nring;
-    unsigned long holder;  /* thread of the last acquire while it holds, 0:
-                              none known (holder.c) */
-    PyObject *holder_task; /* asyncio: weak reference to the task of the
-                              last acquire, or NULL */
+    unsigned long holder; /* thread of the last acquire while it holds, 0:
+                             none known (holder.c) */
+    unsigned char holder_wanted; /* asyncio: contended once, so the task of
+                                    each acquire is noted (holder.c) */
+    PyObject *holder_task;       /* asyncio: weak reference to the task of the
+                                    last acquire, or NULL */
     /* DDL_W_*: a tracker of condition waits only (not of the object's
      * acquires: ddl_profiled() does not see it); 0 otherwise */
     int wait_type;

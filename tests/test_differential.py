@@ -449,6 +449,7 @@ def test_dill_pickles_locks_and_what_holds_them(tmp_path):
     assert out["queue"] == ["return", 3]
 
 
+@pytest.mark.no_sanitize  # greenlet's stack copying is reported by ASan by design
 def test_gevent_relocks_logging_and_its_locks_exclude_greenlets(tmp_path):
     """gevent's patch_all re-creates logging's locks after the program set
     up logging; under ddlock they still exclude greenlets (a handler whose

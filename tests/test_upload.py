@@ -440,9 +440,13 @@ def test_upload_to_ddapm_test_agent(ddapm_agent, program, prefix):
         extra_tags=("team:locks", "tier:backend", "region:eu-west"),
         service={"service": "lock-svc", "env": "upload-test", "version": "1.2.3"})
     # the holder of the contended wait (issue 18) went up with the profile
-    held = profile.samples_with_value("lock-holder-wait")
-    assert [s.labels["thread name"] for s in held] == ["handoff-holder"], profile.samples
-    assert "hold_handoff" in [ln.function_name for loc in held[0].locations for ln in loc.lines]
+    # (other contended waits of the program, e.g. its workers' on a slow
+    # machine, may be charged to other holders too)
+    held = [s for s in profile.samples_with_value("lock-holder-wait")
+            if s.labels.get("thread name") == "handoff-holder"]
+    assert held, profile.samples
+    assert any("hold_handoff" in [ln.function_name for loc in s.locations for ln in loc.lines]
+               for s in held)
     assert any(s.labels.get("holder thread name") == "handoff-holder"
                for s in profile.samples_with_value("lock-acquire-wait"))
     # the condition-wait sample types went with it (issue 25)
