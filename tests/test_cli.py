@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from conftest import REPO, python_env
+from conftest import REPO, locals_readable, python_env
 from ddlock import report, testing
 from ddlock._pprof import merge, parse_file
 
@@ -226,7 +226,10 @@ def test_report_puts_the_contended_lock_first(good_prefix):
     # runs as __main__; store_lock is an attribute of a Store
     assert by_wait and by_wait[0].split()[:3] == ["1", "__main__", "hot_lock"], out
     assert "app.py:" in by_wait[0]
-    assert {r.split()[2] for r in by_wait} >= {"hot_lock", "app_lock", "Store.store_lock"}
+    # (the portable build of 3.11 cannot read `self` at the acquire site:
+    # the creation binding names it, without its owner; README limitations)
+    store = "Store.store_lock" if locals_readable() else "store_lock"
+    assert {r.split()[2] for r in by_wait} >= {"hot_lock", "app_lock", store}
     # acquire and release counts: 200 app_lock acquires, 60 hot_lock acquires
     app_row = next(r for r in by_wait if r.split()[2] == "app_lock")
     assert re.search(r"\b200\s+200\b", app_row), app_row
