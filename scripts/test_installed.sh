@@ -110,7 +110,7 @@ test_tree() {
 
 suite() {
     scripts/deps.sh --python "$vpy" || return 1  # pytest, hypothesis, gevent into the venv
-    (cd "$tree" && DDLOCK_TEST_INSTALLED="$dir/venv" "$vpy" -m pytest -q -rs ${PYTEST_ARGS:-})
+    (cd "$tree" && DDLOCK_TEST_INSTALLED="$dir/venv" "$vpy" -m pytest -q -rs -m "not heavy" ${PYTEST_ARGS:-})
 }
 
 failed=()
