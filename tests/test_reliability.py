@@ -875,8 +875,10 @@ def _million(tmp_path, profile, keep, nsites):
     ("all-alive", 10000, True, 64 * 1000000),
     ("all-alive-8000-sites", 8000, True, 64 * 1000000),
     # 100,000 sites x 10 live locks: beyond the site cache, within the name
-    # cache (131,072 pairs); heavy: not in the per-version runs
-    pytest.param("all-alive-100k-sites", 100000, True, 64 * 1000000,
+    # cache (131,072 pairs); per site also a shared (label, module, owner)
+    # tuple: the true bound there is higher (75-90 B/lock measured on
+    # 3.9-3.13, RELIABILITY.md); heavy: not in the per-version runs
+    pytest.param("all-alive-100k-sites", 100000, True, 96 * 1000000,
                  marks=pytest.mark.heavy),
 ])
 def test_million_locks_memory_bounded(tmp_path, variant, nsites, keep, bound):
