@@ -3,7 +3,6 @@ holders whose holding made others wait -- holder thread, where it was when
 the wait began (the lock-holder-wait samples' stacks) and the total wait it
 caused."""
 
-import os
 from typing import Dict, List, Tuple
 
 from . import _pprof
@@ -32,7 +31,7 @@ def collect_holders(profile: _pprof.Profile) -> Dict[str, Dict[Tuple[str, Tuple[
 def render_holders(profile: _pprof.Profile, locks: int = 5, holders: int = 3, depth: int = 3,
                    width: int = 100) -> List[str]:
     """Lines of the section; none when the profile has no holder waits."""
-    from .report import _count, _fit, _pct, format_ns
+    from .report import _count, _fit, _pct, format_ns, frame_lines
 
     data = collect_holders(profile)
     if not data:
@@ -46,11 +45,7 @@ def render_holders(profile: _pprof.Profile, locks: int = 5, holders: int = 3, de
             where = frames[0].function_name if frames else "?"
             out.append(_fit("  %d. held by thread %s in %s: caused %s (%s)" % (
                 n, thread, where, format_ns(value), _pct(value, total)), width))
-            for f in frames[:depth]:
-                loc = os.path.basename(f.filename) if f.filename else ""
-                if loc and f.line:
-                    loc = "%s:%d" % (loc, f.line)
-                out.append(_fit("       %s  %s" % (f.function_name or "?", loc), width).rstrip())
+            out.extend(frame_lines(frames, depth, width))
         if len(ranked) > holders:
             out.append("     (%s more holders/stacks)" % _count(len(ranked) - holders))
     return out

@@ -562,16 +562,7 @@ def render_stacks(stats: Dict[str, LockStats], by: str = "wait", locks: int = 5,
             out.append(_fit("  %d. %s %s (%s of this lock), %s %s" % (
                 n, by, format_ns(value), _pct(value, s.value(by)), _count(events),
                 "acquires" if by == "wait" else "releases"), width))
-            shown = frames[:depth]
-            fw = min(max([len(f.function_name or "?") for f in shown] + [1]), 40)
-            for f in shown:
-                where = os.path.basename(f.filename) if f.filename else ""
-                if where and f.line:
-                    where = "%s:%d" % (where, f.line)
-                out.append(_fit("       %s  %s" % (_fit(f.function_name or "?", fw).ljust(fw), where), width)
-                           .rstrip())
-            if len(frames) > depth:
-                out.append("       … %d more frame%s" % (len(frames) - depth, "s" if len(frames) - depth > 1 else ""))
+            out.extend(frame_lines(frames, depth, width))
         if len(hot) > stacks:
             out.append("     (%d more stacks)" % (len(hot) - stacks))
     if not out:
@@ -663,13 +654,7 @@ def render_condition_waits(profile: _pprof.Profile, top: int = 10, stacks: int =
         for n, (frames, (count, ns)) in enumerate(hot[:stacks], 1):
             out.append(_fit("  %d. wait %s (%s of this object), %s waits" % (
                 n, format_ns(ns), _pct(ns, r[2]), _count(count)), width))
-            for f in frames[:depth]:
-                where = os.path.basename(f.filename) if f.filename else ""
-                if where and f.line:
-                    where = "%s:%d" % (where, f.line)
-                out.append(_fit("       %s  %s" % (f.function_name or "?", where), width).rstrip())
-            if len(frames) > depth:
-                out.append("       … %d more frames" % (len(frames) - depth))
+            out.extend(frame_lines(frames, depth, width))
     return out
 
 
@@ -718,6 +703,24 @@ def _build_tree(profile: _pprof.Profile, which: str) -> Tuple[_Node, int]:
             node.value += v
         depth = max(depth, len(frames) + 2)
     return root, depth
+
+
+def frame_lines(frames: Sequence[_pprof.Frame], depth: int, width: int) -> List[str]:
+    """A stack's first ``depth`` frames, one indented line each (function
+    names aligned, then file:line), and how many more there are."""
+    out = []
+    shown = frames[:depth]
+    fw = min(max([len(f.function_name or "?") for f in shown] + [1]), 40)
+    for f in shown:
+        where = os.path.basename(f.filename) if f.filename else ""
+        if where and f.line:
+            where = "%s:%d" % (where, f.line)
+        out.append(_fit("       %s  %s" % (_fit(f.function_name or "?", fw).ljust(fw), where), width)
+                   .rstrip())
+    if len(frames) > depth:
+        more = len(frames) - depth
+        out.append("       … %d more frame%s" % (more, "s" if more > 1 else ""))
+    return out
 
 
 def _frame_label(f: _pprof.Frame) -> str:
