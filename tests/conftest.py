@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -33,6 +34,16 @@ def locals_readable():
 
     return not (ddlock.build_info()["frame_walk"] == "public"
                 and sys.version_info[:2] == (3, 11))
+
+
+def this_thread():
+    """The thread labels every event of the calling thread must carry (as
+    ddlock.testing's expected events take them)."""
+    return {
+        "thread_id": threading.get_ident(),
+        "thread_native_id": threading.get_native_id(),
+        "thread_name": threading.current_thread().name,
+    }
 
 
 def run_python(code, env=None, timeout=120, check=True, args=(), cwd=None):

@@ -32,7 +32,7 @@ import time
 import pytest
 
 import ddlock
-from conftest import locals_readable, run_script
+from conftest import locals_readable, run_script, this_thread
 from ddlock import testing
 from ddlock.testing import LineMarkers, LockAcquireEvent, LockReleaseEvent
 
@@ -52,14 +52,6 @@ def threading_is_restored():
 @pytest.fixture(params=KINDS)
 def kind(request):
     return request.param
-
-
-def this_thread():
-    return {
-        "thread_id": threading.get_ident(),
-        "thread_native_id": threading.get_native_id(),
-        "thread_name": threading.current_thread().name,
-    }
 
 
 def expect(prof, key, lock_name, caller_name, thread=None, count=1, acquire=True, release=True,

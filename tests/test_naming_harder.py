@@ -15,7 +15,7 @@ import threading
 import pytest
 
 import ddlock
-from conftest import locals_readable
+from conftest import locals_readable, this_thread
 from ddlock.testing import LockAcquireEvent, LockReleaseEvent
 
 FILENAME = os.path.basename(__file__)
@@ -25,14 +25,6 @@ KINDS = ["Lock", "RLock"]
 @pytest.fixture(params=KINDS)
 def kind(request):
     return request.param
-
-
-def this_thread():
-    return {
-        "thread_id": threading.get_ident(),
-        "thread_native_id": threading.get_native_id(),
-        "thread_name": threading.current_thread().name,
-    }
 
 
 def expect(prof, key, lock_name, caller_name, thread=None, count=1):

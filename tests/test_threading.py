@@ -29,7 +29,7 @@ import threading
 import pytest
 
 import ddlock
-from conftest import locals_readable
+from conftest import locals_readable, this_thread
 from ddlock import _ddlock
 from ddlock.testing import LockAcquireEvent, LockReleaseEvent
 
@@ -49,15 +49,6 @@ def threading_is_restored():
     assert not ddlock.is_running(), "a test left ddlock running"
     assert threading.Lock is ddlock._ORIGINAL_LOCK, "threading.Lock is still patched"
     assert threading.RLock is ddlock._ORIGINAL_RLOCK, "threading.RLock is still patched"
-
-
-def this_thread():
-    """Labels every event of the calling thread must carry."""
-    return {
-        "thread_id": threading.get_ident(),
-        "thread_native_id": threading.get_native_id(),
-        "thread_name": threading.current_thread().name,
-    }
 
 
 def assert_acquire_release(prof, key, lock_name, caller_name, thread, count=1):
