@@ -15,8 +15,14 @@ deps:
 	@scripts/deps.sh
 
 proto: ext/proto/profile.pb-c.c
+# regenerated when the .proto is newer and protoc-c exists; a clean clone
+# may leave the committed sources older than the .proto by checkout order
 ext/proto/profile.pb-c.c: ext/proto/profile.proto
-	cd ext/proto && protoc-c --c_out=. profile.proto
+	@if command -v protoc-c >/dev/null 2>&1; then \
+	    echo "cd ext/proto && protoc-c --c_out=. profile.proto"; \
+	    cd ext/proto && protoc-c --c_out=. profile.proto; \
+	elif [ -f ext/proto/profile.pb-c.h ]; then touch $@ ext/proto/profile.pb-c.h; \
+	else echo "protoc-c not found and ext/proto/profile.pb-c.c missing: make deps installs protobuf-c-compiler" >&2; exit 1; fi
 
 build: proto
 	@$(PYTHON) setup.py -q build_ext --inplace --build-temp build/tmp-$$($(PYTHON) -c 'import sys;print("%d.%d"%sys.version_info[:2])') 2>&1 | grep -v -E '^(running|copying|creating)' || true
