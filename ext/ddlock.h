@@ -376,8 +376,11 @@ void ddl_lock_place(ddl_prof *p, PyObject **module, PyObject **owner);
 size_t ddl_place_labels(ddl_prof *p, ddl_label *out, PyObject **own,
                         size_t *nown);
 /* The name the object made by the call at (code, lasti) was bound to
- * there (new ref: "request_lock", "_lock", '_locks["db"]'), or NULL. */
-PyObject *ddl_creation_binding(ddl_state *st, PyObject *code, int lasti);
+ * there (new ref: "request_lock", "_lock", '_locks["db"]'), or NULL;
+ * *local (when not NULL) is set to whether that is a local variable of
+ * the creating function (not a global, an attribute or an item). */
+PyObject *ddl_creation_binding(ddl_state *st, PyObject *code, int lasti,
+                               int *local);
 /* Fill st->ops from the opcode module's opmap and cache sizes. */
 int ddl_opcodes_set(ddl_state *st, PyObject *opmap, PyObject *caches);
 /* Site label "file:line" for a code/lasti pair, new ref or NULL. */

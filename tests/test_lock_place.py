@@ -4,12 +4,9 @@ decorator library in another module taking ``lock=``, and a pool module
 named ``queue.py`` inside a package."""
 
 import os
-import re
-import shutil
-import subprocess
 import textwrap
 
-from conftest import locals_readable, run_script
+from conftest import locals_readable, pprof_lock_rows, run_script
 from ddlock import testing
 
 FILES = {
@@ -43,6 +40,30 @@ FILES = {
                 return wrapper
             return decorate
     """,
+    "svc/cachelib2.py": """
+        class cached:
+            # as cachetools 6+: the lock kept on a wrapper object, taken
+            # into a local of __call__
+            def __init__(self, lock):
+                self.cache_lock = lock
+
+            def __call__(self, fn):
+                def wrapper(*args):
+                    return self.call(fn, args)
+                return wrapper
+
+            def call(self, fn, args):
+                lock = self.cache_lock
+                with lock:
+                    return fn(*args)
+    """,
+    "svc/locks.py": """
+        import threading
+
+        def make_lock():
+            lock = threading.Lock()  # !CREATE! factory
+            return lock
+    """,
     "svc/pool/__init__.py": "",
     "svc/pool/queue.py": """
         import threading
@@ -57,23 +78,34 @@ FILES = {
     """,
     "svc/app.py": """
         import threading
+        from svc import cachelib2
         from svc.cachelib import cached
+        from svc.locks import make_lock
         from svc.handlers import FileHandler, StreamHandler
         from svc.pool.queue import Queue
 
         catalog_cache_lock = threading.Lock()  # !CREATE! cache
+        price_cache_lock = threading.Lock()  # !CREATE! price
 
         @cached(lock=catalog_cache_lock)
         def catalog(n):
             return n
 
+        @cachelib2.cached(price_cache_lock)
+        def price(n):
+            return n
+
         def serve():
             access, errors, pool = FileHandler(), StreamHandler(), Queue()
+            request_lock = make_lock()
             for i in range(3):
                 access.handle(i)
                 errors.handle(i)
                 pool.put(i)
                 catalog(i)
+                price(i)
+                with request_lock:
+                    pass
     """,
     "main.py": """
         import ddlock
@@ -97,19 +129,7 @@ def test_package_layout_read_with_go_tool_pprof(tmp_path):
         p.write_text(textwrap.dedent(src).replace("@PREFIX@", prefix))
     run_script(str(tmp_path / "main.py"))
     path = testing.list_profile_files(prefix)[0]
-    go = shutil.which("go")
-    assert go, "golang-go is installed by `make deps`"
-    raw = subprocess.run([go, "tool", "pprof", "-raw", path], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
-    assert raw.returncode == 0, raw.stderr
-    # -raw prints each sample as a line of values, then its labels as
-    # `key:[value]` on the lines below
-    samples = raw.stdout.split("Samples:")[1].split("Locations")[0]
-    rows = set()
-    for block in re.split(r"\n(?=\s+\d+(?:\s+\d+)+: )", samples):
-        labels = dict(re.findall(r"(lock (?:name|module|owner)):\[([^\]]*)\]", block))
-        if "lock name" in labels:
-            rows.add((labels["lock name"], labels.get("lock module"), labels.get("lock owner")))
+    rows = pprof_lock_rows(path)
     handler = "handlers.py:%d:lock" % _line(tmp_path / "svc/handlers.py", "handler")
     pool = "queue.py:%d:mutex" % _line(tmp_path / "svc/pool/queue.py", "pool")
     cache = "app.py:%d:catalog_cache_lock" % _line(tmp_path / "svc/app.py", "cache")
@@ -123,5 +143,12 @@ def test_package_layout_read_with_go_tool_pprof(tmp_path):
         # `lock` is cachelib's closure variable: the name the lock was bound
         # to where it was made wins
         (cache, "svc.app", None),
+        # `lock = self.cache_lock` is a local of a library in another file:
+        # the global the lock was bound to where it was made wins
+        ("app.py:%d:price_cache_lock" % _line(tmp_path / "svc/app.py", "price"), "svc.app", None),
+        # ... but not a factory's local: the caller's variable names it
+        ("locks.py:%d:request_lock" % _line(tmp_path / "svc/locks.py", "factory"), "svc.locks", None)
+        if named else
+        ("locks.py:%d:lock" % _line(tmp_path / "svc/locks.py", "factory"), "svc.locks", None),
     }
-    assert rows == expected, (rows, raw.stdout[-3000:])
+    assert rows == expected, rows
