@@ -260,7 +260,8 @@ def _install_gevent():
     threading.RLock() is the pure-Python RLock over it)."""
     import gevent
 
-    _native._set_gevent(gevent.getcurrent)
+    # the greenlet's name is read through gevent's own Greenlet.name only
+    _native._set_gevent(gevent.getcurrent, vars(gevent.Greenlet).get("name"))
     if "Lock" not in _state["types"]:
         return
     import ddlock

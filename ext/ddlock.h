@@ -258,6 +258,7 @@ typedef struct {
     PyObject *current_tasks;      /* asyncio.tasks._current_tasks (dict) */
     PyObject *task_get_name[2];   /* get_name of asyncio's own Task types */
     PyObject *gevent_getcurrent;  /* gevent.getcurrent once gevent patched */
+    PyObject *greenlet_name;      /* gevent.Greenlet's own `name` descriptor */
     PyObject *str__locked, *str__value, *str__waiters, *str__lock;
     PyObject *str__owner, *str_acquire;
     PyObject *str__wakeup_scheduled, *str_get_name, *str_name_attr;

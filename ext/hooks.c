@@ -573,6 +573,26 @@ done:
     Py_XDECREF(lock);
 }
 
+/* Under gevent a primitive of threading makes a greenlet wait, not its
+ * thread: the wait names the greenlet that holds it (ddl_wait_task, as an
+ * asyncio task's) and is not registered for the stuck-lock watchdog and the
+ * deadlock check, which follow threads (the waiter's thread goes on running
+ * other greenlets, and shares its ident with the holder). NULL: no holder
+ * known, or the running greenlet is the holder (re-entry). */
+static ddl_wait *
+greenlet_wait(ddl_state *st, ddl_tracker *t)
+{
+    PyObject *holder =
+        t->holder_task != NULL ? ddl_weakref_peek(t->holder_task) : NULL;
+    if (holder == NULL) {
+        return NULL;
+    }
+    PyObject *me = ddl_current_task(st, 0);
+    ddl_wait *w = me != holder ? ddl_wait_task(st, holder) : NULL;
+    Py_XDECREF(me);
+    return w;
+}
+
 static PyObject *
 hook_sync_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
                   PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -582,7 +602,10 @@ hook_sync_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
         nargs == 1 && kwnames == NULL && sync_free(st, t->prof.kind, args[0]);
     int64_t t0 = free ? 0 : ddl_monotonic_ns();
     ddl_wait *w = NULL;
-    if (!free) {
+    if (!free && st->gevent_getcurrent != NULL) {
+        w = greenlet_wait(st, t);
+    }
+    else if (!free) {
         PyObject *target = args[0];
         ddl_prof *p = ddl_profiled(st, args[0], &target);
         w = ddl_wait_begin(st, args[0], p, target, DDL_HL_NONE, t->holder,
@@ -617,7 +640,7 @@ hook_async_acquire(ddl_state *st, ddl_hook *h, ddl_tracker *t,
         if (coro != NULL && t->holder_wanted) {
             /* holder.c: the holder, noted once the lock was contended
              * (reading the running task costs more than the acquire) */
-            ddl_tracker_note_task(st, t);
+            ddl_tracker_note_task(st, t, 1);
         }
         if (coro != NULL && ddl_sample_uncontended(st)) {
             /* it takes the lock as soon as it runs */

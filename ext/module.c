@@ -711,13 +711,19 @@ mod_set_asyncio(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* _set_gevent(getcurrent or None) */
+/* _set_gevent(getcurrent or None, name descriptor of gevent.Greenlet or
+ * None) */
 static PyObject *
-mod_set_gevent(PyObject *module, PyObject *getcurrent)
+mod_set_gevent(PyObject *module, PyObject *args)
 {
     ddl_state *st = get_state(module);
+    PyObject *getcurrent, *name = Py_None;
+    if (!PyArg_ParseTuple(args, "O|O:_set_gevent", &getcurrent, &name)) {
+        return NULL;
+    }
     Py_XSETREF(st->gevent_getcurrent,
                getcurrent == Py_None ? NULL : Py_NewRef(getcurrent));
+    Py_XSETREF(st->greenlet_name, name == Py_None ? NULL : Py_NewRef(name));
     Py_RETURN_NONE;
 }
 
@@ -937,7 +943,7 @@ static PyMethodDef module_methods[] = {
     {"_hook_locks", mod_hook_locks, METH_VARARGS, NULL},
     {"_unhook_locks", mod_unhook_locks, METH_NOARGS, NULL},
     {"_set_asyncio", mod_set_asyncio, METH_VARARGS, NULL},
-    {"_set_gevent", mod_set_gevent, METH_O, NULL},
+    {"_set_gevent", mod_set_gevent, METH_VARARGS, NULL},
     {"_now", mod_now, METH_NOARGS, NULL},
     {"event_json", mod_event_json, METH_VARARGS, NULL},
     {"_encode_profile", (PyCFunction)(void (*)(void))mod_encode_profile,
@@ -1056,6 +1062,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->task_get_name[0]);
     Py_VISIT(st->task_get_name[1]);
     Py_VISIT(st->gevent_getcurrent);
+    Py_VISIT(st->greenlet_name);
     Py_VISIT(st->local_type);
     Py_VISIT(st->site_modules);
     Py_VISIT(st->places);
@@ -1093,6 +1100,7 @@ module_clear(PyObject *module)
     Py_CLEAR(st->task_get_name[0]);
     Py_CLEAR(st->task_get_name[1]);
     Py_CLEAR(st->gevent_getcurrent);
+    Py_CLEAR(st->greenlet_name);
     Py_CLEAR(st->stdlib_dirs);
     Py_CLEAR(st->local_type);
     Py_CLEAR(st->site_modules);

@@ -180,10 +180,32 @@ asyncio_task_name(ddl_state *st, PyObject *task)
     return name;
 }
 
+/* New reference to a gevent greenlet's name, NULL (no exception) when
+ * there is none: read only through gevent's own Greenlet.name (a greenlet
+ * of a subclass that overrides it, or a raw greenlet, gets none). */
+static PyObject *
+greenlet_name(ddl_state *st, PyObject *g)
+{
+    if (st->greenlet_name == NULL ||
+        ddl_type_lookup(Py_TYPE(g), st->str_name_attr) != st->greenlet_name) {
+        return NULL;
+    }
+    PyObject *name = PyObject_GetAttr(g, st->str_name_attr);
+    if (name == NULL || !PyUnicode_Check(name)) {
+        Py_XDECREF(name);
+        PyErr_Clear();
+        return NULL;
+    }
+    return name;
+}
+
 PyObject *
 ddl_task_name(ddl_state *st, PyObject *task)
 {
     PyObject *name = asyncio_task_name(st, task);
+    if (name == NULL && !PyErr_Occurred()) {
+        name = greenlet_name(st, task);
+    }
     if (name == NULL || !PyUnicode_Check(name)) {
         Py_XDECREF(name);
         PyErr_Clear();
@@ -203,7 +225,7 @@ ddl_task_labels(ddl_state *st, ddl_label *out, ddl_label_refs *refs)
         name = asyncio_task_name(st, task);
     }
     else if ((task = current_greenlet(st)) != NULL) {
-        name = PyObject_GetAttr(task, st->str_name_attr);
+        name = greenlet_name(st, task);
     }
     if (task == NULL) {
         return n;

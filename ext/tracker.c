@@ -275,11 +275,11 @@ w_take(ddl_wait **w)
 }
 
 void
-ddl_tracker_note_task(ddl_state *st, ddl_tracker *t)
+ddl_tracker_note_task(ddl_state *st, ddl_tracker *t, int asyncio)
 {
     PyObject *et, *ev, *etb;
     PyErr_Fetch(&et, &ev, &etb);
-    PyObject *task = ddl_current_task(st, 1);
+    PyObject *task = ddl_current_task(st, asyncio);
     if (task != NULL &&
         (t->holder_task == NULL || ddl_weakref_peek(t->holder_task) != task)) {
         PyObject *ref = PyWeakref_NewRef(task, NULL);
@@ -306,11 +306,15 @@ void
 ddl_tracker_acquired_w(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
                        int restore_depth, ddl_wait *w)
 {
-    if (!ddl_kind_asyncio(t->prof.kind)) {
-        t->holder = PyThread_get_thread_ident(); /* holder.c */
+    if (ddl_kind_asyncio(t->prof.kind)) {
+        ddl_tracker_note_task(st, t, 1);
+    }
+    else if (st->gevent_getcurrent != NULL) {
+        /* gevent patched threading: its primitives are held by greenlets */
+        ddl_tracker_note_task(st, t, 0);
     }
     else {
-        ddl_tracker_note_task(st, t);
+        t->holder = PyThread_get_thread_ident(); /* holder.c */
     }
     tracker_acquired(st, t, mode, t0, restore_depth, &w);
     if (w != NULL) {

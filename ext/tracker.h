@@ -77,8 +77,9 @@ void ddl_tracker_acquired(ddl_state *st, ddl_tracker *t, int mode, int64_t t0,
 /* The same, ending the registered wait w (holder.c; NULL: none). */
 void ddl_tracker_acquired_w(ddl_state *st, ddl_tracker *t, int mode,
                             int64_t t0, int restore_depth, ddl_wait *w);
-/* The running task acquires t's asyncio primitive: its holder now. */
-void ddl_tracker_note_task(ddl_state *st, ddl_tracker *t);
+/* The running asyncio task (asyncio) or gevent greenlet acquires t's
+ * primitive: its holder now. */
+void ddl_tracker_note_task(ddl_state *st, ddl_tracker *t, int asyncio);
 /* A release succeeded; full: every level at once (Condition.wait). */
 void ddl_tracker_released(ddl_state *st, ddl_tracker *t, int full);
 /* The wait tracker of obj (its condition waits labelled as wait_type,

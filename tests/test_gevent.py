@@ -165,3 +165,70 @@ print("MONKEY", "gevent.monkey" in sys.modules and sys.modules["gevent.monkey"].
     assert late
     # a plain thread, no greenlet: no task labels
     assert all("task id" not in s.labels for s in late)
+
+
+HOLDERS = r'''
+import sys
+from gevent import monkey
+monkey.patch_all()
+import ddlock
+ddlock.start(output_pprof=sys.argv[1], capture_pct=100, upload_enabled=False,
+             lock_stuck_s=0.3)
+import threading
+import gevent
+
+report_lock = threading.Lock()
+report_rlock = threading.RLock()
+report_slots = threading.Semaphore(1)
+
+
+def holder():
+    with report_lock:
+        with report_rlock:
+            with report_slots:
+                gevent.sleep(1.0)     # held past the stuck threshold
+
+
+def waiter(lock):
+    gevent.sleep(0.05)
+    with lock:
+        pass
+
+
+greenlets = [gevent.spawn(holder)] + [gevent.spawn(waiter, lock) for lock in
+                                      (report_lock, report_rlock, report_slots)]
+for n, g in enumerate(greenlets):
+    g.name = "holder" if n == 0 else "waiter-%d" % n
+gevent.joinall(greenlets, timeout=30)
+assert all(g.successful() for g in greenlets), [g.exception for g in greenlets]
+print("DEADLOCKS", len(ddlock.deadlocks()), ddlock.stats()["deadlocks"])
+print("HOLDER", id(greenlets[0]))
+ddlock.stop()
+'''
+
+
+def test_greenlet_holders_named_and_no_false_deadlock(prefix):
+    """Greenlets of one thread waiting for a lock another greenlet holds
+    (issue 18: `holder task id`/`holder task name` for greenlets): the
+    waiter's sample names the holding greenlet, and a wait past the
+    stuck-lock threshold is neither reported as the thread stuck on itself
+    nor as a deadlock (the thread runs other greenlets meanwhile)."""
+    proc = run_python(HOLDERS, args=(prefix,), timeout=120)
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert out["DEADLOCKS"] == "0 0", proc.stderr
+    assert "stuck" not in proc.stderr and "deadlock" not in proc.stderr, proc.stderr
+    holder = int(out["HOLDER"])
+    profile = testing.parse_merged_profile(prefix)
+    for name, kind in (("report_lock", "Lock"), ("report_rlock", "RLock"),
+                       ("report_slots", "Semaphore")):
+        waits = [s for s in profile.samples
+                 if str(s.labels.get("lock name")).endswith(":" + name)
+                 and s.labels.get("task name", "").startswith("waiter")
+                 and profile.total("lock-acquire-wait", [s]) > 0]
+        assert waits, (name, [s.labels for s in profile.samples])
+        assert profile.total("lock-acquire-wait", waits) >= 0.5e9, name
+        assert {s.labels.get("lock type") for s in waits} == {kind}
+        assert {s.labels.get("holder task id") for s in waits} == {holder}, name
+        assert {s.labels.get("holder task name") for s in waits} == {"holder"}, name
+        # one thread: no holder thread (it is the waiter's own)
+        assert all("holder thread id" not in s.labels for s in waits), name
