@@ -57,14 +57,31 @@ def _emit(native: Any) -> None:
             pass
 
 
+def _cooperative() -> bool:
+    """Whether gevent has patched threading: a threading.Thread is then a
+    greenlet of the thread that started it."""
+    from . import _primitives
+
+    return _primitives._gevent_patched()
+
+
 def _run(native: Any, stop: threading.Event) -> None:
+    # Under gevent the reporter is a greenlet: it waits cooperatively (a
+    # wait in C would block every greenlet of the thread, for good), and
+    # is not singled out by its thread ident, which is the application's
+    # thread's (its acquires are checked per greenlet, holding nothing)
+    cooperative = _cooperative()
     try:
-        native._order_set_reporter(threading.get_ident())
+        if not cooperative:
+            native._order_set_reporter(threading.get_ident())
     except Exception:
         return
     while not stop.is_set():
         try:
-            native._order_wait(1.0)
+            if cooperative:
+                stop.wait(0.5)
+            else:
+                native._order_wait(1.0)
         except Exception:
             return
         _emit(native)

@@ -232,3 +232,58 @@ def test_greenlet_holders_named_and_no_false_deadlock(prefix):
         assert {s.labels.get("holder task name") for s in waits} == {"holder"}, name
         # one thread: no holder thread (it is the waiter's own)
         assert all("holder thread id" not in s.labels for s in waits), name
+
+
+LOCK_ORDER = r'''
+import sys
+from gevent import monkey
+monkey.patch_all()
+import ddlock
+ddlock.start(upload_enabled=False, lock_order=True)
+import threading
+import gevent
+
+a_lock, b_lock = threading.Lock(), threading.Lock()
+
+
+def hold_a():
+    with a_lock:
+        gevent.sleep(0.1)       # the other greenlet runs meanwhile
+
+
+def b_then_a():
+    gevent.sleep(0.01)
+    with b_lock:
+        with a_lock:
+            pass
+
+
+gevent.joinall([gevent.spawn(hold_a), gevent.spawn(b_then_a)], timeout=30)
+print("CONSISTENT", len(ddlock.lock_order_inversions()))
+
+
+def a_then_b():
+    with a_lock:
+        gevent.sleep(0)
+        with b_lock:
+            pass
+
+
+gevent.joinall([gevent.spawn(a_then_b)], timeout=30)
+print("INVERTED", len(ddlock.lock_order_inversions()))
+ddlock.stop()
+print("DONE", 1)
+'''
+
+
+def test_lock_order_per_greenlet(prefix):
+    """Lock-order checking under gevent: what each greenlet holds is its
+    own (a lock another greenlet of the same thread holds is no edge), a
+    real inversion between greenlets is reported, and the reporter waits
+    cooperatively (a wait in C blocked every greenlet of the thread: the
+    program hung)."""
+    proc = run_python(LOCK_ORDER, timeout=60)
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert out == {"CONSISTENT": "0", "INVERTED": "1", "DONE": "1"}, (proc.stdout, proc.stderr)
+    assert "lock-order inversion between 2 locks" in proc.stderr
+    assert ":b_lock held while acquiring" in proc.stderr
