@@ -53,8 +53,10 @@ test-cpython: deps proto
 	@scripts/test_cpython.sh $(PYVERSIONS)
 
 # Real libraries' own tests under python -m ddlock.run, judged against
-# native: dill's suite, gevent's test__monkey_logging, a trio.run smoke test
-# (PYVERSIONS, default 3.11 3.13).
+# native: dill's suite, gevent's test__monkey_logging, a trio.run smoke test,
+# and urllib3's connection-pool tests (its trio-based dummy server; the
+# pinned sdist and its test dependencies in build/urllib3-venv-X.Y, judged
+# per case) (PYVERSIONS, default 3.11 3.13).
 test-libraries: deps proto
 	@scripts/test_libraries.sh $(PYVERSIONS)
 

@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""Read the JUnit XML report of CPython's ``python -m test --junit-xml``
-(scripts/test_cpython.sh).
+"""Read a JUnit XML report: CPython's ``python -m test --junit-xml``
+(scripts/test_cpython.sh) or pytest's ``--junitxml`` (urllib3's tests in
+scripts/test_libraries.sh), the run under ddlock judged against native.
 
     junit_failures.py REPORT --modules        failing test modules, one line
     junit_failures.py REPORT --not-in NATIVE  exit 1 (listing them) when a case
-                                               fails in REPORT but not in NATIVE
+                                               fails in REPORT but not in NATIVE,
+                                               or ran in NATIVE and not in REPORT
     junit_failures.py REPORT --summary        cases run, skipped, failed
+    --label NAME                              what the lines start with
+                                               (default: test-cpython)
 """
 
 import argparse
@@ -54,6 +58,7 @@ def main(argv=None):
     g.add_argument("--modules", action="store_true")
     g.add_argument("--not-in", metavar="NATIVE")
     g.add_argument("--summary", action="store_true")
+    ap.add_argument("--label", default="test-cpython")
     args = ap.parse_args(argv)
     got = cases(args.report)
     failing = sorted(k for k, v in got.items() if v == "failed")
@@ -62,19 +67,22 @@ def main(argv=None):
         return 0
     if args.summary:
         n = {s: sum(1 for v in got.values() if v == s) for s in ("ok", "skipped", "failed")}
-        print("test-cpython: %d cases: %d passed, %d skipped, %d failed%s" % (
-            len(got), n["ok"], n["skipped"], n["failed"],
-            "" if not failing else " (each also failing natively)"))
+        print("%s: %d cases: %d passed, %d skipped, %d failed" % (
+            args.label, len(got), n["ok"], n["skipped"], n["failed"]))
         return 0
     native = cases(args.not_in)
     only_ours = [k for k in failing if native.get(k) != "failed"]
     for c, name in failing:
         verdict = "ddlock only" if (c, name) in only_ours else "natively too"
         print("  %s: fails %s" % (".".join(x for x in (c, name) if x), verdict))
+    missing = sorted(k for k in native if k not in got)
+    for c, name in missing:
+        print("  %s: ran natively, not under ddlock" % ".".join(x for x in (c, name) if x))
     if only_ours:
-        print("test-cpython: %d case(s) fail under ddlock and not natively" % len(only_ours))
-        return 1
-    return 0
+        print("%s: %d case(s) fail under ddlock and not natively" % (args.label, len(only_ours)))
+    if missing:
+        print("%s: %d case(s) ran natively and not under ddlock" % (args.label, len(missing)))
+    return 1 if only_ours or missing else 0
 
 
 if __name__ == "__main__":

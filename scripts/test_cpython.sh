@@ -9,8 +9,9 @@
 # Each version runs the suites under ddlock first, with a JUnit report of
 # every test case. Only when some case fails there are the suites that hold
 # failing cases run natively, and the run fails when a case fails under
-# ddlock but not natively (a failure native CPython has too, e.g. a flaky
-# timing test on a loaded machine, is reported, not counted). The in-place
+# ddlock but not natively, or ran natively and not under ddlock (a failure
+# native CPython has too, e.g. a flaky timing test on a loaded machine, is
+# reported, not counted). The in-place
 # extension of each version is built first (make test-all's builds).
 set -uo pipefail
 cd "$(dirname "$0")/.."
