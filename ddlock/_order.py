@@ -62,7 +62,7 @@ def _cooperative() -> bool:
     greenlet of the thread that started it."""
     from . import _primitives
 
-    return _primitives._gevent_patched()
+    return bool(_primitives._gevent_patched())
 
 
 def _run(native: Any, stop: threading.Event) -> None:

@@ -245,7 +245,7 @@ def _install_asyncio(asyncio):
 
 # ---- gevent ----------------------------------------------------------------
 
-def _gevent_patched():
+def _gevent_patched() -> bool:
     monkey = sys.modules.get("gevent.monkey")
     if monkey is None:
         return False
