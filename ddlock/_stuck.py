@@ -25,6 +25,7 @@ by ``stop()``, restarted in a forked child.
 """
 
 import _thread
+import functools
 import logging
 import os
 from typing import Any, Dict, List, Optional, Set, Tuple
@@ -72,7 +73,13 @@ def _spawn() -> None:
     stop_lock.acquire()  # released: stop
     done_lock.acquire()  # released by the watchdog as it ends
     _state["stop"] = (stop_lock, done_lock)
-    _state["thread"] = _start_new_thread(_watch, (stop_lock, done_lock, _state["threshold"]))
+    threshold = _state["threshold"]
+    interval = min(max(threshold / 2.0, 0.05), 5.0)
+    # the thread's body is C (_idle_loop): no Python frame while it waits,
+    # so sys._current_frames() of the program (and of a forked child right
+    # after fork) sees it only while a check runs
+    _state["thread"] = _start_new_thread(
+        _native()._idle_loop, (stop_lock, interval, functools.partial(_tick, threshold), done_lock))
 
 
 def _stop_locked() -> None:
@@ -102,16 +109,12 @@ def fork_child() -> None:
         _spawn()
 
 
-def _watch(stop_lock: Any, done_lock: Any, threshold: float) -> None:
-    interval = min(max(threshold / 2.0, 0.05), 5.0)
+def _tick(threshold: float) -> None:
+    """One look of the watchdog, every threshold / 2 (0.05-5 s)."""
     try:
-        while not stop_lock.acquire(True, interval):
-            try:
-                check(threshold)
-            except Exception:  # the watchdog never dies of a report
-                log.debug("ddlock watchdog: check failed", exc_info=True)
-    finally:
-        done_lock.release()
+        check(threshold)
+    except Exception:  # the watchdog never dies of a report
+        log.debug("ddlock watchdog: check failed", exc_info=True)
 
 
 def stuck_waits(threshold: Optional[float] = None) -> List[Dict[str, Any]]:

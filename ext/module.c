@@ -727,6 +727,50 @@ mod_set_gevent(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* _idle_loop(stop, interval, callback, done): the body of a background
+ * thread (the stuck-lock watchdog) that has no Python frame while it waits,
+ * so the program's sys._current_frames() sees it only during a callback:
+ * until stop.acquire(True, interval) succeeds, callback() after each
+ * timeout (an exception it raises is dropped: it logs its own); at the
+ * end, done.release(). */
+static PyObject *
+mod_idle_loop(PyObject *module, PyObject *args)
+{
+    PyObject *stop, *callback, *done, *result = NULL;
+    double interval;
+    if (!PyArg_ParseTuple(args, "OdOO:_idle_loop", &stop, &interval, &callback,
+                          &done)) {
+        return NULL;
+    }
+    for (;;) {
+        PyObject *r =
+            PyObject_CallMethod(stop, "acquire", "Od", Py_True, interval);
+        if (r == NULL) {
+            break;
+        }
+        int got = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (got != 0) {
+            result = got > 0 ? Py_NewRef(Py_None) : NULL;
+            break;
+        }
+        r = PyObject_CallNoArgs(callback);
+        if (r == NULL) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(r);
+    }
+    PyObject *et, *ev, *etb;
+    PyErr_Fetch(&et, &ev, &etb);
+    PyObject *r = PyObject_CallMethod(done, "release", NULL);
+    if (r == NULL) {
+        PyErr_Clear();
+    }
+    Py_XDECREF(r);
+    PyErr_Restore(et, ev, etb);
+    return result;
+}
+
 /* _now(): the monotonic clock of waits and holds, in ns. */
 static PyObject *
 mod_now(PyObject *module, PyObject *unused)
@@ -944,6 +988,7 @@ static PyMethodDef module_methods[] = {
     {"_unhook_locks", mod_unhook_locks, METH_NOARGS, NULL},
     {"_set_asyncio", mod_set_asyncio, METH_VARARGS, NULL},
     {"_set_gevent", mod_set_gevent, METH_VARARGS, NULL},
+    {"_idle_loop", mod_idle_loop, METH_VARARGS, NULL},
     {"_now", mod_now, METH_NOARGS, NULL},
     {"event_json", mod_event_json, METH_VARARGS, NULL},
     {"_encode_profile", (PyCFunction)(void (*)(void))mod_encode_profile,

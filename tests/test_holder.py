@@ -444,3 +444,33 @@ def test_asyncio_wait_names_the_holder_task(tmp_path, make):
         assert s.labels["holder task name"] == "holder-task"
         assert isinstance(s.labels["holder task id"], int)
         assert s.labels["holder task id"] != s.labels["task id"]
+
+
+def test_watchdog_has_no_frame_while_idle():
+    """The stuck-lock watchdog waits in C: the program's
+    sys._current_frames() (here and in a forked child right after fork,
+    as CPython's test_clear_threads_states_after_fork checks) holds only the
+    program's own threads while it is idle. A Python loop there showed up
+    as a second thread, and a child saw it when the watchdog, restarted by
+    the at-fork handler, got the GIL first (under load)."""
+    proc = run_python("""
+        import os, sys, threading, time, ddlock
+        ddlock.start(upload_enabled=False, lock_stuck_s=0.2)
+        time.sleep(0.35)             # the watchdog has looked at least once
+        print("PARENT", len(sys._current_frames()))
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(0.3)          # the child's own watchdog runs, idle
+            os._exit(51 if len(sys._current_frames()) == 1 else 52)
+        _, status = os.waitpid(pid, 0)
+        print("CHILD", os.WEXITSTATUS(status))
+        lock = threading.Lock()
+        lock.acquire()
+        t = threading.Thread(target=lambda: lock.acquire(timeout=0.6), name="still-waiting")
+        t.start(); t.join()
+        ddlock.stop()
+    """)
+    out = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    assert out == {"PARENT": "1", "CHILD": "51"}, (proc.stdout, proc.stderr)
+    # and it still watches
+    assert proc.stderr.count("is stuck") == 1 and "still-waiting" in proc.stderr, proc.stderr
