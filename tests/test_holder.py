@@ -446,6 +446,7 @@ def test_asyncio_wait_names_the_holder_task(tmp_path, make):
         assert s.labels["holder task id"] != s.labels["task id"]
 
 
+@pytest.mark.no_sanitize  # forks while the watchdog thread runs (as test_watchdog_after_fork)
 def test_watchdog_has_no_frame_while_idle():
     """The stuck-lock watchdog waits in C: the program's
     sys._current_frames() (here and in a forked child right after fork,
