@@ -8,6 +8,7 @@
 
 #include <check.h>
 #include <pthread.h>
+#include <time.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1186,6 +1187,11 @@ swapper(void *arg)
         sum_snapshot(s, a->totals);
         ddl_snapshot_free(s);
         a->swaps++;
+        /* a pause between swaps (each makes a table): under valgrind, which
+         * runs one thread at a time, a swapper that never pauses could take
+         * most of the run (1 to 10 minutes, by scheduling) */
+        struct timespec pause = {0, 20000};
+        nanosleep(&pause, NULL);
     }
     return NULL;
 }
@@ -1232,6 +1238,7 @@ START_TEST(test_concurrent_add_and_swap)
         ck_assert_int_eq(sa.totals[i], expect[i]);
     }
     ck_assert_int_eq(sa.bad_intervals, 0);
+    ck_assert_int_gt(sa.swaps, 0);
     ddl_profile_get_stats(p, &stats);
     ck_assert_uint_eq(stats.samples_added, NTHREADS * PER_THREAD);
     ck_assert_uint_eq(stats.samples_dropped, 0);
