@@ -62,7 +62,7 @@ test-libraries: deps proto
 
 # ASan/UBSan build of the extension running the whole pytest suite, and the
 # Check suite under valgrind memcheck.
-sanitize: deps proto
+sanitize: deps build
 	@scripts/sanitize.sh
 
 # dist/ddlock-<version>.tar.gz: builds with a C compiler, the Python headers
