@@ -57,20 +57,15 @@ def _emit(native: Any) -> None:
             pass
 
 
-def _cooperative() -> bool:
-    """Whether gevent has patched threading: a threading.Thread is then a
-    greenlet of the thread that started it."""
+def _run(native: Any, stop: threading.Event) -> None:
     from . import _primitives
 
-    return bool(_primitives._gevent_patched())
-
-
-def _run(native: Any, stop: threading.Event) -> None:
-    # Under gevent the reporter is a greenlet: it waits cooperatively (a
-    # wait in C would block every greenlet of the thread, for good), and
-    # is not singled out by its thread ident, which is the application's
-    # thread's (its acquires are checked per greenlet, holding nothing)
-    cooperative = _cooperative()
+    # Under gevent (threading patched) the reporter is a greenlet: it waits
+    # cooperatively (a wait in C would block every greenlet of the thread,
+    # for good), and is not singled out by its thread ident, which is the
+    # application's thread's (its acquires are checked per greenlet,
+    # holding nothing)
+    cooperative = _primitives._gevent_patched()
     try:
         if not cooperative:
             native._order_set_reporter(threading.get_ident())

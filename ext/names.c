@@ -466,6 +466,7 @@ PyObject *
 ddl_creation_binding(ddl_state *st, PyObject *code, int lasti, int *local)
 {
     const ddl_opcodes *o = &st->ops;
+    int is_local = 1;
     if (local != NULL) {
         *local = 0;
     }
@@ -497,18 +498,20 @@ ddl_creation_binding(ddl_state *st, PyObject *code, int lasti, int *local)
     else if (in.op == o->store_deref) {
         name = ddl_code_local_name(co, in.arg, 1);
     }
-    if (name != NULL && local != NULL) {
-        *local = 1;
-    }
     else if (in.op == o->store_name || in.op == o->store_global ||
              in.op == o->store_attr) {
         name = tuple_item(co->co_names, in.arg);
+        is_local = 0;
     }
     else {
         result = store_through_binding(o, co, b, len, in);
+        is_local = 0;
     }
     if (name != NULL && PyUnicode_Check(name)) {
         result = Py_NewRef(name);
+        if (local != NULL) {
+            *local = is_local;
+        }
     }
 done:
     Py_DECREF(bytes);
